@@ -1,0 +1,746 @@
+"""The automatic checkpoint system: one per process, fed by the ledger.
+
+It decides (with :mod:`policy`) when to save, detects model, config and freeze changes (with
+:mod:`change_detector`), snapshots state on the training thread (with :mod:`snapshot`), and hands
+the bytes to the :class:`CheckpointManager` through the background writer. Everything it does runs
+under one lock, so the training thread, event triggers and other threads may call it at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import operator
+import os
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict
+from functools import partial
+from typing import Any, Literal
+
+import torch
+
+from weightslab.canonical import canonicalize
+from weightslab.components.change_detector import ChangeDetector
+from weightslab.components.checkpoint_manager import CheckpointManager
+from weightslab.components.config import CheckpointConfig
+from weightslab.components.experiment_hash import ExperimentHashGenerator, ExperimentIdentity
+from weightslab.components.layout import CHECKPOINT_FORMAT
+from weightslab.components.manifest import CheckpointEntry, ParentRef
+from weightslab.components.policy import RetentionPolicy, is_save_step
+from weightslab.components.snapshot import SnapshotBuffers, capture_rng, restore_rng
+from weightslab.components.writer import BackgroundWriter
+from weightslab.errors import (
+    ArchitectureMismatchError,
+    CheckpointCorruptedError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    CheckpointSaveError,
+    ConfigError,
+    SystemConfigurationError,
+)
+from weightslab.ledger import Ledger, changed_keys, get_ledger
+
+log = logging.getLogger("weightslab")
+
+ResumeMode = Literal["latest", "best"] | int
+
+_SAFE_LEAVES = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
+class AutomaticCheckpointSystem:
+    """Saves registered training state on a step frequency and on every change.
+
+    Build it through :func:`get_checkpoint_system` (one per process) or directly with an own
+    :class:`~weightslab.ledger.Ledger` for isolated use. Raises RootLockedError when another writer
+    holds the root, ConfigError for invalid options.
+    """
+
+    def __init__(
+        self, config: CheckpointConfig | None = None, *, ledger: Ledger | None = None, **options: Any
+    ):
+        if config is not None and options:
+            raise ConfigError("pass either a CheckpointConfig or keyword options, not both")
+        self.config = config or CheckpointConfig.from_kwargs(**options)
+        self.ledger = ledger or get_ledger()
+        self.manager = CheckpointManager(self.config.root, mode="w", durable=self.config.durable)
+        self.hasher = ExperimentHashGenerator(self.config.exclude_hyperparams)
+        self.retention = RetentionPolicy(**self.config.retention())
+        self._lock = threading.RLock()
+        self._writer = BackgroundWriter() if self.config.async_save else None
+        self._buffers = SnapshotBuffers()
+        self._detector = ChangeDetector(self.ledger)
+        self._identity: ExperimentIdentity | None = None
+        self._hp_canonical: dict[str, Any] = {}
+        self._arch_modules: dict[str, set[str]] = {}
+        self._submitted: set[tuple[str, int]] = set()
+        self._branch_from: tuple[str, int] | None = None
+        self._resumed_from: tuple[str, int] | None = None
+        self._last_step: int | None = None
+        self._closed = False
+        self._failures = 0
+        self.manager.event("system_opened", pid=os.getpid(), config=_config_record(self.config))
+        atexit.register(self._close_at_exit)
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def root(self) -> Any:
+        return self.manager.root
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def exp_hash(self) -> str | None:
+        """The hash of the active experiment (None before the first step or resume)."""
+        return None if self._identity is None else self._identity.exp_hash
+
+    @property
+    def last_step(self) -> int | None:
+        return self._last_step
+
+    @property
+    def failures(self) -> int:
+        """Saves that failed since this system opened."""
+        return self._failures
+
+    # -- the training-loop API ------------------------------------------------------------------
+    def checkpoint_on_step(
+        self, step: int, metrics: Mapping[str, Any] | None = None
+    ) -> CheckpointEntry | None:
+        """Call once per training step: saves on the frequency and records detected changes.
+
+        Returns nothing useful to most callers; raises CheckpointSaveError only with on_error="raise".
+        """
+        with self._lock:
+            self._check_open()
+            self._surface_errors()
+            step = _check_step(step)
+            clean = _clean_metrics(metrics)
+            if self._identity is None:
+                self._begin(step)
+            elif self.config.detect_changes and self._detector.changed():
+                self._record_changes(step, clean, announced=None)
+            self._last_step = step
+            if is_save_step(step, self.config.checkpoint_frequency):
+                # the full hash is recomputed before every save, whatever the cheap check said
+                self._record_changes(step, clean, announced=None)
+                assert self._identity is not None
+                if (self._identity.exp_hash, step) not in self._submitted:
+                    self._save(step, "step", clean)
+            return None
+
+    def checkpoint_on_model_change(
+        self, step: int | None = None, metrics: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record a model change now (pruning, added layers, surgery): new experiment if the hash moved."""
+        self._announced("model_change", step, metrics)
+
+    def checkpoint_on_config_change(
+        self, step: int | None = None, metrics: Mapping[str, Any] | None = None
+    ) -> None:
+        """Record a hyperparameter change now: new experiment if the hash moved."""
+        self._announced("config_change", step, metrics)
+
+    def checkpoint_on_state_change(
+        self, label: str = "state_change", step: int | None = None, metrics: Mapping[str, Any] | None = None
+    ) -> None:
+        """Save now in the current experiment with ``trigger=label`` ("freeze", "reset", ...)."""
+        if not isinstance(label, str) or not label or len(label) > 64:
+            raise ValueError(
+                f"state change label must be a non-empty string of at most 64 characters, got {label!r}"
+            )
+        self._announced(label, step, metrics)
+
+    def _announced(self, reason: str, step: int | None, metrics: Mapping[str, Any] | None) -> None:
+        with self._lock:
+            self._check_open()
+            self._surface_errors()
+            step = _check_step(step if step is not None else (self._last_step or 0))
+            clean = _clean_metrics(metrics)
+            if self._identity is None:
+                self._begin(step, save=False)
+            switched = self._record_changes(step, clean, announced=reason)
+            if not switched:
+                self._save(step, reason, clean)
+            self._last_step = step
+
+    def flush(self) -> None:
+        """Wait for the save in flight; raise or warn (per on_error) about background failures."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.wait()
+            self._surface_errors()
+
+    def close(self) -> None:
+        """Flush pending saves, release the root's lock and the singleton slot. Idempotent."""
+        global _SYSTEM
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            errors: list[BaseException] = []
+            if self._writer is not None:
+                self._writer.close()
+                errors = self._writer.take_errors()
+            self.manager.event("system_closed", exp_hash=self.exp_hash, last_step=self._last_step)
+            self.manager.close()
+            with _SYSTEM_LOCK:
+                if _SYSTEM is self:
+                    _SYSTEM = None
+            atexit.unregister(self._close_at_exit)
+            self._report(errors)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.error("weightslab: error while closing at exit: %s", exc)
+
+    def __enter__(self) -> AutomaticCheckpointSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- resume ---------------------------------------------------------------------------------
+    def resume(self, mode: ResumeMode = "latest") -> int:
+        """Restore every registered object from the run's newest checkpoint that verifies.
+
+        ``mode`` is "latest", "best" (by the configured ``monitor``) or a step number of the active
+        experiment. Returns the step to continue from (0 on a fresh root). Raises
+        ArchitectureMismatchError when a registered model does not fit the checkpoint,
+        CheckpointNotFoundError when nothing verifies.
+        """
+        with self._lock:
+            self._check_open()
+            if self._writer is not None:
+                self._writer.wait()
+            exp_hash = self.manager.last_active()
+            if exp_hash is None:
+                self.manager.event("resume_fresh")
+                log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
+                return 0
+            data, entry, source_hash, skipped = self._load_for_resume(exp_hash, mode)
+            self._restore(data, source_hash, entry)
+            manifest = self.manager.manifest(source_hash)
+            self._identity = ExperimentIdentity(
+                source_hash, manifest.architecture_hash, manifest.hyperparams_hash
+            )
+            self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
+            self._arch_modules = _module_names(self.ledger.items("model"))
+            self._detector.rebaseline()
+            self._branch_from = self._resumed_from = (source_hash, entry.step)
+            self._submitted = {(source_hash, e.step) for e in manifest.checkpoints}
+            self._last_step = entry.step
+            self.manager.event(
+                "resumed",
+                exp_hash=source_hash,
+                step=entry.step,
+                file=entry.file,
+                skipped=skipped,
+                mode=str(mode),
+            )
+            log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
+            return entry.step + 1
+
+    def _load_for_resume(
+        self, exp_hash: str, mode: ResumeMode
+    ) -> tuple[dict[str, Any], CheckpointEntry, str, list[str]]:
+        candidates: list[tuple[str, CheckpointEntry]] = []
+        if mode == "latest":
+            h: str | None = exp_hash
+            upto: int | None = None
+            seen = set()
+            while h is not None and h not in seen and self.manager.has_experiment(h):
+                seen.add(h)
+                m = self.manager.manifest(h)
+                candidates += [(h, e) for e in reversed(m.checkpoints) if upto is None or e.step <= upto]
+                h, upto = (m.parent.exp_hash, m.parent.step) if m.parent else (None, None)
+        elif mode == "best":
+            if not self.config.monitor:
+                raise ConfigError(
+                    "resume('best') needs monitor=<metric name> in the checkpoint system's options"
+                )
+            m = self.manager.manifest(exp_hash)
+            order = self.retention.best([_record(e) for e in m.checkpoints], len(m.checkpoints))
+            candidates = [(exp_hash, e) for s in order if (e := m.entry(s)) is not None]
+            if not candidates:
+                raise CheckpointNotFoundError(
+                    f"no checkpoint of {exp_hash} recorded metric {self.config.monitor!r}; resume('latest') instead"
+                )
+        else:
+            candidates = [(exp_hash, self.manager.entry(exp_hash, _check_step(mode)))]
+        skipped: list[str] = []
+        for h, entry in candidates:
+            try:
+                return self.manager.load_entry(h, entry), entry, h, skipped
+            except (CheckpointCorruptedError, CheckpointFormatError) as exc:
+                skipped.append(entry.file)
+                log.warning("weightslab: skipping %s/%s: %s", h, entry.file, exc)
+                self.manager.event("checkpoint_unreadable", exp_hash=h, step=entry.step, error=str(exc))
+                if isinstance(mode, int):
+                    raise
+        raise CheckpointNotFoundError(
+            f"no checkpoint of experiment {exp_hash} in {self.root} verifies (tried {len(skipped)}: "
+            f"{', '.join(skipped) or 'none'}); run `weightslab verify {self.root}` for details"
+        )
+
+    def _restore(self, data: Mapping[str, Any], exp_hash: str, entry: CheckpointEntry) -> None:
+        where = f"checkpoint {exp_hash} step {entry.step}"
+        models = self.ledger.items("model")
+        for name, sd in data.get("models", {}).items():
+            model = models.get(name)
+            if model is None:
+                log.warning(
+                    "weightslab: %s holds model %r, which is not registered; not restored", where, name
+                )
+                continue
+            try:
+                model.load_state_dict(sd, strict=True)
+            except RuntimeError as exc:
+                raise ArchitectureMismatchError(
+                    f"registered model {name!r} does not match {where}: {str(exc).splitlines()[0]} ... "
+                    "The checkpoint was saved after a model change. Rebuild the model from it: "
+                    f"arch = CheckpointManager({str(self.root)!r}, mode='r').load_architecture({exp_hash!r}, "
+                    f"trust=True); model = arch[{name!r}].to_empty(device='cpu'); register it and resume() again"
+                ) from exc
+        for name in data.get("frozen", {}):
+            model = models.get(name)
+            if model is not None:
+                frozen = set(data["frozen"][name])
+                for pname, p in model.named_parameters():
+                    p.requires_grad_(pname not in frozen)
+        for kind, key in (("optimizer", "optimizers"), ("scheduler", "schedulers"), ("stateful", "extra")):
+            live = self.ledger.items(kind)  # type: ignore[arg-type]
+            for name, state in data.get(key, {}).items():
+                obj = live.get(name)
+                if obj is None:
+                    log.warning(
+                        "weightslab: %s holds %s %r, which is not registered; not restored", where, kind, name
+                    )
+                    continue
+                try:
+                    obj.load_state_dict(state)
+                except (ValueError, RuntimeError, KeyError) as exc:
+                    raise ArchitectureMismatchError(
+                        f"registered {kind} {name!r} does not match {where}: {exc}; build it over the same "
+                        "parameters as the checkpointed model (after restoring the model's architecture)"
+                    ) from exc
+        for name, values in data.get("hyperparams", {}).items():
+            if name in self.ledger.items("hyperparams"):
+                self.ledger.update_hyperparams(name, values)
+        if self.config.save_rng and data.get("rng"):
+            restore_rng(data["rng"])
+
+    # -- internals ------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SystemConfigurationError(
+                "this checkpoint system is closed; call get_checkpoint_system(root_log_dir=...) for a new one"
+            )
+
+    def _identity_now(self) -> ExperimentIdentity:
+        return self.hasher.identity(self.ledger.items("model"), self.ledger.items("hyperparams"))
+
+    def _begin(self, step: int, *, save: bool = True) -> None:
+        """The first step: the configuration active now is the first experiment (setup is not a change)."""
+        ident = self._identity_now()
+        _, created = self._open_experiment(ident, parent=None)
+        if not created:
+            latest = self.manager.manifest(ident.exp_hash).latest()
+            self.manager.event("experiment_activated", exp_hash=ident.exp_hash, step=step, reason="start")
+            if latest is not None and latest.step >= step:
+                log.warning(
+                    "weightslab: experiment %s already has checkpoints up to step %d and this run did not "
+                    "resume(); saves at the same steps will replace them",
+                    ident.exp_hash,
+                    latest.step,
+                )
+        self._identity = ident
+        self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
+        self._arch_modules = _module_names(self.ledger.items("model"))
+        self._detector.rebaseline()
+
+    def _open_experiment(self, ident: ExperimentIdentity, parent: ParentRef | None) -> tuple[Any, bool]:
+        models = self.ledger.items("model")
+        return self.manager.create_experiment(
+            exp_hash=ident.exp_hash,
+            architecture_hash=ident.architecture_hash,
+            hyperparams_hash=ident.hyperparams_hash,
+            parent=parent,
+            retention=self.config.retention(),
+            hyperparams=self._full_hyperparams(),
+            models=models,
+            save_architecture=self.config.save_architecture,
+        )
+
+    def _record_changes(self, step: int, metrics: dict[str, float | None], announced: str | None) -> bool:
+        """Compare with the active experiment; on a hash change open the new one and save. True if switched."""
+        assert self._identity is not None
+        old = self._identity
+        ident = self._identity_now()
+        if ident.exp_hash != old.exp_hash:
+            detected = "model_change" if ident.architecture_hash != old.architecture_hash else "config_change"
+            reason = announced if announced in ("model_change", "config_change") else detected
+            self._switch(ident, reason, step)
+            self._save(step, reason, metrics)
+            return True
+        frozen, unfrozen = self._detector.trainable_changes()
+        if (frozen or unfrozen) and announced is None:
+            label = "freeze" if frozen else "unfreeze"
+            self.manager.event(
+                "change_detected",
+                kind=label,
+                exp_hash=old.exp_hash,
+                step=step,
+                frozen=frozen,
+                unfrozen=unfrozen,
+            )
+            log.info(
+                "weightslab: %s detected at step %d (%d parameters)", label, step, len(frozen or unfrozen)
+            )
+            self._detector.rebaseline()
+            self._save(step, label, metrics)
+            return False
+        self._detector.rebaseline()
+        return False
+
+    def _switch(self, ident: ExperimentIdentity, reason: str, step: int) -> None:
+        assert self._identity is not None
+        old = self._identity
+        if self._writer is not None:
+            self._writer.wait()  # the parent's newest checkpoint must be committed to be referenced
+        if self._branch_from is not None and self._branch_from[0] == old.exp_hash:
+            parent_step: int | None = self._branch_from[1]
+        else:
+            latest = self.manager.manifest(old.exp_hash).latest()
+            parent_step = None if latest is None else latest.step
+        parent = ParentRef(old.exp_hash, parent_step, reason)
+        new_hp = self.hasher.hyperparams(self.ledger.items("hyperparams"))
+        new_modules = _module_names(self.ledger.items("model"))
+        details: dict[str, Any] = {}
+        if reason == "config_change" or ident.hyperparams_hash != old.hyperparams_hash:
+            details["changed_keys"] = list(changed_keys(self._hp_canonical, new_hp))
+        if ident.architecture_hash != old.architecture_hash:
+            details["modules"] = _module_diff(self._arch_modules, new_modules)
+        self.manager.event(
+            "change_detected",
+            kind=reason,
+            exp_hash=ident.exp_hash,
+            previous=old.exp_hash,
+            step=step,
+            **details,
+        )
+        _, created = self._open_experiment(ident, parent)
+        if not created:
+            self.manager.event(
+                "experiment_activated",
+                exp_hash=ident.exp_hash,
+                previous=old.exp_hash,
+                step=step,
+                reason=reason,
+            )
+        log.info(
+            "weightslab: %s at step %d: experiment %s -> %s%s",
+            reason,
+            step,
+            old.exp_hash,
+            ident.exp_hash,
+            "" if created else " (returning to an earlier configuration)",
+        )
+        self._identity = ident
+        self._hp_canonical = new_hp
+        self._arch_modules = new_modules
+        self._branch_from = None
+        self._detector.rebaseline()
+
+    def _full_hyperparams(self) -> dict[str, Any]:
+        """Every registered set, canonical, excluded keys included (they are restored on resume)."""
+        return {name: canonicalize(hp, name) for name, hp in self.ledger.items("hyperparams").items()}
+
+    def _snapshot(
+        self, step: int, trigger: str, metrics: dict[str, float | None]
+    ) -> tuple[dict[str, Any], Any]:
+        assert self._identity is not None
+        buffers = self._buffers
+        buffers.begin()
+        payload: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "exp_hash": self._identity.exp_hash,
+            "step": step,
+            "created": time.time(),
+            "trigger": trigger,
+            "metrics": dict(metrics),
+        }
+        models = self.ledger.items("model")
+        payload["models"] = {n: buffers.tree(("model", n), m.state_dict()) for n, m in models.items()}
+        for kind, key in (("optimizer", "optimizers"), ("scheduler", "schedulers"), ("stateful", "extra")):
+            objs = self.ledger.items(kind)  # type: ignore[arg-type]
+            payload[key] = {n: buffers.tree((kind, n), o.state_dict()) for n, o in objs.items()}
+        payload["rng"] = capture_rng() if self.config.save_rng else {}
+        payload["hyperparams"] = self._full_hyperparams()
+        payload["frozen"] = {
+            n: [pn for pn, p in m.named_parameters() if not p.requires_grad] for n, m in models.items()
+        }
+        event = buffers.end()
+        _check_loadable(payload)
+        return payload, event
+
+    def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
+        assert self._identity is not None
+        exp_hash = self._identity.exp_hash
+        if self._writer is not None:
+            self._writer.wait()  # the buffers are about to be overwritten
+            self._surface_errors()
+        try:
+            payload, event = self._snapshot(step, trigger, metrics)
+        except Exception as exc:
+            self._failed(exc, exp_hash, step)
+            self._report([exc])
+            return
+        self._submitted.add((exp_hash, step))
+        job = partial(self._commit, exp_hash, step, payload, trigger, metrics, event)
+        if self._writer is not None:
+            self._writer.submit(job)
+        else:
+            try:
+                job()
+            except Exception as exc:
+                self._report([exc])
+
+    def _commit(
+        self,
+        exp_hash: str,
+        step: int,
+        payload: dict[str, Any],
+        trigger: str,
+        metrics: dict[str, float | None],
+        event: Any,
+    ) -> None:
+        """Runs on the writer thread (or inline when async_save=False)."""
+        try:
+            if event is not None:
+                event.synchronize()
+            t0 = time.perf_counter()
+            entry = self.manager.save(exp_hash, step, payload, trigger=trigger, metrics=metrics)
+            log.info(
+                "weightslab: saved %s step %d (%s, %.1f MB, %.2fs)",
+                exp_hash,
+                step,
+                trigger,
+                entry.bytes / 1e6,
+                time.perf_counter() - t0,
+            )
+            if self._resumed_from and self._resumed_from[0] == exp_hash and step > self._resumed_from[1]:
+                self._resumed_from = None
+            protected = (
+                {self._resumed_from[1]} if self._resumed_from and self._resumed_from[0] == exp_hash else set()
+            )
+            deleted = self.manager.apply_retention(exp_hash, self.retention, protected)
+            if deleted:
+                log.info("weightslab: retention removed %s steps %s", exp_hash, deleted)
+        except Exception as exc:
+            self._failed(exc, exp_hash, step)
+            raise
+
+    def _failed(self, exc: BaseException, exp_hash: str, step: int) -> None:
+        self._failures += 1
+        path = self.manager.experiment(exp_hash).step_file(step)
+        log.error("weightslab: saving %s failed: %s: %s", path, type(exc).__name__, exc)
+        try:
+            self.manager.event(
+                "save_failed",
+                exp_hash=exp_hash,
+                step=step,
+                path=str(path),
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        except OSError as journal_exc:  # the disk may be the problem; the log line above stands
+            log.error("weightslab: could not journal the failure: %s", journal_exc)
+
+    def _surface_errors(self) -> None:
+        if self._writer is not None:
+            self._report(self._writer.take_errors())
+
+    def _report(self, errors: list[BaseException]) -> None:
+        for exc in errors:
+            message = f"weightslab: a checkpoint save failed: {type(exc).__name__}: {exc}"
+            if self.config.on_error == "raise":
+                raise CheckpointSaveError(message) from exc
+            warnings.warn(
+                message + " (training continues; on_error='raise' makes this an error)", stacklevel=3
+            )
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool):
+        raise TypeError(f"step must be an int, got {step!r}")
+    try:
+        value = operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})") from None
+    if value < 0:
+        raise ValueError(f"step must be >= 0, got {value}")
+    return value
+
+
+def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:
+    if not metrics:
+        return {}
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of names to numbers, got {type(metrics).__name__}")
+    out: dict[str, float | None] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"metric names must be non-empty strings, got {key!r}")
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"metric {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar")
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"metric {key!r} = {value!r} is not a number") from None
+        value = float(value)
+        if not math.isfinite(value):
+            log.warning("weightslab: metric %r is %s; recorded as null and ignored by keep_best", key, value)
+            out[key] = None
+        else:
+            out[key] = value
+    return out
+
+
+def _check_loadable(payload: Any, path: str = "") -> None:
+    """Refuse leaves that torch.load(weights_only=True) could not read back."""
+    if isinstance(payload, (torch.Tensor, _SAFE_LEAVES)):
+        return
+    if isinstance(payload, Mapping):
+        for k, v in payload.items():
+            _check_loadable(v, f"{path}.{k}" if path else str(k))
+        return
+    if isinstance(payload, (list, tuple)):
+        for i, v in enumerate(payload):
+            _check_loadable(v, f"{path}[{i}]")
+        return
+    raise CheckpointSaveError(
+        f"state at {path} is a {type(payload).__name__}, which torch.load(weights_only=True) cannot read; "
+        "make that object's state_dict() return tensors, numbers, strings, lists and dicts"
+    )
+
+
+def _record(e: CheckpointEntry) -> Any:
+    from weightslab.components.policy import CheckpointRecord
+
+    return CheckpointRecord(e.step, e.metrics)
+
+
+def _module_names(models: Mapping[str, torch.nn.Module]) -> dict[str, set[str]]:
+    out = {}
+    for name, model in models.items():
+        out[name] = {
+            f"{q}:{type(m).__name__}({m.extra_repr()})|"
+            + ",".join(f"{n}{tuple(p.shape)}" for n, p in m.named_parameters(recurse=False))
+            for q, m in model.named_modules()
+        }
+    return out
+
+
+def _module_diff(old: dict[str, set[str]], new: dict[str, set[str]]) -> dict[str, list[str]]:
+    def names(records: set[str]) -> dict[str, str]:
+        return {r.split(":", 1)[0]: r for r in records}
+
+    added, removed, changed = [], [], []
+    for model in sorted(old.keys() | new.keys()):
+        a, b = names(old.get(model, set())), names(new.get(model, set()))
+        added += [f"{model}.{q}" if q else model for q in sorted(b.keys() - a.keys())]
+        removed += [f"{model}.{q}" if q else model for q in sorted(a.keys() - b.keys())]
+        changed += [f"{model}.{q}" if q else model for q in sorted(a.keys() & b.keys()) if a[q] != b[q]]
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+def _config_record(config: CheckpointConfig) -> dict[str, Any]:
+    record = asdict(config)
+    record["root_log_dir"] = str(config.root_log_dir)
+    record["exclude_hyperparams"] = list(config.exclude_hyperparams)
+    return record
+
+
+# -- the process-wide system ----------------------------------------------------------------------
+_SYSTEM: AutomaticCheckpointSystem | None = None
+_SYSTEM_LOCK = threading.Lock()
+
+
+def get_checkpoint_system(
+    root_log_dir: str | os.PathLike[str] | None = None,
+    checkpoint_frequency: int | None = None,
+    auto_init: bool = True,
+    **config: Any,
+) -> AutomaticCheckpointSystem:
+    """The process-wide checkpoint system, built on first call.
+
+    Options are those of :class:`CheckpointConfig`. Calling again with no options returns the open
+    system; with options that differ from its configuration, it raises SystemConfigurationError
+    (close it first). After ``close()`` a call builds a fresh system. ``auto_init=False`` raises
+    instead of building one.
+    """
+    global _SYSTEM
+    options = dict(config)
+    if root_log_dir is not None:
+        options["root_log_dir"] = root_log_dir
+    if checkpoint_frequency is not None:
+        options["checkpoint_frequency"] = checkpoint_frequency
+    with _SYSTEM_LOCK:
+        current = _SYSTEM
+    if current is not None and not current.closed:
+        CheckpointConfig.from_kwargs(
+            **{**_config_kwargs(current.config), **options}
+        )  # validates names/values
+        diffs = current.config.differences(options)
+        if diffs:
+            listed = ", ".join(f"{k}={theirs!r} (open: {mine!r})" for k, (mine, theirs) in diffs.items())
+            raise SystemConfigurationError(
+                f"a checkpoint system is already open on {current.root} with other options: {listed}; "
+                "call get_checkpoint_system().close() first, or call it without options to use the open one"
+            )
+        return current
+    if not auto_init:
+        raise SystemConfigurationError(
+            "no checkpoint system is open; call get_checkpoint_system(root_log_dir=..., checkpoint_frequency=...)"
+        )
+    system = AutomaticCheckpointSystem(CheckpointConfig.from_kwargs(**options))
+    with _SYSTEM_LOCK:
+        _SYSTEM = system
+    return system
+
+
+def _config_kwargs(config: CheckpointConfig) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in asdict(config)}
+
+
+def checkpoint_on_step(step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    """Call once per training step (see :meth:`AutomaticCheckpointSystem.checkpoint_on_step`)."""
+    get_checkpoint_system().checkpoint_on_step(step, metrics)
+
+
+def checkpoint_on_model_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
+    """Record a model change now (pruning, added layers...)."""
+    get_checkpoint_system().checkpoint_on_model_change(step, metrics)
+
+
+def checkpoint_on_config_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
+    """Record a hyperparameter change now."""
+    get_checkpoint_system().checkpoint_on_config_change(step, metrics)
+
+
+def checkpoint_on_state_change(
+    label: str = "state_change", step: int | None = None, metrics: Mapping[str, Any] | None = None
+) -> None:
+    """Save now with ``trigger=label`` in the current experiment ("freeze", "reset", ...)."""
+    get_checkpoint_system().checkpoint_on_state_change(label, step, metrics)

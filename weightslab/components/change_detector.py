@@ -1,0 +1,112 @@
+"""Cheap detection of model, config and freeze changes between saves.
+
+Every ``checkpoint_on_step`` asks :meth:`ChangeDetector.changed` whether anything that could change
+the experiment hash (or the trainable set) moved since the last baseline. It compares, in order of
+cost: the ledger version, a process-wide counter bumped by torch's module, parameter and buffer
+registration hooks (adding or replacing layers, ``torch.nn.utils.prune``), the hyperparameter
+values against deep copies, then every parameter's shape (which catches ``p.data = smaller``) and
+``requires_grad``. Only when it says yes does the system recompute the full hash.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Mapping
+from operator import attrgetter
+from typing import Any
+
+import torch
+
+from weightslab.ledger import Ledger
+
+_structure_counter = itertools.count(1)
+_structure_version = 0
+
+
+def _bump(*_args: Any) -> None:
+    global _structure_version
+    _structure_version = next(_structure_counter)
+
+
+_hooks_installed = False
+
+
+def install_structure_hooks() -> None:
+    """Register the global torch hooks once per process (they only bump a counter)."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    from torch.nn.modules import module as _m
+
+    _m.register_module_module_registration_hook(_bump)
+    _m.register_module_parameter_registration_hook(_bump)
+    _m.register_module_buffer_registration_hook(_bump)
+    _hooks_installed = True
+
+
+def structure_version() -> int:
+    return _structure_version
+
+
+_shape = attrgetter("shape")
+_requires_grad = attrgetter("requires_grad")
+
+
+class ChangeDetector:
+    """Remembers a baseline of the registered objects and says cheaply whether it moved."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        install_structure_hooks()
+        self.ledger = ledger
+        self._ledger_version = -1
+        self._structure = -1
+        self._hp: list[tuple[Any, Any]] = []
+        self._params: list[torch.nn.Parameter] = []
+        self._shapes: list[torch.Size] = []
+        self._grads: list[bool] = []
+        self._names: list[tuple[str, str]] = []
+
+    def rebaseline(self) -> None:
+        """Take the current state as the baseline."""
+        self._ledger_version = self.ledger.version
+        self._structure = structure_version()
+        self._hp = [(hp, _copy_for_compare(hp)) for hp in self.ledger.items("hyperparams").values()]
+        params, names = [], []
+        for mname, model in self.ledger.items("model").items():
+            for pname, p in model.named_parameters():
+                params.append(p)
+                names.append((mname, pname))
+        self._params = params
+        self._names = names
+        self._shapes = list(map(_shape, params))
+        self._grads = list(map(_requires_grad, params))
+
+    def changed(self) -> bool:
+        """True when something may have changed since :meth:`rebaseline` (false positives are fine)."""
+        if self.ledger.version != self._ledger_version or structure_version() != self._structure:
+            return True
+        for live, snap in self._hp:
+            if live != snap:
+                return True
+        params = self._params
+        return list(map(_requires_grad, params)) != self._grads or list(map(_shape, params)) != self._shapes
+
+    def trainable_changes(self) -> tuple[list[str], list[str]]:
+        """(params frozen, params unfrozen) since the baseline, as "model.param" names."""
+        frozen: list[str] = []
+        unfrozen: list[str] = []
+        if len(self._params) != len(self._grads):
+            return frozen, unfrozen
+        for (mname, pname), p, before in zip(self._names, self._params, self._grads, strict=True):
+            if before and not p.requires_grad:
+                frozen.append(f"{mname}.{pname}")
+            elif not before and p.requires_grad:
+                unfrozen.append(f"{mname}.{pname}")
+        return frozen, unfrozen
+
+
+def _copy_for_compare(hp: Any) -> Any:
+    if isinstance(hp, Mapping):
+        return copy.deepcopy(dict(hp))
+    return copy.deepcopy(hp)

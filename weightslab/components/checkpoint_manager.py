@@ -1,0 +1,689 @@
+"""CheckpointManager: save, load, list, verify and delete the checkpoints of one root.
+
+The manager does I/O and keeps the commit rule; it never decides when to save or what to keep
+(that is :mod:`weightslab.components.policy` and the automatic system). Commit rule: a checkpoint
+exists when, and only when, its manifest entry exists, and the entry is written only after the step
+file is durable. Files without an entry are crash leftovers: never loaded, cleaned up by a writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from weightslab.components.journal import Journal, last_active_experiment, read_events
+from weightslab.components.layout import (
+    CHECKPOINT_FORMAT,
+    TMP_MARKER,
+    ExperimentLayout,
+    RootLayout,
+    parse_step_file,
+)
+from weightslab.components.lock import RootLock
+from weightslab.components.manifest import (
+    CheckpointEntry,
+    Manifest,
+    ParentRef,
+    PendingReplacement,
+    read_manifest,
+)
+from weightslab.components.policy import CheckpointRecord, RetentionPolicy
+from weightslab.components.storage import HashingWriter, LocalStorage
+from weightslab.errors import (
+    AmbiguousExperimentError,
+    CheckpointCorruptedError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    ManifestError,
+    RootError,
+    UnknownExperimentError,
+    UntrustedLoadError,
+)
+from weightslab.names import is_hash, validate_hash
+
+log = logging.getLogger("weightslab")
+
+Which = int | Literal["latest", "best"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :meth:`CheckpointManager.verify`."""
+
+    kind: Literal["corrupt", "missing", "orphaned", "manifest"]
+    exp_hash: str
+    path: str
+    step: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`CheckpointManager.verify` checked and found."""
+
+    checked: int = 0
+    ok: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+class CheckpointManager:
+    """Checkpoints of one root on local storage.
+
+    ``mode="w"`` takes the root's writer lock (a second writer gets RootLockedError) and cleans crash
+    leftovers; ``mode="r"`` only reads and may run beside a writer.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        mode: Literal["r", "w"] = "w",
+        durable: bool = True,
+        storage: LocalStorage | None = None,
+    ) -> None:
+        if mode not in ("r", "w"):
+            raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+        self.root = Path(root).expanduser().absolute()
+        self.mode = mode
+        self.layout = RootLayout(self.root)
+        self.storage = storage or LocalStorage(durable=durable)
+        self._lock = threading.RLock()
+        self._manifests: dict[str, Manifest] = {}
+        self._lock_file: RootLock | None = None
+        if self.root.exists() and not self.root.is_dir():
+            raise RootError(f"checkpoint root {self.root} is a file, not a folder; pass a folder path")
+        if mode == "r":
+            if not self.layout.checkpoints_dir.is_dir():
+                raise RootError(
+                    f"{self.root} is not a weightslab root (no checkpoints/ folder); check the path"
+                )
+            self.journal: Journal | None = None
+            return
+        try:
+            for d in (self.layout.data_dir, self.layout.logs_dir, self.layout.checkpoints_dir):
+                self.storage.makedirs(d)
+        except OSError as exc:
+            raise RootError(f"cannot create checkpoint root {self.root}: {exc.strerror or exc}") from exc
+        self._lock_file = RootLock(self.layout.lock_file, self.root)
+        self._lock_file.acquire()
+        self.journal = Journal(self.layout.events_file, durable=durable)
+        self.clean_leftovers()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the writer lock; the manager can still read afterwards."""
+        if self._lock_file is not None:
+            self._lock_file.release()
+            self._lock_file = None
+        self.mode = "r"
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _require_writer(self) -> Journal:
+        if self.mode != "w" or self.journal is None:
+            raise RootError(f"{self.root} is open read-only; open it with CheckpointManager(root, mode='w')")
+        return self.journal
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Append an event to the journal (no-op for a read-only manager)."""
+        if self.journal is not None:
+            self.journal.append(name, **fields)
+
+    # -- experiments ----------------------------------------------------------------------------
+    def experiment(self, exp_hash: str) -> ExperimentLayout:
+        return self.layout.experiment(exp_hash)
+
+    def experiments(self) -> list[str]:
+        """Hashes of the experiments that have a manifest, oldest first."""
+        found = []
+        for name in self.storage.listdir(self.layout.checkpoints_dir):
+            if is_hash(name) and (self.layout.checkpoints_dir / name / "manifest.json").is_file():
+                found.append(name)
+        return sorted(found, key=lambda h: (self._created_or_inf(h), h))
+
+    def _created_or_inf(self, exp_hash: str) -> float:
+        try:
+            return self.manifest(exp_hash).created
+        except ManifestError:
+            return float("inf")
+
+    def has_experiment(self, exp_hash: str) -> bool:
+        return self.experiment(exp_hash).manifest.is_file()
+
+    def resolve_hash(self, prefix: str) -> str:
+        """A full hash from a unique prefix, like git; raises Unknown/AmbiguousExperimentError."""
+        if not isinstance(prefix, str) or not prefix:
+            raise UnknownExperimentError(f"experiment hash prefix must be a non-empty string, got {prefix!r}")
+        matches = [h for h in self.experiments() if h.startswith(prefix.lower())]
+        if not matches:
+            raise UnknownExperimentError(
+                f"no experiment in {self.root} matches {prefix!r}; list them with `weightslab ls`"
+            )
+        if len(matches) > 1:
+            raise AmbiguousExperimentError(
+                f"hash prefix {prefix!r} is ambiguous in {self.root}: {', '.join(matches)}; type more digits"
+            )
+        return matches[0]
+
+    def manifest(self, exp_hash: str) -> Manifest:
+        """The manifest of one experiment (cached by a writer, re-read by a reader)."""
+        with self._lock:
+            if self.mode == "w" and exp_hash in self._manifests:
+                return self._manifests[exp_hash]
+            m = read_manifest(self.experiment(exp_hash).manifest)
+            if m.exp_hash != exp_hash:
+                raise ManifestError(
+                    self.experiment(exp_hash).manifest, f"exp_hash is {m.exp_hash}, folder is {exp_hash}"
+                )
+            if self.mode == "w":
+                self._manifests[exp_hash] = m
+            return m
+
+    def _write_manifest(self, m: Manifest) -> None:
+        path = self.experiment(m.exp_hash).manifest
+        self.storage.write_bytes_atomic(path, m.to_json())
+        self._manifests[m.exp_hash] = m
+
+    def create_experiment(
+        self,
+        *,
+        exp_hash: str,
+        architecture_hash: str,
+        hyperparams_hash: str,
+        parent: ParentRef | None,
+        retention: Mapping[str, Any],
+        hyperparams: Mapping[str, Any],
+        models: Mapping[str, torch.nn.Module],
+        save_architecture: bool = True,
+    ) -> tuple[Manifest, bool]:
+        """Open the experiment directory; returns (manifest, created). Idempotent.
+
+        Architecture files and the YAML config are written first, the manifest last: a directory
+        without a manifest is a leftover of a crash.
+        """
+        journal = self._require_writer()
+        with self._lock:
+            if self.has_experiment(exp_hash):
+                return self.manifest(exp_hash), False
+            exp = self.experiment(exp_hash)
+            for d in (exp.model_dir, exp.hp_dir, exp.data_dir):
+                self.storage.makedirs(d)
+            self.storage.write_bytes_atomic(exp.config_yaml, _config_yaml(exp_hash, hyperparams))
+            self.storage.write_bytes_atomic(exp.architecture_text, architecture_text(models).encode())
+            if save_architecture and models:
+                self._write_architecture_pickle(exp, models)
+            m = Manifest(
+                exp_hash=exp_hash,
+                architecture_hash=architecture_hash,
+                hyperparams_hash=hyperparams_hash,
+                created=time.time(),
+                parent=parent,
+                retention=dict(retention),
+            )
+            self._write_manifest(m)
+        journal.append(
+            "experiment_created",
+            exp_hash=exp_hash,
+            parent=None if parent is None else parent.to_dict(),
+            reason=None if parent is None else parent.reason,
+        )
+        return m, True
+
+    def _write_architecture_pickle(
+        self, exp: ExperimentLayout, models: Mapping[str, torch.nn.Module]
+    ) -> None:
+        try:
+            skeletons = {name: meta_copy(model) for name, model in models.items()}
+            buf = io.BytesIO()
+            torch.save({"format": "weightslab.architecture/1", "models": skeletons}, buf)
+        except Exception as exc:  # an unpicklable model loses only this convenience file
+            log.warning(
+                "weightslab: architecture of %s not pickled (%s: %s)", exp.exp_hash, type(exc).__name__, exc
+            )
+            self.event("architecture_not_saved", exp_hash=exp.exp_hash, error=f"{type(exc).__name__}: {exc}")
+            return
+        self.storage.write_bytes_atomic(exp.architecture_pickle, buf.getvalue())
+
+    def load_architecture(self, exp_hash: str, *, trust: bool = False) -> dict[str, torch.nn.Module]:
+        """The model structures of an experiment, parameters on the meta device.
+
+        Unpickling can run code from the file, so it needs ``trust=True``. Materialise with
+        ``model.to_empty(device="cpu")`` and load weights with :meth:`load`.
+        Raises UntrustedLoadError without ``trust=True``, CheckpointNotFoundError if absent.
+        """
+        path = self.experiment(validate_hash(exp_hash)).architecture_pickle
+        if not trust:
+            raise UntrustedLoadError(
+                f"{path} is a pickle of Python objects and loading it can run code; call "
+                "load_architecture(..., trust=True) only for roots you trust"
+            )
+        if not path.is_file():
+            raise CheckpointNotFoundError(f"no architecture pickle for {exp_hash} at {path}")
+        data = torch.load(path, weights_only=False, map_location="meta")
+        return dict(data["models"])
+
+    def read_config(self, exp_hash: str) -> dict[str, Any]:
+        """The hyperparameters of an experiment, from ``hp/{hash}_config.yaml``."""
+        path = self.experiment(exp_hash).config_yaml
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return dict(data.get("hyperparams", {})) if isinstance(data, dict) else {}
+
+    # -- saving ---------------------------------------------------------------------------------
+    def save(
+        self,
+        exp_hash: str,
+        step: int,
+        payload: Mapping[str, Any] | Callable[[HashingWriter], None],
+        *,
+        trigger: str,
+        metrics: Mapping[str, float | None] | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+    ) -> CheckpointEntry:
+        """Write the step file durably, then commit its manifest entry; returns the entry.
+
+        ``payload`` is the step dict (serialised with ``torch.save``) or a function that writes the
+        bytes. Saving a step that is already committed replaces it crash-safely: the entry records the
+        pending replacement before the file is renamed over, so either version verifies.
+        """
+        journal = self._require_writer()
+        exp = self.experiment(exp_hash)
+        final = exp.step_file(step)
+        produce = payload if callable(payload) else _torch_save_into(payload)
+        with self._lock:
+            m = self.manifest(exp_hash)
+            old = m.entry(step)
+        if old is None:
+            written = self.storage.write_atomic(final, produce)
+        else:
+            written = self._replace(exp, m, old, produce)
+        entry = CheckpointEntry(
+            step=step,
+            file=exp.relative(final),
+            bytes=written.bytes,
+            xxh3_128=written.xxh3_128,
+            created=time.time(),
+            trigger=trigger,
+            metrics=dict(metrics or {}),
+            tags=tuple(tags),
+            description=description,
+        )
+        with self._lock:
+            self._write_manifest(self.manifest(exp_hash).with_entry(entry))
+        journal.append(
+            "checkpoint_saved",
+            exp_hash=exp_hash,
+            step=step,
+            trigger=trigger,
+            file=entry.file,
+            bytes=entry.bytes,
+            metrics=entry.metrics,
+            replaced=old is not None,
+        )
+        return entry
+
+    def _replace(
+        self,
+        exp: ExperimentLayout,
+        m: Manifest,
+        old: CheckpointEntry,
+        produce: Callable[[HashingWriter], None],
+    ) -> Any:
+        # 1. the new bytes, durable, beside the old file
+        staging = exp.model_dir / f".{exp.step_file_name(old.step)}{TMP_MARKER}replace"
+        written = self.storage.write_atomic(staging, produce)
+        # 2. the entry accepts either version while the file is swapped
+        pending = PendingReplacement(bytes=written.bytes, xxh3_128=written.xxh3_128)
+        with self._lock:
+            cur = self.manifest(exp.exp_hash)
+            self._write_manifest(cur.with_entry(_with_pending(old, pending)))
+        # 3. swap; the caller commits the new entry (which drops the pending mark)
+        staging.replace(exp.step_file(old.step))
+        self.storage.remove(staging)  # fsyncs the folder; the staging name no longer exists
+        return written
+
+    def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None:
+        """Remove a checkpoint: the manifest entry first, then the file."""
+        journal = self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            entry = m.entry(step)
+            if entry is None:
+                raise CheckpointNotFoundError(f"experiment {exp_hash} has no checkpoint at step {step}")
+            self._write_manifest(m.without_steps({step}))
+        self.storage.remove(self.experiment(exp_hash).resolve(entry.file))
+        journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
+
+    def branch_points(self, exp_hash: str) -> set[int]:
+        """Steps of ``exp_hash`` that a child experiment branched from."""
+        points = set()
+        for h in self.experiments():
+            try:
+                parent = self.manifest(h).parent
+            except ManifestError:
+                continue
+            if parent is not None and parent.exp_hash == exp_hash and parent.step is not None:
+                points.add(parent.step)
+        return points
+
+    def apply_retention(
+        self, exp_hash: str, policy: RetentionPolicy, protected: Iterable[int] = ()
+    ) -> list[int]:
+        """Delete what ``policy`` does not keep (branch points and ``protected`` always kept)."""
+        records = [CheckpointRecord(e.step, e.metrics) for e in self.manifest(exp_hash).checkpoints]
+        doomed = policy.to_delete(records, set(protected) | self.branch_points(exp_hash))
+        for step in doomed:
+            self.delete(exp_hash, step)
+        return doomed
+
+    # -- reading --------------------------------------------------------------------------------
+    def checkpoints(self, exp_hash: str) -> list[CheckpointEntry]:
+        return list(self.manifest(exp_hash).checkpoints)
+
+    def last_active(self) -> str | None:
+        """The experiment that was active last, from the journal (falls back to the newest manifest)."""
+        active = last_active_experiment(self.layout.events_file)
+        if active is not None and self.has_experiment(active):
+            return active
+        exps = self.experiments()
+        return exps[-1] if exps else None
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(read_events(self.layout.events_file))
+
+    def entry(
+        self,
+        exp_hash: str,
+        which: Which = "latest",
+        *,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+    ) -> CheckpointEntry:
+        """The manifest entry for ``which``: "latest", "best" (by ``monitor``/``mode``) or a step."""
+        m = self.manifest(exp_hash)
+        if not m.checkpoints:
+            raise CheckpointNotFoundError(f"experiment {exp_hash} in {self.root} has no committed checkpoint")
+        if which == "latest":
+            latest = m.latest()
+            assert latest is not None  # checked above
+            return latest
+        if which == "best":
+            if not monitor:
+                raise ValueError("loading the best checkpoint needs monitor=<metric name>")
+            records = [CheckpointRecord(e.step, e.metrics) for e in m.checkpoints]
+            best = RetentionPolicy(keep_best=1, monitor=monitor, mode=mode).best(records, 1)
+            if not best:
+                raise CheckpointNotFoundError(f"no checkpoint of {exp_hash} recorded metric {monitor!r}")
+            found = m.entry(best[0])
+        else:
+            if isinstance(which, bool) or not isinstance(which, int):
+                raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
+            found = m.entry(which)
+        if found is None:
+            raise CheckpointNotFoundError(
+                f"experiment {exp_hash} has no checkpoint at step {which}; committed steps: {m.steps()}"
+            )
+        return found
+
+    def verify_entry(self, exp_hash: str, entry: CheckpointEntry) -> Path:
+        """Check the size and xxh3_128 of a step file; returns its path or raises CheckpointCorruptedError."""
+        path = self.experiment(exp_hash).resolve(entry.file)
+        accepted = {(entry.bytes, entry.xxh3_128)}
+        if entry.pending is not None:
+            accepted.add((entry.pending.bytes, entry.pending.xxh3_128))
+        try:
+            size = self.storage.size(path)
+        except FileNotFoundError:
+            raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
+        if size not in {b for b, _ in accepted}:
+            raise CheckpointCorruptedError(
+                path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
+            )
+        size, digest = self.storage.checksum(path)
+        if (size, digest) not in accepted:
+            raise CheckpointCorruptedError(path, entry.xxh3_128, digest)
+        return path
+
+    def load(
+        self,
+        exp_hash: str | None = None,
+        which: Which = "latest",
+        *,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        map_location: Any = "cpu",
+        verify: bool = True,
+        mmap: bool = True,
+    ) -> dict[str, Any]:
+        """Load one committed checkpoint (verified) as the step dict.
+
+        ``exp_hash`` defaults to the experiment active last; it may be a unique prefix.
+        Raises CheckpointNotFoundError, CheckpointCorruptedError, CheckpointFormatError.
+        """
+        if exp_hash is None:
+            exp_hash = self.last_active()
+            if exp_hash is None:
+                raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
+        exp_hash = exp_hash if is_hash(exp_hash) else self.resolve_hash(exp_hash)
+        entry = self.entry(exp_hash, which, monitor=monitor, mode=mode)
+        return self.load_entry(exp_hash, entry, map_location=map_location, verify=verify, mmap=mmap)
+
+    def load_entry(
+        self,
+        exp_hash: str,
+        entry: CheckpointEntry,
+        *,
+        map_location: Any = "cpu",
+        verify: bool = True,
+        mmap: bool = True,
+    ) -> dict[str, Any]:
+        path = self.verify_entry(exp_hash, entry) if verify else self.experiment(exp_hash).resolve(entry.file)
+        return load_step_file(path, map_location=map_location, mmap=mmap)
+
+    # -- health ---------------------------------------------------------------------------------
+    def verify(self, exp_hash: str | None = None) -> VerifyReport:
+        """Check every committed checkpoint's checksum and look for orphaned files."""
+        report = VerifyReport()
+        hashes = [exp_hash] if exp_hash is not None else self.experiments()
+        for h in hashes:
+            exp = self.experiment(h)
+            try:
+                m = self.manifest(h)
+            except ManifestError as exc:
+                report.problems.append(Problem("manifest", h, str(exp.manifest), None, exc.reason))
+                continue
+            listed = set()
+            for entry in m.checkpoints:
+                report.checked += 1
+                listed.add(entry.file)
+                try:
+                    self.verify_entry(h, entry)
+                    report.ok += 1
+                except CheckpointCorruptedError as exc:
+                    kind: Literal["corrupt", "missing"] = (
+                        "missing" if exc.actual == "<missing>" else "corrupt"
+                    )
+                    report.problems.append(Problem(kind, h, exc.path, entry.step, str(exc)))
+            for name in self.storage.listdir(exp.model_dir):
+                parsed = parse_step_file(name)
+                if (parsed and f"model/{name}" not in listed) or TMP_MARKER in name:
+                    report.problems.append(
+                        Problem("orphaned", h, str(exp.model_dir / name), parsed and parsed[1])
+                    )
+        return report
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove what a crash left behind: temp files, step files without an entry, folders without a manifest."""
+        journal = self._require_writer()
+        removed: list[Path] = []
+        for name in self.storage.listdir(self.layout.checkpoints_dir):
+            exp_dir = self.layout.checkpoints_dir / name
+            if not is_hash(name) or not exp_dir.is_dir():
+                continue
+            exp = self.experiment(name)
+            try:
+                m: Manifest | None = self.manifest(name) if exp.manifest.is_file() else None
+            except ManifestError as exc:
+                log.error("weightslab: %s; its files are left untouched", exc)
+                continue
+            if m is not None:
+                m = self._settle_pending(m)
+            listed = {e.file for e in m.checkpoints} if m else set()
+            for sub in (exp.model_dir, exp.hp_dir, exp.dir):
+                for fname in self.storage.listdir(sub):
+                    path = sub / fname
+                    if not path.is_file():
+                        continue
+                    ours = TMP_MARKER in fname or parse_step_file(fname) is not None
+                    if m is None and sub != exp.dir:
+                        ours = ours or fname.startswith(name)
+                    if ours and exp.relative(path) not in listed:
+                        self.storage.remove(path)
+                        removed.append(path)
+            if m is None:
+                for d in (exp.model_dir, exp.hp_dir, exp.data_dir, exp.dir):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+        if removed:
+            journal.append("leftovers_removed", files=[str(p.relative_to(self.root)) for p in removed])
+            log.info("weightslab: removed %d crash leftover(s) under %s", len(removed), self.root)
+        return removed
+
+    def _settle_pending(self, m: Manifest) -> Manifest:
+        """Finish or undo replacements that a crash interrupted."""
+        changed = False
+        for entry in m.checkpoints:
+            if entry.pending is None:
+                continue
+            path = self.experiment(m.exp_hash).resolve(entry.file)
+            try:
+                size, digest = self.storage.checksum(path)
+            except FileNotFoundError:
+                continue
+            if (size, digest) == (entry.pending.bytes, entry.pending.xxh3_128):
+                fixed = _with_pending(entry, None, bytes=size, xxh3_128=digest)
+            else:
+                fixed = _with_pending(entry, None)
+            m = m.with_entry(fixed)
+            changed = True
+        if changed:
+            with self._lock:
+                self._write_manifest(m)
+        return m
+
+    def size_on_disk(self, exp_hash: str) -> int:
+        total = 0
+        for path in self.experiment(exp_hash).dir.rglob("*"):
+            if path.is_file():
+                total += path.stat().st_size
+        return total
+
+
+def _with_pending(
+    entry: CheckpointEntry, pending: PendingReplacement | None, **changes: Any
+) -> CheckpointEntry:
+    fields = entry.to_dict() | changes
+    return CheckpointEntry(
+        step=fields["step"],
+        file=fields["file"],
+        bytes=fields["bytes"],
+        xxh3_128=fields["xxh3_128"],
+        created=fields["created"],
+        trigger=fields["trigger"],
+        metrics=fields["metrics"],
+        tags=tuple(fields["tags"]),
+        description=fields["description"],
+        pending=pending,
+    )
+
+
+def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
+    def produce(writer: HashingWriter) -> None:
+        torch.save(dict(payload), writer)  # type: ignore[arg-type]
+
+    return produce
+
+
+def load_step_file(path: Path, *, map_location: Any = "cpu", mmap: bool = True) -> dict[str, Any]:
+    """Open a step file with ``weights_only=True`` (no code runs) and check its format field."""
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:
+        raise CheckpointFormatError(
+            f"{path} cannot be read as a weightslab checkpoint ({type(exc).__name__}: {exc}); "
+            "it may come from another tool or need trust to unpickle: open it yourself with torch.load"
+        ) from exc
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointFormatError(
+            f"{path} is not a {CHECKPOINT_FORMAT} step file (format field: {fmt!r}); "
+            "weightslab reads only its own step files"
+        )
+    return data
+
+
+def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers live on the meta device (no weights copied)."""
+    import copy
+
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for _name, p in module.named_parameters(recurse=False):
+            memo[id(p)] = torch.nn.Parameter(
+                torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
+            )
+        for _name, b in module.named_buffers(recurse=False):
+            if b is not None:
+                memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def architecture_text(models: Mapping[str, torch.nn.Module]) -> str:
+    """``str(model)`` plus a parameter table, for people."""
+    out = []
+    for name, model in models.items():
+        out.append(f"# model {name!r}: {type(model).__module__}.{type(model).__qualname__}\n")
+        out.append(str(model) + "\n\n")
+        rows = [("parameter", "shape", "dtype", "trainable", "numel")]
+        total = trainable = 0
+        for pname, p in model.named_parameters():
+            n = p.numel()
+            total += n
+            trainable += n if p.requires_grad else 0
+            rows.append(
+                (
+                    pname,
+                    "x".join(map(str, p.shape)) or "scalar",
+                    str(p.dtype).removeprefix("torch."),
+                    "yes" if p.requires_grad else "no",
+                    f"{n:,}",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
+        out.append(f"total parameters: {total:,} (trainable {trainable:,})\n\n")
+    return "".join(out)
+
+
+def _config_yaml(exp_hash: str, hyperparams: Mapping[str, Any]) -> bytes:
+    doc = {"format": "weightslab.config/1", "exp_hash": exp_hash, "hyperparams": dict(hyperparams)}
+    return yaml.safe_dump(doc, sort_keys=True, allow_unicode=True).encode()

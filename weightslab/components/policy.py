@@ -1,0 +1,94 @@
+"""Pure decisions: should this step save, and which checkpoints to keep. No I/O here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+KeepReason = Literal["last", "best", "every", "newest", "protected"]
+
+
+def is_save_step(step: int, frequency: int) -> bool:
+    """True at every positive multiple of ``frequency``."""
+    return step > 0 and step % frequency == 0
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What retention needs to know of one checkpoint."""
+
+    step: int
+    metrics: Mapping[str, float | None] = field(default_factory=dict)
+
+    def metric(self, name: str) -> float | None:
+        value = self.metrics.get(name)
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None
+        return float(value)
+
+
+@dataclass(kw_only=True, frozen=True)
+class RetentionPolicy:
+    """Keep-policies that combine: a checkpoint is kept if any of them keeps it.
+
+    With no policy set, everything is kept. Whatever the policies say, the newest checkpoint and the
+    ``protected`` steps are always kept.
+    """
+
+    keep_last: int | None = None
+    keep_best: int = 0
+    monitor: str | None = None
+    mode: Literal["min", "max"] = "min"
+    keep_every: int | None = None
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.keep_last is None and not self.keep_best and self.keep_every is None
+
+    def best(self, records: Sequence[CheckpointRecord], k: int | None = None) -> list[int]:
+        """Steps of the best ``k`` records by ``monitor`` (ties: the later step wins), best first."""
+        if not self.monitor:
+            return []
+        scored = [(r.metric(self.monitor), r.step) for r in records]
+        valid = [(v, s) for v, s in scored if v is not None]
+        sign = 1.0 if self.mode == "min" else -1.0
+        valid.sort(key=lambda vs: (sign * vs[0], -vs[1]))
+        return [s for _, s in valid[: self.keep_best if k is None else k]]
+
+    def reasons(
+        self, records: Sequence[CheckpointRecord], protected: Iterable[int] = ()
+    ) -> dict[int, list[KeepReason]]:
+        """Why each kept step is kept; steps absent from the result are to be deleted."""
+        if not records:
+            return {}
+        steps = sorted(r.step for r in records)
+        out: dict[int, list[KeepReason]] = {}
+
+        def keep(step: int, why: KeepReason) -> None:
+            out.setdefault(step, []).append(why)
+
+        if self.keeps_all:
+            for s in steps:
+                keep(s, "last")
+        if self.keep_last is not None:
+            for s in steps[-self.keep_last :]:
+                keep(s, "last")
+        for s in self.best(records):
+            keep(s, "best")
+        if self.keep_every is not None:
+            for s in steps:
+                if s % self.keep_every == 0:
+                    keep(s, "every")
+        keep(steps[-1], "newest")
+        present = set(steps)
+        for s in protected:
+            if s in present:
+                keep(s, "protected")
+        return dict(sorted(out.items()))
+
+    def to_delete(self, records: Sequence[CheckpointRecord], protected: Iterable[int] = ()) -> list[int]:
+        """Steps to delete, oldest first."""
+        kept = self.reasons(records, protected)
+        return sorted(r.step for r in records if r.step not in kept)

@@ -1,0 +1,438 @@
+"""The ledger: what a training run registered, by kind and name.
+
+One global :class:`Ledger` backs the module-level ``register_*``/``get_*`` functions; build your own
+``Ledger()`` for isolated use (tests, two runs in one process). All methods are thread-safe.
+Listeners hear every registration, removal and hyperparameter update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar, overload
+
+import torch
+import yaml
+
+from weightslab.canonical import canonicalize
+from weightslab.errors import HyperparamsError
+from weightslab.names import validate_name
+
+log = logging.getLogger("weightslab")
+
+Kind = Literal["model", "optimizer", "scheduler", "hyperparams", "stateful"]
+KINDS: tuple[Kind, ...] = ("model", "optimizer", "scheduler", "hyperparams", "stateful")
+Action = Literal["register", "unregister", "update"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LedgerEvent:
+    """What changed in the ledger: ``keys`` lists changed hyperparameter key paths on ``update``."""
+
+    kind: Kind
+    name: str
+    action: Action
+    keys: tuple[str, ...] = ()
+
+
+Listener = Callable[[LedgerEvent], None]
+
+
+def _is_stateful(obj: object) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def _check_type(kind: Kind, obj: object) -> None:
+    if kind == "model" and not isinstance(obj, torch.nn.Module):
+        raise TypeError(f"register_model expects a torch.nn.Module, got {type(obj).__name__}")
+    if kind == "optimizer" and not isinstance(obj, torch.optim.Optimizer):
+        raise TypeError(f"register_optimizer expects a torch.optim.Optimizer, got {type(obj).__name__}")
+    if kind in ("scheduler", "stateful") and not _is_stateful(obj):
+        raise TypeError(
+            f"register_{kind} expects an object with state_dict() and load_state_dict(), "
+            f"got {type(obj).__name__}"
+        )
+
+
+def load_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Load a YAML file that must hold a mapping, with ``yaml.safe_load`` (no Python tags)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise HyperparamsError(f"cannot read hyperparameter file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        raise HyperparamsError(
+            f"hyperparameter file {path} is not valid safe YAML{where}: {getattr(exc, 'problem', exc)}; "
+            "fix the file (Python tags such as !!python/object are never loaded)"
+        ) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HyperparamsError(
+            f"hyperparameter file {path} holds a {type(data).__name__}, expected a mapping of keys to values"
+        )
+    return data
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def changed_keys(old: Any, new: Any) -> tuple[str, ...]:
+    """Dotted key paths whose values differ between two canonical mappings."""
+    a, b = _flatten(old), _flatten(new)
+    return tuple(sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING)))
+
+
+_MISSING = object()
+
+
+class Ledger:
+    """Registries of models, optimizers, schedulers, hyperparameters and other stateful objects."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._items: dict[Kind, dict[str, Any]] = {k: {} for k in KINDS}
+        self._sources: dict[str, Path] = {}
+        self._listeners: list[Listener] = []
+        self._version = 0
+
+    # -- generic -------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        """Increases on every registration, removal and hyperparameter update."""
+        return self._version
+
+    def register(self, kind: Kind, name: str, obj: object) -> None:
+        """Register ``obj`` under ``name``; replaces an object of the same kind and name."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown ledger kind {kind!r}; expected one of {', '.join(KINDS)}")
+        validate_name(name, f"{kind} name")
+        _check_type(kind, obj)
+        with self._lock:
+            self._items[kind][name] = obj
+            self._version += 1
+        self._notify(LedgerEvent(kind, name, "register"))
+
+    def unregister(self, kind: Kind, name: str) -> None:
+        with self._lock:
+            if name not in self._items[kind]:
+                raise KeyError(f"no {kind} named {name!r} is registered; registered: {self.list(kind)}")
+            del self._items[kind][name]
+            self._sources.pop(name, None) if kind == "hyperparams" else None
+            self._version += 1
+        self._notify(LedgerEvent(kind, name, "unregister"))
+
+    def get(self, kind: Kind, name: str | None = None) -> Any:
+        """The object registered under ``name``; with no name, the only one of its kind."""
+        with self._lock:
+            items = self._items[kind]
+            if name is None:
+                if len(items) == 1:
+                    return next(iter(items.values()))
+                if kind in items:
+                    return items[kind]
+                raise KeyError(
+                    f"{len(items)} {kind} objects are registered ({sorted(items)}); pass the name to get"
+                )
+            try:
+                return items[name]
+            except KeyError:
+                raise KeyError(
+                    f"no {kind} named {name!r} is registered; registered: {sorted(items)}"
+                ) from None
+
+    def list(self, kind: Kind) -> list[str]:
+        with self._lock:
+            return sorted(self._items[kind])
+
+    def items(self, kind: Kind) -> dict[str, Any]:
+        """A snapshot ``{name: object}`` of one kind, in registration order."""
+        with self._lock:
+            return dict(self._items[kind])
+
+    def clear(self) -> None:
+        """Forget everything registered (listeners stay)."""
+        with self._lock:
+            for items in self._items.values():
+                items.clear()
+            self._sources.clear()
+            self._version += 1
+
+    # -- listeners -----------------------------------------------------------------------------
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(event)`` on every change; returns a function that removes it."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def _notify(self, event: LedgerEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:  # a user callback must not break registration
+                log.exception("weightslab: ledger listener %r failed on %s", listener, event)
+
+    # -- typed conveniences --------------------------------------------------------------------
+    def _split(self, kind: Kind, name_or_obj: Any, obj: Any) -> tuple[str, Any]:
+        if obj is None:
+            if isinstance(name_or_obj, str):
+                raise TypeError(f"register_{kind}({name_or_obj!r}) is missing the object to register")
+            return kind, name_or_obj
+        return name_or_obj, obj
+
+    def register_model(self, name_or_obj: str | torch.nn.Module, obj: torch.nn.Module | None = None) -> str:
+        name, model = self._split("model", name_or_obj, obj)
+        self.register("model", name, model)
+        return name
+
+    def register_optimizer(self, name_or_obj: Any, obj: Any = None) -> str:
+        name, opt = self._split("optimizer", name_or_obj, obj)
+        self.register("optimizer", name, opt)
+        return name
+
+    def register_scheduler(self, name_or_obj: Any, obj: Any = None) -> str:
+        name, sched = self._split("scheduler", name_or_obj, obj)
+        self.register("scheduler", name, sched)
+        return name
+
+    def register_stateful(self, name: str, obj: Any) -> str:
+        """Register any object with ``state_dict()``/``load_state_dict()`` (saved under ``extra``)."""
+        self.register("stateful", name, obj)
+        return name
+
+    @overload
+    def register_hyperparams(self, name_or_obj: str, obj: T) -> T: ...
+    @overload
+    def register_hyperparams(self, name_or_obj: Any, obj: None = None) -> Any: ...
+
+    def register_hyperparams(self, name_or_obj: Any, obj: Any = None) -> Any:
+        """Register a mapping, a dataclass instance, or the path of a YAML file of hyperparameters.
+
+        Returns the registered object: the mapping or dataclass itself (training code keeps reading
+        and writing it), or for a file a new dict loaded with ``yaml.safe_load``.
+        Raises TypeError for other types and HyperparamsError for values that cannot be serialised.
+        """
+        if obj is None and isinstance(name_or_obj, str) and not _looks_like_yaml(name_or_obj):
+            raise TypeError(f"register_hyperparams({name_or_obj!r}) is missing the hyperparameters")
+        name, hp = ("hyperparams", name_or_obj) if obj is None else (name_or_obj, obj)
+        source: Path | None = None
+        if isinstance(hp, (str, os.PathLike)):
+            source = Path(hp)
+            hp = load_yaml_mapping(source)
+        elif not (isinstance(hp, Mapping) or (dataclasses.is_dataclass(hp) and not isinstance(hp, type))):
+            raise TypeError(
+                "register_hyperparams expects a mapping, a dataclass instance or the path of a YAML "
+                f"file, got {type(hp).__name__}"
+            )
+        canonicalize(hp, name)  # refuse what cannot be serialised now, not at the first save
+        with self._lock:
+            if source is not None:
+                self._sources[name] = source.resolve()
+            else:
+                self._sources.pop(name, None)
+        self.register("hyperparams", name, hp)
+        return hp
+
+    def hyperparams_source(self, name: str) -> Path | None:
+        """The YAML file a hyperparameter set was loaded from, if any."""
+        with self._lock:
+            return self._sources.get(name)
+
+    def set_hyperparam(self, key: str, value: Any, name: str | None = None) -> None:
+        """Set a (dotted) key of a registered hyperparameter set and tell the listeners.
+
+        ``name`` picks the set; without it, the only set, or the set named by the key's first part.
+        """
+        with self._lock:
+            sets = self._items["hyperparams"]
+            if name is None:
+                head = key.split(".", 1)[0]
+                if len(sets) == 1:
+                    name = next(iter(sets))
+                elif head in sets and "." in key:
+                    name, key = head, key.split(".", 1)[1]
+                else:
+                    raise KeyError(
+                        f"set_hyperparam({key!r}) is ambiguous: hyperparameter sets {sorted(sets)} are "
+                        "registered; pass name=... or prefix the key with the set name"
+                    )
+            hp = self.get("hyperparams", name)
+            canonicalize(value, key)
+            before = canonicalize(hp)
+            _set_path(hp, key.split("."), value)
+            keys = changed_keys(before, canonicalize(hp))
+            self._version += 1
+        self._notify(LedgerEvent("hyperparams", name, "update", keys or (key,)))
+
+    def update_hyperparams(self, name: str, values: Mapping[str, Any]) -> tuple[str, ...]:
+        """Replace the contents of a registered set in place (same object); returns changed keys."""
+        with self._lock:
+            hp = self.get("hyperparams", name)
+            before = canonicalize(hp)
+            if isinstance(hp, MutableMapping):
+                _replace_mapping(hp, values)
+            else:
+                for k, v in values.items():
+                    setattr(hp, k, v)
+            keys = changed_keys(before, canonicalize(hp))
+            if keys:
+                self._version += 1
+        if keys:
+            self._notify(LedgerEvent("hyperparams", name, "update", keys))
+        return keys
+
+
+def _replace_mapping(target: MutableMapping[str, Any], values: Mapping[str, Any]) -> None:
+    for k in [k for k in target if k not in values]:
+        del target[k]
+    for k, v in values.items():
+        if isinstance(v, Mapping) and isinstance(target.get(k), MutableMapping):
+            _replace_mapping(target[k], v)
+        else:
+            target[k] = v
+
+
+def _set_path(hp: Any, parts: list[str], value: Any) -> None:
+    target = hp
+    for i, part in enumerate(parts[:-1]):
+        nxt = target.get(part) if isinstance(target, Mapping) else getattr(target, part, None)
+        if nxt is None:
+            if not isinstance(target, MutableMapping):
+                raise KeyError(f"hyperparameter {'.'.join(parts[: i + 1])!r} does not exist")
+            nxt = target[part] = {}
+        target = nxt
+    last = parts[-1]
+    if isinstance(target, MutableMapping):
+        target[last] = value
+    elif dataclasses.is_dataclass(target):
+        if last not in {f.name for f in dataclasses.fields(target)}:
+            raise KeyError(f"hyperparameter {'.'.join(parts)!r} is not a field of {type(target).__name__}")
+        setattr(target, last, value)
+    else:
+        raise TypeError(f"cannot set {'.'.join(parts)!r} on a {type(target).__name__}")
+
+
+def _looks_like_yaml(s: str) -> bool:
+    return s.endswith((".yaml", ".yml")) or os.sep in s
+
+
+# -- the global ledger ------------------------------------------------------------------------------
+_GLOBAL = Ledger()
+
+
+def get_ledger() -> Ledger:
+    """The process-wide ledger behind the module-level functions."""
+    return _GLOBAL
+
+
+def register_model(name_or_obj: Any, obj: Any = None) -> str:
+    """Register a ``torch.nn.Module``: ``register_model("name", model)`` or ``register_model(model)``."""
+    return _GLOBAL.register_model(name_or_obj, obj)
+
+
+def register_optimizer(name_or_obj: Any, obj: Any = None) -> str:
+    """Register a ``torch.optim.Optimizer`` (name defaults to "optimizer")."""
+    return _GLOBAL.register_optimizer(name_or_obj, obj)
+
+
+def register_scheduler(name_or_obj: Any, obj: Any = None) -> str:
+    """Register anything with ``state_dict()``/``load_state_dict()`` as a scheduler."""
+    return _GLOBAL.register_scheduler(name_or_obj, obj)
+
+
+def register_stateful(name: str, obj: Any) -> str:
+    """Register another stateful object (a data sampler, an EMA, a counter...)."""
+    return _GLOBAL.register_stateful(name, obj)
+
+
+def register_hyperparams(name_or_obj: Any, obj: Any = None) -> Any:
+    """Register hyperparameters: a mapping, a dataclass instance or a YAML file path."""
+    return _GLOBAL.register_hyperparams(name_or_obj, obj)
+
+
+def set_hyperparam(key: str, value: Any, name: str | None = None) -> None:
+    """Set a dotted hyperparameter key, e.g. ``set_hyperparam("optimizer.lr", 1e-4)``."""
+    _GLOBAL.set_hyperparam(key, value, name)
+
+
+def get_model(name: str | None = None) -> Any:
+    return _GLOBAL.get("model", name)
+
+
+def get_optimizer(name: str | None = None) -> Any:
+    return _GLOBAL.get("optimizer", name)
+
+
+def get_scheduler(name: str | None = None) -> Any:
+    return _GLOBAL.get("scheduler", name)
+
+
+def get_hyperparams(name: str | None = None) -> Any:
+    return _GLOBAL.get("hyperparams", name)
+
+
+def get_stateful(name: str | None = None) -> Any:
+    return _GLOBAL.get("stateful", name)
+
+
+def list_models() -> list[str]:
+    return _GLOBAL.list("model")
+
+
+def list_optimizers() -> list[str]:
+    return _GLOBAL.list("optimizer")
+
+
+def list_schedulers() -> list[str]:
+    return _GLOBAL.list("scheduler")
+
+
+def list_hyperparams() -> list[str]:
+    return _GLOBAL.list("hyperparams")
+
+
+def unregister_model(name: str = "model") -> None:
+    _GLOBAL.unregister("model", name)
+
+
+def unregister_optimizer(name: str = "optimizer") -> None:
+    _GLOBAL.unregister("optimizer", name)
+
+
+def unregister_scheduler(name: str = "scheduler") -> None:
+    _GLOBAL.unregister("scheduler", name)
+
+
+def unregister_hyperparams(name: str = "hyperparams") -> None:
+    _GLOBAL.unregister("hyperparams", name)
+
+
+def clear_ledger() -> None:
+    """Forget everything registered in the global ledger."""
+    _GLOBAL.clear()
