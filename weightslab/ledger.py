@@ -27,18 +27,24 @@ log = logging.getLogger("weightslab")
 
 Kind = Literal["model", "optimizer", "scheduler", "hyperparams", "stateful"]
 KINDS: tuple[Kind, ...] = ("model", "optimizer", "scheduler", "hyperparams", "stateful")
-Action = Literal["register", "unregister", "update"]
+Action = Literal["register", "unregister", "update", "rejected"]
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class LedgerEvent:
-    """What changed in the ledger: ``keys`` lists changed hyperparameter key paths on ``update``."""
+    """What changed in the ledger.
+
+    ``keys`` lists changed hyperparameter key paths on ``update``; on ``rejected`` (an invalid edit
+    of a watched file that changed nothing) ``detail`` says why and ``source`` names the file.
+    """
 
     kind: Kind
     name: str
     action: Action
     keys: tuple[str, ...] = ()
+    detail: str = ""
+    source: str | None = None
 
 
 Listener = Callable[[LedgerEvent], None]
@@ -112,6 +118,7 @@ class Ledger:
         self._items: dict[Kind, dict[str, Any]] = {k: {} for k in KINDS}
         self._sources: dict[str, Path] = {}
         self._listeners: list[Listener] = []
+        self._watchers: dict[str, Any] = {}
         self._version = 0
 
     # -- generic -------------------------------------------------------------------------------
@@ -136,8 +143,11 @@ class Ledger:
             if name not in self._items[kind]:
                 raise KeyError(f"no {kind} named {name!r} is registered; registered: {self.list(kind)}")
             del self._items[kind][name]
-            self._sources.pop(name, None) if kind == "hyperparams" else None
+            if kind == "hyperparams":
+                self._sources.pop(name, None)
             self._version += 1
+        if kind == "hyperparams":
+            self.stop_watcher(name)
         self._notify(LedgerEvent(kind, name, "unregister"))
 
     def get(self, kind: Kind, name: str | None = None) -> Any:
@@ -169,7 +179,8 @@ class Ledger:
             return dict(self._items[kind])
 
     def clear(self) -> None:
-        """Forget everything registered (listeners stay)."""
+        """Forget everything registered and stop file watchers (listeners stay)."""
+        self.stop_watchers()
         with self._lock:
             for items in self._items.values():
                 items.clear()
@@ -188,6 +199,10 @@ class Ledger:
                     self._listeners.remove(listener)
 
         return remove
+
+    def notify(self, event: LedgerEvent) -> None:
+        """Tell the listeners about ``event`` (used by file watchers for rejected edits)."""
+        self._notify(event)
 
     def _notify(self, event: LedgerEvent) -> None:
         with self._lock:
@@ -227,15 +242,23 @@ class Ledger:
         return name
 
     @overload
-    def register_hyperparams(self, name_or_obj: str, obj: T) -> T: ...
+    def register_hyperparams(
+        self, name_or_obj: str, obj: T, *, watch: bool = False, check_types: bool = False
+    ) -> T: ...
     @overload
-    def register_hyperparams(self, name_or_obj: Any, obj: None = None) -> Any: ...
+    def register_hyperparams(
+        self, name_or_obj: Any, obj: None = None, *, watch: bool = False, check_types: bool = False
+    ) -> Any: ...
 
-    def register_hyperparams(self, name_or_obj: Any, obj: Any = None) -> Any:
+    def register_hyperparams(
+        self, name_or_obj: Any, obj: Any = None, *, watch: bool = False, check_types: bool = False
+    ) -> Any:
         """Register a mapping, a dataclass instance, or the path of a YAML file of hyperparameters.
 
         Returns the registered object: the mapping or dataclass itself (training code keeps reading
-        and writing it), or for a file a new dict loaded with ``yaml.safe_load``.
+        and writing it), or for a file a new dict loaded with ``yaml.safe_load``. ``watch=True``
+        (files only) applies valid edits of the file to that dict while training runs;
+        ``check_types=True`` rejects edits that change a value's type.
         Raises TypeError for other types and HyperparamsError for values that cannot be serialised.
         """
         if obj is None and isinstance(name_or_obj, str) and not _looks_like_yaml(name_or_obj):
@@ -250,14 +273,45 @@ class Ledger:
                 "register_hyperparams expects a mapping, a dataclass instance or the path of a YAML "
                 f"file, got {type(hp).__name__}"
             )
+        if watch and source is None:
+            raise ValueError(
+                "watch=True needs the path of a YAML file: register_hyperparams(name, 'train.yaml', watch=True)"
+            )
         canonicalize(hp, name)  # refuse what cannot be serialised now, not at the first save
+        self.stop_watcher(name)
         with self._lock:
             if source is not None:
                 self._sources[name] = source.resolve()
             else:
                 self._sources.pop(name, None)
         self.register("hyperparams", name, hp)
+        if watch and source is not None:
+            from weightslab.watch import HyperparamsWatcher  # watchdog is imported only when used
+
+            watcher = HyperparamsWatcher(self, name, source.resolve(), check_types=check_types)
+            watcher.start()
+            with self._lock:
+                self._watchers[name] = watcher
         return hp
+
+    def stop_watcher(self, name: str) -> None:
+        """Stop watching the file of hyperparameter set ``name`` (no-op if not watched)."""
+        with self._lock:
+            watcher = self._watchers.pop(name, None)
+        if watcher is not None:
+            watcher.stop()
+
+    def stop_watchers(self) -> None:
+        """Stop every file watcher; their threads are joined before this returns."""
+        with self._lock:
+            names = list(self._watchers)
+        for name in names:
+            self.stop_watcher(name)
+
+    def watcher(self, name: str) -> Any:
+        """The :class:`~weightslab.watch.HyperparamsWatcher` of set ``name``, or None."""
+        with self._lock:
+            return self._watchers.get(name)
 
     def hyperparams_source(self, name: str) -> Path | None:
         """The YAML file a hyperparameter set was loaded from, if any."""
@@ -371,9 +425,11 @@ def register_stateful(name: str, obj: Any) -> str:
     return _GLOBAL.register_stateful(name, obj)
 
 
-def register_hyperparams(name_or_obj: Any, obj: Any = None) -> Any:
-    """Register hyperparameters: a mapping, a dataclass instance or a YAML file path."""
-    return _GLOBAL.register_hyperparams(name_or_obj, obj)
+def register_hyperparams(
+    name_or_obj: Any, obj: Any = None, *, watch: bool = False, check_types: bool = False
+) -> Any:
+    """Register hyperparameters: a mapping, a dataclass instance or a YAML file path (``watch=True``: live)."""
+    return _GLOBAL.register_hyperparams(name_or_obj, obj, watch=watch, check_types=check_types)
 
 
 def set_hyperparam(key: str, value: Any, name: str | None = None) -> None:

@@ -42,7 +42,7 @@ from weightslab.errors import (
     ConfigError,
     SystemConfigurationError,
 )
-from weightslab.ledger import Ledger, changed_keys, get_ledger
+from weightslab.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
 
 log = logging.getLogger("weightslab")
 
@@ -83,6 +83,7 @@ class AutomaticCheckpointSystem:
         self._closed = False
         self._failures = 0
         self.manager.event("system_opened", pid=os.getpid(), config=_config_record(self.config))
+        self._unlisten = self.ledger.add_listener(self._on_ledger_event)
         atexit.register(self._close_at_exit)
 
     # -- properties -----------------------------------------------------------------------------
@@ -183,6 +184,8 @@ class AutomaticCheckpointSystem:
             if self._closed:
                 return
             self._closed = True
+            self._unlisten()
+            self.ledger.stop_watchers()
             errors: list[BaseException] = []
             if self._writer is not None:
                 self._writer.close()
@@ -338,6 +341,19 @@ class AutomaticCheckpointSystem:
             restore_rng(data["rng"])
 
     # -- internals ------------------------------------------------------------------------------
+    def _on_ledger_event(self, event: LedgerEvent) -> None:
+        """Journal what the ledger hears from outside the training loop (file edits, rejections)."""
+        if self._closed or event.kind != "hyperparams":
+            return
+        if event.action == "rejected":
+            self.manager.event(
+                "hyperparams_edit_rejected", name=event.name, source=event.source, reason=event.detail
+            )
+        elif event.action == "update":
+            self.manager.event(
+                "hyperparams_updated", name=event.name, keys=list(event.keys), source=event.source
+            )
+
     def _check_open(self) -> None:
         if self._closed:
             raise SystemConfigurationError(
