@@ -347,11 +347,11 @@ class AutomaticCheckpointSystem:
             return
         if event.action == "rejected":
             self.manager.event(
-                "hyperparams_edit_rejected", name=event.name, source=event.source, reason=event.detail
+                "hyperparams_edit_rejected", set=event.name, source=event.source, reason=event.detail
             )
         elif event.action == "update":
             self.manager.event(
-                "hyperparams_updated", name=event.name, keys=list(event.keys), source=event.source
+                "hyperparams_updated", set=event.name, keys=list(event.keys), source=event.source
             )
 
     def _check_open(self) -> None:
