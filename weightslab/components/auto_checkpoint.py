@@ -520,6 +520,8 @@ class AutomaticCheckpointSystem:
             self._report([exc])
             return
         self._submitted.add((exp_hash, step))
+        if self._branch_from is not None and self._branch_from[0] == exp_hash:
+            self._branch_from = None  # a child now branches from the newest checkpoint, not the resumed one
         job = partial(self._commit, exp_hash, step, payload, trigger, metrics, event)
         if self._writer is not None:
             self._writer.submit(job)
