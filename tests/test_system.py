@@ -610,11 +610,14 @@ def test_process_exit_flushes_the_save_in_flight(tmp_path: Path) -> None:
 def test_metrics_validation(make_system: Any, ledger: Ledger) -> None:
     system = make_system(checkpoint_frequency=10, async_save=False)
     setup_run(ledger)
+    system.checkpoint_on_step(
+        1, metrics={"loss": "high"}
+    )  # metrics are checked when a checkpoint records them
     with pytest.raises(TypeError, match="metric 'loss' = 'high' is not a number"):
-        system.checkpoint_on_step(1, metrics={"loss": "high"})
+        system.checkpoint_on_step(10, metrics={"loss": "high"})
     with pytest.raises(ValueError, match="step must be >= 0, got -1"):
         system.checkpoint_on_step(-1)
     with pytest.raises(TypeError, match="step must be an int"):
         system.checkpoint_on_step(1.5)  # type: ignore[arg-type]
-    system.checkpoint_on_step(10, metrics={"loss": torch.tensor(0.25), "nan": float("nan")})
+    system.checkpoint_on_step(20, metrics={"loss": torch.tensor(0.25), "nan": float("nan")})
     assert manifest(system)["checkpoints"][0]["metrics"] == {"loss": 0.25, "nan": None}

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
@@ -30,7 +30,7 @@ from weightslab.components.config import CheckpointConfig
 from weightslab.components.experiment_hash import ExperimentHashGenerator, ExperimentIdentity
 from weightslab.components.layout import CHECKPOINT_FORMAT
 from weightslab.components.manifest import CheckpointEntry, ParentRef
-from weightslab.components.policy import RetentionPolicy, is_save_step
+from weightslab.components.policy import RetentionPolicy
 from weightslab.components.snapshot import SnapshotBuffers, capture_rng, restore_rng
 from weightslab.components.writer import BackgroundWriter
 from weightslab.errors import (
@@ -60,7 +60,12 @@ class AutomaticCheckpointSystem:
     """
 
     def __init__(
-        self, config: CheckpointConfig | None = None, *, ledger: Ledger | None = None, **options: Any
+        self,
+        config: CheckpointConfig | None = None,
+        *,
+        ledger: Ledger | None = None,
+        clock: Callable[[], float] = time.time,
+        **options: Any,
     ):
         if config is not None and options:
             raise ConfigError("pass either a CheckpointConfig or keyword options, not both")
@@ -71,7 +76,8 @@ class AutomaticCheckpointSystem:
         self.retention = RetentionPolicy(**self.config.retention())
         self._lock = threading.RLock()
         self._writer = BackgroundWriter() if self.config.async_save else None
-        self._buffers = SnapshotBuffers()
+        self._buffers = SnapshotBuffers(copy_cpu=self.config.async_save)
+        self._clock = clock  # the `created` stamp of step files (injectable for reproducible files)
         self._detector = ChangeDetector(self.ledger)
         self._identity: ExperimentIdentity | None = None
         self._hp_canonical: dict[str, Any] = {}
@@ -82,6 +88,8 @@ class AutomaticCheckpointSystem:
         self._last_step: int | None = None
         self._closed = False
         self._failures = 0
+        self._frequency = self.config.checkpoint_frequency
+        self._detect = self.config.detect_changes
         self.manager.event("system_opened", pid=os.getpid(), config=_config_record(self.config))
         self._unlisten = self.ledger.add_listener(self._on_ledger_event)
         atexit.register(self._close_at_exit)
@@ -110,30 +118,32 @@ class AutomaticCheckpointSystem:
         return self._failures
 
     # -- the training-loop API ------------------------------------------------------------------
-    def checkpoint_on_step(
-        self, step: int, metrics: Mapping[str, Any] | None = None
-    ) -> CheckpointEntry | None:
+    def checkpoint_on_step(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
         """Call once per training step: saves on the frequency and records detected changes.
 
-        Returns nothing useful to most callers; raises CheckpointSaveError only with on_error="raise".
+        ``metrics`` are recorded with the checkpoints this call saves. Raises CheckpointSaveError
+        only with on_error="raise"; TypeError/ValueError for a bad step or metric.
         """
+        # The common case (no save, nothing changed) is kept to a few attribute reads.
         with self._lock:
-            self._check_open()
-            self._surface_errors()
-            step = _check_step(step)
-            clean = _clean_metrics(metrics)
+            if self._closed:
+                self._check_open()
+            if self._writer is not None and self._writer.has_errors:
+                self._surface_errors()
+            if type(step) is not int or step < 0:
+                step = _check_step(step)
             if self._identity is None:
                 self._begin(step)
-            elif self.config.detect_changes and self._detector.changed():
-                self._record_changes(step, clean, announced=None)
+            elif self._detect and self._detector.changed():
+                self._record_changes(step, _clean_metrics(metrics), announced=None)
             self._last_step = step
-            if is_save_step(step, self.config.checkpoint_frequency):
+            if step % self._frequency == 0 and step > 0:
+                clean = _clean_metrics(metrics)
                 # the full hash is recomputed before every save, whatever the cheap check said
                 self._record_changes(step, clean, announced=None)
                 assert self._identity is not None
                 if (self._identity.exp_hash, step) not in self._submitted:
                     self._save(step, "step", clean)
-            return None
 
     def checkpoint_on_model_change(
         self, step: int | None = None, metrics: Mapping[str, Any] | None = None
@@ -489,7 +499,7 @@ class AutomaticCheckpointSystem:
             "format": CHECKPOINT_FORMAT,
             "exp_hash": self._identity.exp_hash,
             "step": step,
-            "created": time.time(),
+            "created": self._clock(),
             "trigger": trigger,
             "metrics": dict(metrics),
         }

@@ -38,6 +38,7 @@ from weightslab.components.manifest import (
     read_manifest,
 )
 from weightslab.components.policy import CheckpointRecord, RetentionPolicy
+from weightslab.components.serialize import save_state
 from weightslab.components.storage import HashingWriter, LocalStorage
 from weightslab.errors import (
     AmbiguousExperimentError,
@@ -617,7 +618,7 @@ def _with_pending(
 
 def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
     def produce(writer: HashingWriter) -> None:
-        torch.save(dict(payload), writer)  # type: ignore[arg-type]
+        save_state(dict(payload), writer)  # type: ignore[arg-type]
 
     return produce
 

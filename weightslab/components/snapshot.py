@@ -22,7 +22,10 @@ Key = tuple[Any, ...]
 class SnapshotBuffers:
     """A pool of CPU tensors keyed by where their source sits in the state tree."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, copy_cpu: bool = True) -> None:
+        # copy_cpu=False (synchronous saves) serialises live CPU tensors directly: training is
+        # blocked until the write ends, so they cannot change under us.
+        self.copy_cpu = copy_cpu
         self._buffers: dict[Key, torch.Tensor] = {}
         self._used: set[Key] = set()
         self.cuda_pending = False
@@ -46,6 +49,9 @@ class SnapshotBuffers:
     def tensor(self, key: Key, src: torch.Tensor) -> torch.Tensor:
         src = src.detach()
         self._used.add(key)
+        if not self.copy_cpu and src.device.type == "cpu":
+            self.nbytes += src.numel() * src.element_size()
+            return src
         if src.layout is not torch.strided or src.is_quantized or src.device.type == "meta":
             out = src.clone().cpu() if src.device.type != "meta" else src
             self._buffers.pop(key, None)

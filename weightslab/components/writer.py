@@ -49,6 +49,11 @@ class BackgroundWriter:
     def busy(self) -> bool:
         return self._inflight is not None and not self._inflight.done()
 
+    @property
+    def has_errors(self) -> bool:
+        """A cheap, lock-free peek used on every training step."""
+        return bool(self._errors)
+
     def take_errors(self) -> list[BaseException]:
         """Failures since the last call (oldest first); they are reported once."""
         with self._lock:
