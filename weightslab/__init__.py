@@ -27,6 +27,7 @@ from weightslab.ledger import (
     list_models,
     list_optimizers,
     list_schedulers,
+    on_hyperparams_change,
     register_hyperparams,
     register_model,
     register_optimizer,
@@ -38,6 +39,7 @@ from weightslab.ledger import (
     unregister_optimizer,
     unregister_scheduler,
 )
+from weightslab.watch import apply_lr_changes
 
 __version__ = "0.1.0"
 
@@ -47,6 +49,7 @@ __all__ = [
     "Ledger",
     "LedgerEvent",
     "__version__",
+    "apply_lr_changes",
     "checkpoint_on_config_change",
     "checkpoint_on_model_change",
     "checkpoint_on_state_change",
@@ -63,6 +66,7 @@ __all__ = [
     "list_models",
     "list_optimizers",
     "list_schedulers",
+    "on_hyperparams_change",
     "register_hyperparams",
     "register_model",
     "register_optimizer",

@@ -322,6 +322,8 @@ class Ledger:
         """Set a (dotted) key of a registered hyperparameter set and tell the listeners.
 
         ``name`` picks the set; without it, the only set, or the set named by the key's first part.
+        A set loaded from a YAML file is written back to it atomically (a watcher ignores that write).
+        Raises HyperparamsError when the write-back fails (the value is set in memory all the same).
         """
         with self._lock:
             sets = self._items["hyperparams"]
@@ -342,7 +344,41 @@ class Ledger:
             _set_path(hp, key.split("."), value)
             keys = changed_keys(before, canonicalize(hp))
             self._version += 1
+            source = self._sources.get(name)
+            watcher = self._watchers.get(name)
+        failure: OSError | None = None
+        if source is not None:
+            from weightslab.watch import write_back  # file and memory must agree
+
+            try:
+                write_back(source, hp, watcher)
+            except OSError as exc:  # the update stands; listeners still hear it, then the caller
+                failure = exc
         self._notify(LedgerEvent("hyperparams", name, "update", keys or (key,)))
+        if failure is not None:
+            raise HyperparamsError(
+                f"{name}.{key} was set to {value!r} in memory, but writing it back to {source} failed: "
+                f"{failure}; fix the file's permissions or free disk space, then set it again"
+            ) from failure
+
+    def on_hyperparams_change(
+        self, callback: Callable[[str, tuple[str, ...], Mapping[str, Any]], None]
+    ) -> Callable[[], None]:
+        """Call ``callback(name, keys, values)`` after every hyperparameter update; returns a remover.
+
+        ``keys`` are the changed dotted key paths of set ``name`` and ``values`` the registered set
+        itself (a mapping, or the dataclass instance). Updates come from file edits (on the watcher's thread),
+        ``set_hyperparam`` and resume; registrations and rejected edits are not reported.
+        """
+
+        def listener(event: LedgerEvent) -> None:
+            if event.kind == "hyperparams" and event.action == "update":
+                with self._lock:
+                    values = self._items["hyperparams"].get(event.name)
+                if values is not None:
+                    callback(event.name, event.keys, values)
+
+        return self.add_listener(listener)
 
     def update_hyperparams(self, name: str, values: Mapping[str, Any]) -> tuple[str, ...]:
         """Replace the contents of a registered set in place (same object); returns changed keys."""
@@ -435,6 +471,13 @@ def register_hyperparams(
 def set_hyperparam(key: str, value: Any, name: str | None = None) -> None:
     """Set a dotted hyperparameter key, e.g. ``set_hyperparam("optimizer.lr", 1e-4)``."""
     _GLOBAL.set_hyperparam(key, value, name)
+
+
+def on_hyperparams_change(
+    callback: Callable[[str, tuple[str, ...], Mapping[str, Any]], None],
+) -> Callable[[], None]:
+    """Call ``callback(name, keys, values)`` after every hyperparameter update; returns a remover."""
+    return _GLOBAL.on_hyperparams_change(callback)
 
 
 def get_model(name: str | None = None) -> Any:
