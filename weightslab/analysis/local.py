@@ -1,0 +1,292 @@
+"""The same analysis over a local weightslab root: each committed checkpoint is one "branch".
+
+A checkpoint is committed when its entry is in its experiment's ``manifest.json``; other files under
+``checkpoints/`` are leftovers and are ignored. Branches are named ``<exp_hash[:8]>-step<step>`` (the
+full hash when two experiments share the prefix). A step file is verified against its manifest
+checksum before it is analysed, so a damaged file is reported instead of analysed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import xxhash
+import yaml
+
+from weightslab.analysis.branches import local_branch_name
+from weightslab.analysis.config import analyze_config_dict
+from weightslab.analysis.loading import load_torch_file
+from weightslab.analysis.models import CheckpointAnalysis, CheckpointComponents, ConfigAnalysis
+from weightslab.analysis.optimizer import locate_optimizer_state, summarize_optimizer_state
+from weightslab.analysis.weights import analyze_state_dict
+from weightslab.components.layout import CHECKPOINT_FORMAT, RootLayout
+from weightslab.components.manifest import CheckpointEntry, read_manifest
+from weightslab.errors import (
+    CheckpointCorruptedError,
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    ManifestError,
+)
+from weightslab.names import is_hash
+
+_HASH_CHUNK = 8 << 20
+
+
+def is_local_source(source: str | Path) -> bool:
+    """Whether ``source`` names a local directory (a weightslab root) rather than a Hub repo id."""
+    return Path(source).expanduser().is_dir()
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalCheckpoint:
+    """One committed checkpoint of a local root."""
+
+    root: Path
+    exp_hash: str
+    branch: str
+    entry: CheckpointEntry
+    path: Path
+    exp_dir: Path
+    config_yaml: Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalListing:
+    """The committed checkpoints of a root, and the experiments whose manifest could not be read."""
+
+    checkpoints: list[LocalCheckpoint]
+    problems: dict[str, str] = field(default_factory=dict)
+    """Pseudo-branch name (``<hash[:8]>-manifest``) -> what is wrong with that experiment's manifest."""
+
+
+def list_local_checkpoints(root: str | Path) -> LocalListing:
+    """The committed checkpoints of every experiment under ``root``, sorted by step.
+
+    Raises:
+        CheckpointNotFoundError: ``root`` has no ``checkpoints/`` directory (it is not a weightslab root).
+    """
+    layout = RootLayout(Path(root).expanduser())
+    if not layout.checkpoints_dir.is_dir():
+        raise CheckpointNotFoundError(
+            f"{layout.root} is not a weightslab root: it has no checkpoints/ directory; pass the "
+            "root_log_dir your training used (the folder holding checkpoints/ and logs/)"
+        )
+    hashes = sorted(p.name for p in layout.checkpoints_dir.iterdir() if p.is_dir() and is_hash(p.name))
+    prefix_counts: dict[str, int] = {}
+    for h in hashes:
+        prefix_counts[h[:8]] = prefix_counts.get(h[:8], 0) + 1
+
+    found: list[LocalCheckpoint] = []
+    problems: dict[str, str] = {}
+    for exp_hash in hashes:
+        exp = layout.experiment(exp_hash)
+        hash_chars = 8 if prefix_counts[exp_hash[:8]] == 1 else 16
+        if not exp.manifest.is_file():
+            continue  # an experiment that has not committed a checkpoint yet
+        try:
+            manifest = read_manifest(exp.manifest)
+        except ManifestError as exc:
+            problems[f"{exp_hash[:hash_chars]}-manifest"] = f"{type(exc).__name__}: {exc}"
+            continue
+        for entry in manifest.checkpoints:
+            try:
+                path = exp.resolve(entry.file)
+            except ValueError as exc:
+                problems[local_branch_name(exp_hash, entry.step, hash_chars=hash_chars)] = (
+                    f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            found.append(
+                LocalCheckpoint(
+                    root=layout.root,
+                    exp_hash=exp_hash,
+                    branch=local_branch_name(exp_hash, entry.step, hash_chars=hash_chars),
+                    entry=entry,
+                    path=path,
+                    exp_dir=exp.dir,
+                    config_yaml=exp.config_yaml,
+                )
+            )
+    found.sort(key=lambda c: (c.entry.step, c.branch))
+    return LocalListing(checkpoints=found, problems=problems)
+
+
+def find_local_checkpoint(root: str | Path, branch: str) -> LocalCheckpoint:
+    """The checkpoint of ``root`` named ``branch`` (``<hash prefix>-step<step>``).
+
+    Raises:
+        CheckpointNotFoundError: no committed checkpoint has that name.
+    """
+    listing = list_local_checkpoints(root)
+    for c in listing.checkpoints:
+        if c.branch == branch:
+            return c
+    names = [c.branch for c in listing.checkpoints]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    raise CheckpointNotFoundError(
+        f"{root} has no committed checkpoint named {branch!r}; it has {len(names)} ({shown or 'none'})"
+    )
+
+
+def verify_step_file(checkpoint: LocalCheckpoint) -> None:
+    """Check the step file against the size and ``xxh3_128`` its manifest entry recorded.
+
+    Raises:
+        CheckpointNotFoundError: the file is missing.
+        CheckpointCorruptedError: the size or checksum does not match.
+    """
+    entry, path = checkpoint.entry, checkpoint.path
+    if not path.is_file():
+        raise CheckpointNotFoundError(
+            f"step file {path} listed in the manifest of {checkpoint.exp_hash} is missing; "
+            "run `weightslab verify ROOT` to list every damaged checkpoint"
+        )
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    accepted = {entry.xxh3_128}
+    if entry.pending is not None:  # a replacement was under way: either version is a valid file
+        accepted.add(entry.pending.xxh3_128)
+    if actual not in accepted:
+        raise CheckpointCorruptedError(path, entry.xxh3_128, actual)
+
+
+def analyze_local_checkpoint(
+    checkpoint: LocalCheckpoint,
+    *,
+    include_optimizer: bool = True,
+    include_config: bool = True,
+    include_weights: bool = False,
+    verify: bool = True,
+    optimizer_name: str | None = None,
+) -> CheckpointAnalysis:
+    """Analyse one committed checkpoint of a local root (optimizer, hyperparameters, and optionally weights).
+
+    A part that fails is recorded in ``errors``; the file's checksum is verified first when ``verify``.
+
+    Raises:
+        CheckpointNotFoundError, CheckpointCorruptedError, CheckpointFormatError: the step file is missing,
+            damaged, or not a weightslab step file (nothing else can be read from it then).
+    """
+    start = time.perf_counter()
+    if verify:
+        verify_step_file(checkpoint)
+    obj = load_torch_file(checkpoint.path, what="step file")
+    if not isinstance(obj, Mapping) or obj.get("format") != CHECKPOINT_FORMAT:
+        found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointFormatError(
+            f"{checkpoint.path} is not a weightslab step file of format {CHECKPOINT_FORMAT!r} "
+            f"(found {found!r}); upgrade weightslab if it was written by a newer version"
+        )
+    entry = checkpoint.entry
+    exp_dir = checkpoint.exp_dir
+    optimizers = obj.get("optimizers") if isinstance(obj.get("optimizers"), Mapping) else {}
+    models = obj.get("models") if isinstance(obj.get("models"), Mapping) else {}
+    config_file = (
+        checkpoint.config_yaml.relative_to(exp_dir).as_posix() if checkpoint.config_yaml.is_file() else None
+    )
+    components = CheckpointComponents(
+        files=tuple(f for f in (entry.file, config_file) if f is not None),
+        optimizer_file=entry.file if optimizers else None,
+        config_file=config_file or ("hyperparams" if obj.get("hyperparams") else None),
+        weight_files=(entry.file,) if models else (),
+        total_bytes=entry.bytes,
+    )
+
+    errors: list[str] = []
+    optimizer = config = weights = None
+    if include_optimizer and optimizers:
+        try:
+            opt_sd, sched_sd, layout, name = locate_optimizer_state(
+                obj, path=checkpoint.path, optimizer_name=optimizer_name
+            )
+            optimizer = summarize_optimizer_state(
+                opt_sd,
+                sched_sd,
+                path=str(checkpoint.path),
+                file_bytes=entry.bytes,
+                layout=layout,
+                optimizer_name=name,
+                top_level_keys=tuple(str(k) for k in obj),
+            )
+        except Exception as exc:  # one failed part is recorded; the others are still analysed
+            errors.append(f"optimizer: {type(exc).__name__}: {exc}")
+    if include_config:
+        try:
+            config = _local_config(obj.get("hyperparams"), checkpoint.config_yaml)
+        except Exception as exc:
+            errors.append(f"config: {type(exc).__name__}: {exc}")
+    if include_weights and models:
+        try:
+            weights = analyze_state_dict(
+                _merged_models(models), files=(str(checkpoint.path),), file_bytes=entry.bytes
+            )
+        except Exception as exc:
+            errors.append(f"weights: {type(exc).__name__}: {exc}")
+    return CheckpointAnalysis(
+        source=str(checkpoint.root),
+        source_kind="local",
+        branch=checkpoint.branch,
+        revision=entry.xxh3_128,
+        step=entry.step,
+        components=components,
+        optimizer=optimizer,
+        config=config,
+        weights=weights,
+        metrics=dict(entry.metrics),
+        errors=tuple(errors),
+        elapsed_s=time.perf_counter() - start,
+    )
+
+
+def _merged_models(models: Mapping[str, Any]) -> dict[str, Any]:
+    """One state dict; tensor names get a ``<model>.`` prefix when the checkpoint holds several models."""
+    if len(models) == 1:
+        only = next(iter(models.values()))
+        return dict(only) if isinstance(only, Mapping) else {}
+    merged: dict[str, Any] = {}
+    for model_name, sd in models.items():
+        if isinstance(sd, Mapping):
+            merged.update({f"{model_name}.{k}": v for k, v in sd.items()})
+    return merged
+
+
+def _local_config(hyperparams: Any, config_yaml: Path) -> ConfigAnalysis | None:
+    """The hyperparameters of the step file (else of ``hp/<hash>_config.yaml``) as a ConfigAnalysis."""
+    source = "step file hyperparams"
+    if not isinstance(hyperparams, Mapping) or not hyperparams:
+        if not config_yaml.is_file():
+            return None
+        hyperparams = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
+        source = str(config_yaml)
+        if not isinstance(hyperparams, Mapping):
+            raise CheckpointFormatError(
+                f"{config_yaml} holds a {type(hyperparams).__name__}, expected a mapping"
+            )
+    # Sizes are looked up by name (hidden_size, n_layer, ...) across every hyperparameter set.
+    top: dict[str, Any] = {}
+    for value in hyperparams.values():
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                top.setdefault(str(k), v)
+    analysis = analyze_config_dict(top, source=source)
+    return replace(analysis, values=_flatten(hyperparams))
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{key}."))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[key] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+            out[key] = list(v)
+    return out

@@ -1,0 +1,168 @@
+"""Analysing a whole run in parallel: branches of a Hub repo, or the checkpoints of a root."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from rich.console import Console
+
+from weightslab.analysis.checkpoint import failed_analysis, process_single_checkpoint
+from weightslab.analysis.hub import hub_settings, list_branches
+from weightslab.analysis.local import (
+    LocalCheckpoint,
+    analyze_local_checkpoint,
+    is_local_source,
+    list_local_checkpoints,
+)
+from weightslab.analysis.models import CheckpointAnalysis
+from weightslab.analysis.progress import AnalysisProgress
+from weightslab.errors import CheckpointNotFoundError, ConfigError
+
+
+@dataclass(frozen=True)
+class _Job:
+    branch: str
+    step: int
+    revision: str | None
+    run: Callable[..., CheckpointAnalysis]
+    """Called with ``progress=`` the run's display."""
+
+
+def process_all_checkpoints(
+    source: str | Path,
+    max_workers: int = 4,
+    *,
+    include_optimizer: bool = True,
+    include_config: bool = True,
+    include_weights: bool = False,
+    delete_weights_after: bool = True,
+    delete_optimizer_after: bool = False,
+    steps: Collection[int] | None = None,
+    verify: bool = True,
+    endpoint: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    console: Console | None = None,
+) -> dict[str, CheckpointAnalysis]:
+    """Analyse every checkpoint of a run, in parallel, and return ``{branch: analysis}`` sorted by step.
+
+    ``source`` is a local weightslab root when it is an existing directory (a ``Path`` always means one;
+    each committed checkpoint is a branch named ``<hash prefix>-step<step>``), else a Hub repo id, whose
+    branches that name a step
+    (``step143000``, ``step1000-tokens4B``, ``step69369-seed-default``) are analysed; other branches
+    (``main``) are skipped. A checkpoint that fails is in the result with its ``errors``; it never
+    stops the run. A rich progress bar shows on ``console`` when it is a terminal.
+
+    Args:
+        max_workers: checkpoints analysed at the same time.
+        steps: analyse only the checkpoints at these steps.
+        verify: check each local step file against its manifest checksum first (a damaged file is then
+            reported instead of analysed); it reads every file once more.
+        include_weights, delete_weights_after, delete_optimizer_after: see
+            :func:`~weightslab.analysis.analyze_complete_checkpoint`.
+
+    Raises:
+        ConfigError: ``max_workers`` is below 1.
+        CheckpointNotFoundError: the repository or the root does not exist.
+        WeightslabError: the Hub could not be reached to list the branches.
+    """
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise ConfigError(f"max_workers must be an int >= 1, got {max_workers!r}")
+    wanted = None if steps is None else set(steps)
+    local = is_local_source(source)
+    if isinstance(source, Path) and not local:
+        raise CheckpointNotFoundError(
+            f"local root {source} does not exist or is not a directory; pass the root_log_dir of a "
+            "training run (a Hub repo id is passed as a str)"
+        )
+    jobs: list[_Job] = []
+    failed: list[CheckpointAnalysis] = []
+
+    if local:
+        listing = list_local_checkpoints(source)
+        for name, problem in listing.problems.items():
+            failed.append(failed_analysis(source, name, problem, local=True))
+        for c in listing.checkpoints:
+            if wanted is not None and c.entry.step not in wanted:
+                continue
+            run = partial(
+                _analyze_local,
+                c,
+                include_optimizer=include_optimizer,
+                include_config=include_config,
+                include_weights=include_weights,
+                verify=verify,
+            )
+            jobs.append(_Job(branch=c.branch, step=c.entry.step, revision=c.entry.xxh3_128, run=run))
+    else:
+        repo_id = str(source)
+        settings = hub_settings(endpoint, cache_dir, token)
+        for b in list_branches(repo_id, settings):
+            if b.parsed is None or (wanted is not None and b.parsed.step not in wanted):
+                continue
+            run = partial(
+                process_single_checkpoint,
+                repo_id,
+                b.name,
+                revision=b.commit,
+                include_optimizer=include_optimizer,
+                include_config=include_config,
+                include_weights=include_weights,
+                delete_weights_after=delete_weights_after,
+                delete_optimizer_after=delete_optimizer_after,
+                endpoint=settings.endpoint,
+                cache_dir=settings.cache_dir,
+                token=settings.token,
+            )
+            jobs.append(_Job(branch=b.name, step=b.parsed.step, revision=b.commit, run=run))
+
+    jobs.sort(key=lambda j: (j.step, j.branch))
+    results = {a.branch: a for a in failed}
+    with (
+        AnalysisProgress(console, total=len(jobs), description=f"analysing {source}") as progress,
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="weightslab-analysis") as pool,
+    ):
+        started = [pool.submit(_guarded, job, progress, source, local) for job in jobs]
+        for future in as_completed(started):
+            analysis = future.result()
+            results[analysis.branch] = analysis
+            progress.advance()
+    return dict(sorted(results.items(), key=lambda kv: _order(kv[1])))
+
+
+def _guarded(job: _Job, progress: AnalysisProgress, source: str | Path, local: bool) -> CheckpointAnalysis:
+    start = time.perf_counter()
+    try:
+        return job.run(progress=progress)
+    except Exception as exc:  # a failed checkpoint is a record in the results, never an abort of the run
+        return failed_analysis(
+            source, job.branch, exc, local=local, revision=job.revision, elapsed_s=time.perf_counter() - start
+        )
+
+
+def _analyze_local(
+    checkpoint: LocalCheckpoint,
+    *,
+    include_optimizer: bool,
+    include_config: bool,
+    include_weights: bool,
+    verify: bool,
+    progress: AnalysisProgress,
+) -> CheckpointAnalysis:
+    # A local checkpoint downloads nothing, so it has nothing to report to ``progress``.
+    return analyze_local_checkpoint(
+        checkpoint,
+        include_optimizer=include_optimizer,
+        include_config=include_config,
+        include_weights=include_weights,
+        verify=verify,
+    )
+
+
+def _order(a: CheckpointAnalysis) -> tuple[bool, int, str]:
+    return (a.step is None, a.step if a.step is not None else 0, a.branch)
