@@ -9,10 +9,12 @@ under one lock, so the training thread, event triggers and other threads may cal
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import operator
 import os
+import signal
 import threading
 import time
 import warnings
@@ -40,6 +42,7 @@ from weightslab.errors import (
     CheckpointNotFoundError,
     CheckpointSaveError,
     ConfigError,
+    StepOrderError,
     SystemConfigurationError,
 )
 from weightslab.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
@@ -47,8 +50,6 @@ from weightslab.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
 log = logging.getLogger("weightslab")
 
 ResumeMode = Literal["latest", "best"] | int
-
-_SAFE_LEAVES = (type(None), bool, int, float, str, torch.dtype, torch.device)
 
 
 class AutomaticCheckpointSystem:
@@ -90,6 +91,12 @@ class AutomaticCheckpointSystem:
         self._failures = 0
         self._frequency = self.config.checkpoint_frequency
         self._detect = self.config.detect_changes
+        self._resume_floor: int | None = None
+        self._warned_backwards = False
+        self._stop_signal: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        if self.config.handle_signals:
+            self._install_signal_handlers()
         self.manager.event("system_opened", pid=os.getpid(), config=_config_record(self.config))
         self._unlisten = self.ledger.add_listener(self._on_ledger_event)
         atexit.register(self._close_at_exit)
@@ -132,11 +139,19 @@ class AutomaticCheckpointSystem:
                 self._surface_errors()
             if type(step) is not int or step < 0:
                 step = _check_step(step)
+            if self._resume_floor is not None:
+                if step <= self._resume_floor:
+                    self._check_backwards(step)
+            elif self._last_step is not None and step < self._last_step:
+                self._check_backwards(step)
+            if self._stop_signal is not None:
+                self._preempt(step, metrics)
             if self._identity is None:
                 self._begin(step)
             elif self._detect and self._detector.changed():
                 self._record_changes(step, _clean_metrics(metrics), announced=None)
             self._last_step = step
+            self._resume_floor = None
             if step % self._frequency == 0 and step > 0:
                 clean = _clean_metrics(metrics)
                 # the full hash is recomputed before every save, whatever the cheap check said
@@ -194,6 +209,7 @@ class AutomaticCheckpointSystem:
             if self._closed:
                 return
             self._closed = True
+            self._restore_signal_handlers()
             self._unlisten()
             self.ledger.stop_watchers()
             errors: list[BaseException] = []
@@ -250,6 +266,7 @@ class AutomaticCheckpointSystem:
             self._branch_from = self._resumed_from = (source_hash, entry.step)
             self._submitted = {(source_hash, e.step) for e in manifest.checkpoints}
             self._last_step = entry.step
+            self._resume_floor = entry.step
             self.manager.event(
                 "resumed",
                 exp_hash=source_hash,
@@ -349,6 +366,64 @@ class AutomaticCheckpointSystem:
                 self.ledger.update_hyperparams(name, values)
         if self.config.save_rng and data.get("rng"):
             restore_rng(data["rng"])
+
+    # -- preemption and step order --------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            raise ConfigError(
+                "handle_signals=True must be set from the main thread (Python delivers signals there); "
+                "build the checkpoint system in the main thread or leave handle_signals off"
+            )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, previous in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread, or at shutdown
+                signal.signal(sig, previous)
+        self._previous_handlers = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only a flag here: saving inside a signal handler could interrupt a save already running.
+        if self._stop_signal is not None:
+            os._exit(128 + signum)  # a second signal: the user insists
+        self._stop_signal = signum
+
+    def _preempt(self, step: int, metrics: Mapping[str, Any] | None) -> None:
+        """The step boundary after SIGTERM/SIGINT: checkpoint, flush, close, exit 128 + signal."""
+        signum = self._stop_signal
+        assert signum is not None
+        name = signal.Signals(signum).name
+        clean = _clean_metrics(metrics)
+        if self._identity is None:
+            self._begin(step)
+        else:
+            self._record_changes(step, clean, announced=None)
+        assert self._identity is not None
+        if (self._identity.exp_hash, step) not in self._submitted:
+            self._save(step, "preempted", clean)
+        if self._writer is not None:
+            self._writer.wait()
+        self.manager.event("preempted", signal=name, step=step, exp_hash=self._identity.exp_hash)
+        log.warning("weightslab: %s received; checkpointed step %d and exiting", name, step)
+        self._last_step = step
+        self.close()
+        raise SystemExit(128 + signum)
+
+    def _check_backwards(self, step: int) -> None:
+        if self._resume_floor is not None:
+            raise StepOrderError(
+                f"step {step} is not after step {self._resume_floor}, which this run resumed from; start the "
+                f"loop at the step resume() returned ({self._resume_floor + 1})"
+            )
+        if not self._warned_backwards:
+            self._warned_backwards = True
+            log.warning(
+                "weightslab: step went backwards (%d after %d); saves at steps already saved in this "
+                "experiment replace those checkpoints. Pass a global step that only grows.",
+                step,
+                self._last_step,
+            )
 
     # -- internals ------------------------------------------------------------------------------
     def _on_ledger_event(self, event: LedgerEvent) -> None:
@@ -504,17 +579,16 @@ class AutomaticCheckpointSystem:
             "metrics": dict(metrics),
         }
         models = self.ledger.items("model")
-        payload["models"] = {n: buffers.tree(("model", n), m.state_dict()) for n, m in models.items()}
+        payload["models"] = {n: buffers.tree(("models", n), m.state_dict()) for n, m in models.items()}
         for kind, key in (("optimizer", "optimizers"), ("scheduler", "schedulers"), ("stateful", "extra")):
             objs = self.ledger.items(kind)  # type: ignore[arg-type]
-            payload[key] = {n: buffers.tree((kind, n), o.state_dict()) for n, o in objs.items()}
+            payload[key] = {n: buffers.tree((key, n), o.state_dict()) for n, o in objs.items()}
         payload["rng"] = capture_rng() if self.config.save_rng else {}
         payload["hyperparams"] = self._full_hyperparams()
         payload["frozen"] = {
             n: [pn for pn, p in m.named_parameters() if not p.requires_grad] for n, m in models.items()
         }
         event = buffers.end()
-        _check_loadable(payload)
         return payload, event
 
     def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
@@ -643,24 +717,6 @@ def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]
         else:
             out[key] = value
     return out
-
-
-def _check_loadable(payload: Any, path: str = "") -> None:
-    """Refuse leaves that torch.load(weights_only=True) could not read back."""
-    if isinstance(payload, (torch.Tensor, _SAFE_LEAVES)):
-        return
-    if isinstance(payload, Mapping):
-        for k, v in payload.items():
-            _check_loadable(v, f"{path}.{k}" if path else str(k))
-        return
-    if isinstance(payload, (list, tuple)):
-        for i, v in enumerate(payload):
-            _check_loadable(v, f"{path}[{i}]")
-        return
-    raise CheckpointSaveError(
-        f"state at {path} is a {type(payload).__name__}, which torch.load(weights_only=True) cannot read; "
-        "make that object's state_dict() return tensors, numbers, strings, lists and dicts"
-    )
 
 
 def _record(e: CheckpointEntry) -> Any:

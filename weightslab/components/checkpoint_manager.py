@@ -9,6 +9,7 @@ file is durable. Files without an entry are crash leftovers: never loaded, clean
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import threading
@@ -118,9 +119,24 @@ class CheckpointManager:
             for d in (self.layout.data_dir, self.layout.logs_dir, self.layout.checkpoints_dir):
                 self.storage.makedirs(d)
         except OSError as exc:
-            raise RootError(f"cannot create checkpoint root {self.root}: {exc.strerror or exc}") from exc
+            hint = (
+                "; it is read-only: open it with mode='r' or pass another root_log_dir"
+                if exc.errno == errno.EROFS
+                else ""
+            )
+            raise RootError(
+                f"cannot create checkpoint root {self.root}: {exc.strerror or exc}{hint}"
+            ) from exc
         self._lock_file = RootLock(self.layout.lock_file, self.root)
-        self._lock_file.acquire()
+        try:
+            self._lock_file.acquire()
+        except OSError as exc:
+            if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise RootError(
+                    f"checkpoint root {self.root} is read-only ({exc.strerror}); open it with "
+                    "CheckpointManager(root, mode='r') to read, or pass another root_log_dir to train"
+                ) from exc
+            raise RootError(f"cannot lock checkpoint root {self.root}: {exc.strerror or exc}") from exc
         self.journal = Journal(self.layout.events_file, durable=durable)
         self.clean_leftovers()
 
@@ -245,6 +261,9 @@ class CheckpointManager:
             exp_hash=exp_hash,
             parent=None if parent is None else parent.to_dict(),
             reason=None if parent is None else parent.reason,
+            architecture_hash=architecture_hash,
+            hyperparams_hash=hyperparams_hash,
+            retention=dict(retention),
         )
         return m, True
 
@@ -543,8 +562,14 @@ class CheckpointManager:
             try:
                 m: Manifest | None = self.manifest(name) if exp.manifest.is_file() else None
             except ManifestError as exc:
-                log.error("weightslab: %s; its files are left untouched", exc)
-                continue
+                log.error("weightslab: %s; rebuilding it from the step files that verify", exc)
+                m = self.rebuild_manifest(name)
+            if m is None and any(parse_step_file(f) for f in self.storage.listdir(exp.model_dir)):
+                # step files are written only once the manifest exists: it was lost, not never written
+                log.error(
+                    "weightslab: %s is missing; rebuilding it from the step files that verify", exp.manifest
+                )
+                m = self.rebuild_manifest(name)
             if m is not None:
                 m = self._settle_pending(m)
             listed = {e.file for e in m.checkpoints} if m else set()
@@ -588,6 +613,82 @@ class CheckpointManager:
         if changed:
             with self._lock:
                 self._write_manifest(m)
+        return m
+
+    def rebuild_manifest(self, exp_hash: str) -> Manifest:
+        """Rebuild a lost or broken manifest from the step files that load and match.
+
+        Each step file is opened with ``weights_only=True`` and kept when its format, hash and step
+        agree with its name; its entry gets a fresh checksum. Parent and hashes come from the journal.
+        The broken file is kept beside it as ``manifest.json.broken-<time>``; nothing is silently emptied.
+        """
+        journal = self._require_writer()
+        exp = self.experiment(exp_hash)
+        created = None
+        for record in read_events(self.layout.events_file):
+            if record["event"] == "experiment_created" and record.get("exp_hash") == exp_hash:
+                created = record
+        parent = None
+        if created and isinstance(created.get("parent"), dict):
+            p = created["parent"]
+            parent = ParentRef(validate_hash(p["exp_hash"]), p.get("step"), str(p.get("reason", "")))
+        entries: list[CheckpointEntry] = []
+        for fname in self.storage.listdir(exp.model_dir):
+            parsed = parse_step_file(fname)
+            if parsed is None or parsed[0] != exp_hash:
+                continue
+            path = exp.model_dir / fname
+            try:
+                data = load_step_file(path, mmap=True)
+                if data.get("exp_hash") != exp_hash or data.get("step") != parsed[1]:
+                    raise CheckpointFormatError(
+                        f"{path} holds {data.get('exp_hash')} step {data.get('step')}"
+                    )
+                size, digest = self.storage.checksum(path)
+            except (CheckpointFormatError, OSError) as exc:
+                log.warning(
+                    "weightslab: %s does not verify and is left out of the rebuilt manifest: %s", path, exc
+                )
+                continue
+            metrics = {
+                k: (float(v) if v is not None else None) for k, v in dict(data.get("metrics") or {}).items()
+            }
+            entries.append(
+                CheckpointEntry(
+                    step=parsed[1],
+                    file=exp.relative(path),
+                    bytes=size,
+                    xxh3_128=digest,
+                    created=float(data.get("created") or path.stat().st_mtime),
+                    trigger=str(data.get("trigger", "step")),
+                    metrics=metrics,
+                    description="recovered by rebuild_manifest",
+                )
+            )
+        kept_as = None
+        with self._lock:
+            if exp.manifest.exists():
+                kept_as = exp.manifest.with_name(f"manifest.json.broken-{int(time.time())}")
+                exp.manifest.replace(kept_as)
+            m = Manifest(
+                exp_hash=exp_hash,
+                architecture_hash=str((created or {}).get("architecture_hash", "unknown")),
+                hyperparams_hash=str((created or {}).get("hyperparams_hash", "unknown")),
+                created=float((created or {}).get("time", time.time())),
+                parent=parent,
+                retention=dict((created or {}).get("retention") or {}),
+                checkpoints=sorted(entries, key=lambda e: e.step),
+            )
+            self._write_manifest(m)
+        journal.append(
+            "manifest_rebuilt",
+            exp_hash=exp_hash,
+            recovered=[e.step for e in m.checkpoints],
+            kept_broken_as=None if kept_as is None else str(kept_as.relative_to(self.root)),
+        )
+        log.warning(
+            "weightslab: rebuilt the manifest of %s with %d checkpoint(s)", exp_hash, len(m.checkpoints)
+        )
         return m
 
     def size_on_disk(self, exp_hash: str) -> int:

@@ -45,6 +45,8 @@ class CheckpointConfig:
         detect_changes: check for model, config and freeze changes on every call.
         durable: fsync files and folders (turn off only for throwaway runs).
         save_architecture: write the architecture pickle (needs a picklable model).
+        handle_signals: on SIGTERM/SIGINT, checkpoint at the next step boundary, flush and exit
+            with status 128 + signal; a second signal exits at once.
     """
 
     root_log_dir: str | os.PathLike[str] = "experiments"
@@ -61,6 +63,7 @@ class CheckpointConfig:
     detect_changes: bool = True
     durable: bool = True
     save_architecture: bool = True
+    handle_signals: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_log_dir, (str, os.PathLike)) or not os.fspath(self.root_log_dir):
@@ -89,7 +92,14 @@ class CheckpointConfig:
         if bad:
             raise ConfigError(f"exclude_hyperparams holds non-string or empty keys: {bad!r}")
         object.__setattr__(self, "exclude_hyperparams", exclude)
-        for flag in ("async_save", "save_rng", "detect_changes", "durable", "save_architecture"):
+        for flag in (
+            "async_save",
+            "save_rng",
+            "detect_changes",
+            "durable",
+            "save_architecture",
+            "handle_signals",
+        ):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
 

@@ -8,7 +8,6 @@ that the device-to-host copy can run without blocking.
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from weightslab.errors import CheckpointSaveError
+
 Key = tuple[Any, ...]
+# what torch.load(weights_only=True) reads back, besides tensors and containers
+_LEAVES = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
 
 
 class SnapshotBuffers:
@@ -70,7 +73,10 @@ class SnapshotBuffers:
         return buf
 
     def tree(self, key: Key, obj: Any) -> Any:
-        """Copy a state tree: tensors into buffers, containers rebuilt, other leaves deep-copied."""
+        """Copy a state tree: tensors into buffers, containers rebuilt, immutable leaves shared.
+
+        Raises CheckpointSaveError naming the path of a leaf that a weights_only load could not read.
+        """
         if isinstance(obj, torch.Tensor):
             return self.tensor(key, obj)
         if isinstance(obj, Mapping):
@@ -79,9 +85,13 @@ class SnapshotBuffers:
             return [self.tree((*key, i), v) for i, v in enumerate(obj)]
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
             return tuple(self.tree((*key, i), v) for i, v in enumerate(obj))
-        if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        if obj is None or isinstance(obj, _LEAVES):
             return obj
-        return copy.deepcopy(obj)
+        where = ".".join(str(k) for k in key)
+        raise CheckpointSaveError(
+            f"state at {where} is a {type(obj).__name__}, which torch.load(weights_only=True) cannot read "
+            "back; make that object's state_dict() return tensors, numbers, strings, lists and dicts"
+        )
 
 
 def capture_rng() -> dict[str, Any]:
