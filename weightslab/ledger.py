@@ -243,6 +243,10 @@ class Ledger:
 
     @overload
     def register_hyperparams(
+        self, name_or_obj: str, obj: str | os.PathLike[str], *, watch: bool = False, check_types: bool = False
+    ) -> dict[str, Any]: ...
+    @overload
+    def register_hyperparams(
         self, name_or_obj: str, obj: T, *, watch: bool = False, check_types: bool = False
     ) -> T: ...
     @overload
@@ -380,8 +384,13 @@ class Ledger:
 
         return self.add_listener(listener)
 
-    def update_hyperparams(self, name: str, values: Mapping[str, Any]) -> tuple[str, ...]:
-        """Replace the contents of a registered set in place (same object); returns changed keys."""
+    def update_hyperparams(
+        self, name: str, values: Mapping[str, Any], *, source: str | None = None
+    ) -> tuple[str, ...]:
+        """Replace the contents of a registered set in place (same object); returns changed keys.
+
+        ``source`` names where the values came from (a watched file), for listeners and the journal.
+        """
         with self._lock:
             hp = self.get("hyperparams", name)
             before = canonicalize(hp)
@@ -394,7 +403,7 @@ class Ledger:
             if keys:
                 self._version += 1
         if keys:
-            self._notify(LedgerEvent("hyperparams", name, "update", keys))
+            self._notify(LedgerEvent("hyperparams", name, "update", keys, source=source))
         return keys
 
 

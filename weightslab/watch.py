@@ -304,7 +304,7 @@ class HyperparamsWatcher:
             if isinstance(result, Rejection):
                 return data, result
             self._last_bytes = data
-            keys = self.ledger.update_hyperparams(self.name, result)
+            keys = self.ledger.update_hyperparams(self.name, result, source=str(self.path))
             if keys:
                 self.applied += 1
                 log.info(

@@ -1,0 +1,102 @@
+"""Step overhead: what checkpoint_on_step costs on steps that do not save.
+
+    python benchmarks/bench_step_overhead.py [--repeats 5]
+
+1. Microbenchmark, the issue's case: a 100-tensor model (50 Linear(64, 64)) and a 20-key config;
+   microseconds per non-save call (median of rounds of 20,000 calls).
+2. A small MLP training loop (784-256-256-10, batch 64, AdamW) with and without checkpoint_on_step on
+   every step (frequency high enough that no step saves); microseconds per call and percent of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from _common import machine, median, print_table
+from weightslab.components import AutomaticCheckpointSystem
+from weightslab.ledger import Ledger
+
+
+def per_call(repeats: int, n: int = 20_000) -> tuple[list[float], int]:
+    ledger = Ledger()
+    model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(50)])
+    tensors = len(list(model.parameters()))
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", torch.optim.AdamW(model.parameters()))
+    ledger.register_hyperparams("config", {f"key{i}": i * 0.5 for i in range(20)})
+    with tempfile.TemporaryDirectory() as d:
+        system = AutomaticCheckpointSystem(root_log_dir=d, checkpoint_frequency=10**9, ledger=ledger)
+        system.checkpoint_on_step(0)
+        out = []
+        step = 1
+        for _ in range(repeats):
+            t0 = time.perf_counter_ns()
+            for _ in range(n):
+                system.checkpoint_on_step(step)
+                step += 1
+            out.append((time.perf_counter_ns() - t0) / n / 1000)
+        system.close()
+    return out, tensors
+
+
+def mlp_loop(repeats: int, steps: int = 1500) -> tuple[list[float], list[float]]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
+    ledger = Ledger()
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", opt)
+    cfg = {"lr": 1e-3, "batch_size": 64, "hidden": 256}
+    ledger.register_hyperparams("config", cfg)
+
+    def train(n: int, hook: object | None) -> float:
+        t0 = time.perf_counter()
+        for step in range(n):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if hook is not None:
+                hook.checkpoint_on_step(step + 1, {"train/loss": 0.0})  # type: ignore[attr-defined]
+        return (time.perf_counter() - t0) / n * 1e6
+
+    with tempfile.TemporaryDirectory() as d:
+        system = AutomaticCheckpointSystem(root_log_dir=d, checkpoint_frequency=10**9, ledger=ledger)
+        system.checkpoint_on_step(0)
+        train(200, None)  # warm up
+        base, with_wl = [], []
+        for _ in range(repeats):
+            base.append(train(steps, None))
+            with_wl.append(train(steps, system))
+        system.close()
+    return base, with_wl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    calls, tensors = per_call(args.repeats)
+    base, with_wl = mlp_loop(args.repeats)
+    mb, mw = median(base), median(with_wl)
+    print(f"{machine()}; {args.repeats} rounds")
+    print_table(
+        "non-save checkpoint_on_step",
+        ["case", "median", "all rounds"],
+        [
+            [f"{tensors}-tensor model, 20-key config: us per call", f"{median(calls):.2f} us", ", ".join(f"{c:.2f}" for c in calls)],
+            ["small MLP step without weightslab", f"{mb:.1f} us", ", ".join(f"{c:.1f}" for c in base)],
+            ["small MLP step with checkpoint_on_step", f"{mw:.1f} us", ", ".join(f"{c:.1f}" for c in with_wl)],
+            ["overhead per step (difference of medians)", f"{mw - mb:.2f} us ({(mw - mb) / mb * 100:.2f}%)", ""],
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
