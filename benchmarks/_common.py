@@ -21,9 +21,15 @@ warnings_filter = "ignore"
 def parse_args(description: str, repeats: int = 5) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--layers", type=int, default=10, help="Linear(width, width) layers (default 10)")
-    parser.add_argument("--width", type=int, default=3072, help="layer width (default 3072: about 1.13 GB with AdamW)")
-    parser.add_argument("--repeats", type=int, default=repeats, help="rounds; peers interleaved in each round")
-    parser.add_argument("--dir", type=Path, default=None, help="scratch folder on the disk to test (default: ./.bench_tmp)")
+    parser.add_argument(
+        "--width", type=int, default=3072, help="layer width (default 3072: about 1.13 GB with AdamW)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help="rounds; peers interleaved in each round"
+    )
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="scratch folder on the disk to test (default: ./.bench_tmp)"
+    )
     return parser.parse_args()
 
 

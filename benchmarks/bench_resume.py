@@ -15,9 +15,10 @@ import warnings
 
 import torch
 
-from _common import build_state, machine, median, parse_args, print_table, scratch, state_bytes, timed
 from weightslab.components import AutomaticCheckpointSystem
 from weightslab.ledger import Ledger
+
+from _common import build_state, machine, median, parse_args, print_table, scratch, state_bytes, timed
 
 warnings.filterwarnings("ignore")
 
@@ -31,7 +32,9 @@ def main() -> None:
         ledger.register_model("model", model)
         ledger.register_optimizer("optimizer", opt)
         ledger.register_hyperparams("config", {"lr": 1e-4})
-        writer = AutomaticCheckpointSystem(root_log_dir=d / "wl", checkpoint_frequency=1, async_save=False, ledger=ledger)
+        writer = AutomaticCheckpointSystem(
+            root_log_dir=d / "wl", checkpoint_frequency=1, async_save=False, ledger=ledger
+        )
         writer.checkpoint_on_step(1)
         writer.close()
         torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, d / "plain.pt")
@@ -43,7 +46,11 @@ def main() -> None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optim"])
 
-        times: dict[str, list[float]] = {"weightslab resume()": [], "torch.load + load_state_dict": [], "torch.load(mmap) + load_state_dict": []}
+        times: dict[str, list[float]] = {
+            "weightslab resume()": [],
+            "torch.load + load_state_dict": [],
+            "torch.load(mmap) + load_state_dict": [],
+        }
         for _ in range(args.repeats):
             times["weightslab resume()"].append(timed(system.resume))
             times["torch.load + load_state_dict"].append(timed(lambda: plain(False)))
@@ -56,7 +63,10 @@ def main() -> None:
     print_table(
         "resume (median seconds; ratio: time relative to torch.load + load_state_dict, lower is faster)",
         ["peer", "median (s)", "vs torch.load + load_state_dict", "all rounds"],
-        [[k, f"{med[k]:.3f}", f"{med[k] / base:.2f}x", ", ".join(f"{t:.3f}" for t in v)] for k, v in times.items()],
+        [
+            [k, f"{med[k]:.3f}", f"{med[k] / base:.2f}x", ", ".join(f"{t:.3f}" for t in v)]
+            for k, v in times.items()
+        ],
     )
 
 

@@ -16,11 +16,19 @@ import warnings
 import torch
 import torch.distributed.checkpoint as dcp
 
-from _common import (
-    build_state, machine, median, parse_args, print_table, scratch, state_bytes, timed,
-)
 from weightslab.components import AutomaticCheckpointSystem
 from weightslab.ledger import Ledger
+
+from _common import (
+    build_state,
+    machine,
+    median,
+    parse_args,
+    print_table,
+    scratch,
+    state_bytes,
+    timed,
+)
 
 warnings.filterwarnings("ignore")
 
@@ -37,7 +45,9 @@ def main() -> None:
         ledger.register_model("model", model)
         ledger.register_optimizer("optimizer", opt)
         ledger.register_hyperparams("config", {"lr": 1e-4, "layers": args.layers})
-        system = AutomaticCheckpointSystem(root_log_dir=d / "wl", checkpoint_frequency=1, ledger=ledger, keep_last=1)
+        system = AutomaticCheckpointSystem(
+            root_log_dir=d / "wl", checkpoint_frequency=1, ledger=ledger, keep_last=1
+        )
         floor_bufs = [torch.empty_like(t) for t in tensors]
 
         def bare_copy() -> None:
@@ -45,7 +55,12 @@ def main() -> None:
                 b.copy_(t)
 
         state = {"model": model.state_dict(), "optim": opt.state_dict()}
-        times: dict[str, list[float]] = {"weightslab": [], "dcp.async_save": [], "torch.save": [], "bare copy": []}
+        times: dict[str, list[float]] = {
+            "weightslab": [],
+            "dcp.async_save": [],
+            "torch.save": [],
+            "bare copy": [],
+        }
         first: dict[str, float] = {}
         step = 0
         for r in range(args.repeats + 1):
@@ -66,7 +81,13 @@ def main() -> None:
 
     med = {k: median(v) for k, v in times.items()}
     rows = [
-        [k, f"{first[k]:.3f}", f"{med[k]:.3f}", f"{med[k] / med['dcp.async_save']:.2f}x", f"{med[k] / med['bare copy']:.2f}x"]
+        [
+            k,
+            f"{first[k]:.3f}",
+            f"{med[k]:.3f}",
+            f"{med[k] / med['dcp.async_save']:.2f}x",
+            f"{med[k] / med['bare copy']:.2f}x",
+        ]
         for k in times
     ]
     print(f"state {nbytes / 1e9:.2f} GB; {args.repeats} rounds after a first one; {machine()}")

@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from _common import machine, median, print_table
 from weightslab.components import AutomaticCheckpointSystem
 from weightslab.ledger import Ledger
+
+from _common import machine, median, print_table
 
 
 def per_call(repeats: int, n: int = 20_000) -> tuple[list[float], int]:
@@ -45,8 +46,13 @@ def per_call(repeats: int, n: int = 20_000) -> tuple[list[float], int]:
 
 def mlp_loop(repeats: int, steps: int = 1500) -> tuple[list[float], list[float]]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 10),
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(64, 784), torch.randint(0, 10, (64,))
     ledger = Ledger()
@@ -90,10 +96,22 @@ def main() -> None:
         "non-save checkpoint_on_step",
         ["case", "median", "all rounds"],
         [
-            [f"{tensors}-tensor model, 20-key config: us per call", f"{median(calls):.2f} us", ", ".join(f"{c:.2f}" for c in calls)],
+            [
+                f"{tensors}-tensor model, 20-key config: us per call",
+                f"{median(calls):.2f} us",
+                ", ".join(f"{c:.2f}" for c in calls),
+            ],
             ["small MLP step without weightslab", f"{mb:.1f} us", ", ".join(f"{c:.1f}" for c in base)],
-            ["small MLP step with checkpoint_on_step", f"{mw:.1f} us", ", ".join(f"{c:.1f}" for c in with_wl)],
-            ["overhead per step (difference of medians)", f"{mw - mb:.2f} us ({(mw - mb) / mb * 100:.2f}%)", ""],
+            [
+                "small MLP step with checkpoint_on_step",
+                f"{mw:.1f} us",
+                ", ".join(f"{c:.1f}" for c in with_wl),
+            ],
+            [
+                "overhead per step (difference of medians)",
+                f"{mw - mb:.2f} us ({(mw - mb) / mb * 100:.2f}%)",
+                "",
+            ],
         ],
     )
 

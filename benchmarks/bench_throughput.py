@@ -19,9 +19,20 @@ import warnings
 import torch
 import torch.distributed.checkpoint as dcp
 
-from _common import build_state, fsync_path, machine, median, parse_args, print_table, scratch, state_bytes, timed
 from weightslab.components import AutomaticCheckpointSystem
 from weightslab.ledger import Ledger
+
+from _common import (
+    build_state,
+    fsync_path,
+    machine,
+    median,
+    parse_args,
+    print_table,
+    scratch,
+    state_bytes,
+    timed,
+)
 
 warnings.filterwarnings("ignore")
 
@@ -32,7 +43,17 @@ def main() -> None:
     nbytes = state_bytes(model, opt)
     raw = bytearray(os.urandom(1 << 20)) * (nbytes >> 20)
     state = {"model": model.state_dict(), "optim": opt.state_dict()}
-    times: dict[str, list[float]] = {k: [] for k in ("weightslab (sync)", "weightslab (async)", "torch.save + fsync", "dcp.save", "raw: one write + fsync", "raw: 64 MB writes + fsync")}
+    times: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "weightslab (sync)",
+            "weightslab (async)",
+            "torch.save + fsync",
+            "dcp.save",
+            "raw: one write + fsync",
+            "raw: 64 MB writes + fsync",
+        )
+    }
     with scratch(args.dir) as d:
         systems = {}
         for mode in ("sync", "async"):
@@ -41,7 +62,11 @@ def main() -> None:
             ledger.register_optimizer("optimizer", opt)
             ledger.register_hyperparams("config", {"lr": 1e-4})
             systems[mode] = AutomaticCheckpointSystem(
-                root_log_dir=d / mode, checkpoint_frequency=1, keep_last=1, async_save=(mode == "async"), ledger=ledger
+                root_log_dir=d / mode,
+                checkpoint_frequency=1,
+                keep_last=1,
+                async_save=(mode == "async"),
+                ledger=ledger,
             )
             systems[mode].checkpoint_on_step(1)  # open the experiment and warm the buffers
             systems[mode].flush()
@@ -78,7 +103,13 @@ def main() -> None:
     med = {k: median(v) for k, v in times.items()}
     limit = min(med["raw: one write + fsync"], med["raw: 64 MB writes + fsync"])
     rows = [
-        [k, f"{med[k]:.3f}", f"{nbytes / med[k] / 1e9:.2f}", f"{med['torch.save + fsync'] / med[k]:.2f}x", f"{limit / med[k]:.2f}x"]
+        [
+            k,
+            f"{med[k]:.3f}",
+            f"{nbytes / med[k] / 1e9:.2f}",
+            f"{med['torch.save + fsync'] / med[k]:.2f}x",
+            f"{limit / med[k]:.2f}x",
+        ]
         for k in times
     ]
     print(f"state {nbytes / 1e9:.2f} GB; {args.repeats} rounds; {machine()}")
