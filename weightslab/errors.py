@@ -36,6 +36,14 @@ class CheckpointNotFoundError(WeightslabError, FileNotFoundError):
     """No committed checkpoint matches the request."""
 
 
+class AnalysisSourceError(CheckpointNotFoundError):
+    """An analysis source is neither a local weightslab root nor a reachable Hub repository."""
+
+
+class HubUnavailableError(WeightslabError, ConnectionError):
+    """The Hugging Face Hub (or the configured endpoint) could not be reached."""
+
+
 class CheckpointCorruptedError(WeightslabError):
     """A step file does not match the checksum or size its manifest entry recorded."""
 
@@ -122,12 +130,14 @@ class AmbiguousExperimentError(UnknownExperimentError):
 
 __all__ = [
     "AmbiguousExperimentError",
+    "AnalysisSourceError",
     "ArchitectureMismatchError",
     "CheckpointCorruptedError",
     "CheckpointFormatError",
     "CheckpointNotFoundError",
     "CheckpointSaveError",
     "ConfigError",
+    "HubUnavailableError",
     "HyperparamsError",
     "InvalidNameError",
     "ManifestError",

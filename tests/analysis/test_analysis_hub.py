@@ -256,7 +256,7 @@ def test_process_single_checkpoint_records_failures(
         "nobody/none", "step1-tokens2B", endpoint=hub.endpoint, cache_dir=tmp_path
     )
     assert (gone.step, gone.tokens) == (1, 2_000_000_000)
-    assert "CheckpointNotFoundError" in gone.errors[0]
+    assert "AnalysisSourceError" in gone.errors[0]
     ok = process_single_checkpoint(
         published["pythia"].repo_id, "step40", endpoint=hub.endpoint, cache_dir=tmp_path
     )

@@ -28,7 +28,7 @@ from huggingface_hub.utils import (
 
 from weightslab.analysis.branches import BranchName, parse_branch_name
 from weightslab.analysis.progress import AnalysisProgress
-from weightslab.errors import CheckpointNotFoundError, WeightslabError
+from weightslab.errors import AnalysisSourceError, CheckpointNotFoundError, HubUnavailableError
 
 OPTIMIZER_FILE = "training/optim.pt"
 """Where DataDecide/OLMo training repositories keep the optimizer state of a checkpoint branch."""
@@ -74,15 +74,15 @@ def list_branches(repo_id: str, settings: HubSettings) -> list[HubBranch]:
     """Every branch of ``repo_id`` with its commit.
 
     Raises:
-        CheckpointNotFoundError: the repository does not exist (or is private) or the id is malformed.
-        WeightslabError: the Hub could not be reached.
+        AnalysisSourceError: the repository does not exist (or is private) or the id is malformed.
+        HubUnavailableError: the Hub could not be reached.
     """
     try:
         refs = _api(settings).list_repo_refs(repo_id)
     except (RepositoryNotFoundError, HFValidationError) as exc:
-        raise CheckpointNotFoundError(_not_found_message(repo_id, settings)) from exc
+        raise AnalysisSourceError(_not_found_message(repo_id, settings)) from exc
     except Exception as exc:  # connection errors differ between huggingface_hub versions (requests/httpx)
-        raise WeightslabError(
+        raise HubUnavailableError(
             f"{repo_id!r} is not a local directory, and listing it as a repository at {settings.endpoint} "
             f"failed ({type(exc).__name__}: {exc}); check the path, or the network and HF_ENDPOINT"
         ) from exc
@@ -111,7 +111,7 @@ def resolve_revision(repo_id: str, branch: str, settings: HubSettings) -> str:
     try:
         refs = _api(settings).list_repo_refs(repo_id)
     except (RepositoryNotFoundError, HFValidationError) as exc:
-        raise CheckpointNotFoundError(_not_found_message(repo_id, settings)) from exc
+        raise AnalysisSourceError(_not_found_message(repo_id, settings)) from exc
     for ref in [*refs.branches, *refs.tags]:
         if ref.name == branch:
             return ref.target_commit

@@ -26,6 +26,7 @@ from weightslab.analysis.weights import analyze_state_dict
 from weightslab.components.layout import CHECKPOINT_FORMAT, RootLayout
 from weightslab.components.manifest import CheckpointEntry, read_manifest
 from weightslab.errors import (
+    AnalysisSourceError,
     CheckpointCorruptedError,
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -67,11 +68,11 @@ def list_local_checkpoints(root: str | Path) -> LocalListing:
     """The committed checkpoints of every experiment under ``root``, sorted by step.
 
     Raises:
-        CheckpointNotFoundError: ``root`` has no ``checkpoints/`` directory (it is not a weightslab root).
+        AnalysisSourceError: ``root`` has no ``checkpoints/`` directory (it is not a weightslab root).
     """
     layout = RootLayout(Path(root).expanduser())
     if not layout.checkpoints_dir.is_dir():
-        raise CheckpointNotFoundError(
+        raise AnalysisSourceError(
             f"{layout.root} is not a weightslab root: it has no checkpoints/ directory; pass the "
             "root_log_dir your training used (the folder holding checkpoints/ and logs/)"
         )
