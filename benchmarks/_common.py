@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-warnings_filter = "ignore"
+from weightslab.ledger import Ledger
 
 
 def parse_args(description: str, repeats: int = 5) -> argparse.Namespace:
@@ -42,6 +42,15 @@ def build_state(layers: int, width: int, seed: int = 0) -> tuple[torch.nn.Sequen
     opt.step()
     opt.zero_grad(set_to_none=True)
     return model, opt
+
+
+def ledger_for(model: torch.nn.Module, opt: torch.optim.Optimizer) -> Ledger:
+    """An isolated ledger with the state under test registered."""
+    ledger = Ledger()
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", opt)
+    ledger.register_hyperparams("config", {"lr": 1e-4})
+    return ledger
 
 
 def state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:

@@ -16,9 +16,18 @@ import warnings
 import torch
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.ledger import Ledger
 
-from _common import build_state, machine, median, parse_args, print_table, scratch, state_bytes, timed
+from _common import (
+    build_state,
+    ledger_for,
+    machine,
+    median,
+    parse_args,
+    print_table,
+    scratch,
+    state_bytes,
+    timed,
+)
 
 warnings.filterwarnings("ignore")
 
@@ -28,10 +37,7 @@ def main() -> None:
     model, opt = build_state(args.layers, args.width)
     nbytes = state_bytes(model, opt)
     with scratch(args.dir) as d:
-        ledger = Ledger()
-        ledger.register_model("model", model)
-        ledger.register_optimizer("optimizer", opt)
-        ledger.register_hyperparams("config", {"lr": 1e-4})
+        ledger = ledger_for(model, opt)
         writer = AutomaticCheckpointSystem(
             root_log_dir=d / "wl", checkpoint_frequency=1, async_save=False, ledger=ledger
         )

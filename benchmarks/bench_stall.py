@@ -17,10 +17,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.ledger import Ledger
 
 from _common import (
     build_state,
+    ledger_for,
     machine,
     median,
     parse_args,
@@ -41,10 +41,7 @@ def main() -> None:
         t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
     ]
     with scratch(args.dir) as d:
-        ledger = Ledger()
-        ledger.register_model("model", model)
-        ledger.register_optimizer("optimizer", opt)
-        ledger.register_hyperparams("config", {"lr": 1e-4, "layers": args.layers})
+        ledger = ledger_for(model, opt)
         system = AutomaticCheckpointSystem(
             root_log_dir=d / "wl", checkpoint_frequency=1, ledger=ledger, keep_last=1
         )

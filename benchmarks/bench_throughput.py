@@ -20,11 +20,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.ledger import Ledger
 
 from _common import (
     build_state,
     fsync_path,
+    ledger_for,
     machine,
     median,
     parse_args,
@@ -57,10 +57,7 @@ def main() -> None:
     with scratch(args.dir) as d:
         systems = {}
         for mode in ("sync", "async"):
-            ledger = Ledger()
-            ledger.register_model("model", model)
-            ledger.register_optimizer("optimizer", opt)
-            ledger.register_hyperparams("config", {"lr": 1e-4})
+            ledger = ledger_for(model, opt)
             systems[mode] = AutomaticCheckpointSystem(
                 root_log_dir=d / mode,
                 checkpoint_frequency=1,
