@@ -621,3 +621,40 @@ def test_metrics_validation(make_system: Any, ledger: Ledger) -> None:
         system.checkpoint_on_step(1.5)  # type: ignore[arg-type]
     system.checkpoint_on_step(20, metrics={"loss": torch.tensor(0.25), "nan": float("nan")})
     assert manifest(system)["checkpoints"][0]["metrics"] == {"loss": 0.25, "nan": None}
+
+
+def test_summary_checkpoints_and_tree_print_from_the_system(make_system: Any, ledger: Ledger) -> None:
+    import io
+
+    from rich.console import Console
+
+    system = make_system(checkpoint_frequency=5, keep_last=2, monitor="val")
+    _, _, cfg = setup_run(ledger)
+    for step in range(12):
+        if step == 7:
+            cfg["lr"] = 0.5
+        system.checkpoint_on_step(step, metrics={"val": 1.0 / (step + 1)})
+    out = io.StringIO()
+    console = Console(file=out, width=120, color_system=None)
+    system.summary(console=console)
+    system.print_checkpoints(console=console)
+    system.print_tree(console=console)
+    text = out.getvalue()
+    first, second = system.manager.experiments()
+    assert f"* {second}" in text or f"*  {second}" in text  # the active experiment is marked
+    assert "config_change" in text and first in text
+    assert f"checkpoints of {second}" in text and "newest" in text
+
+
+def test_the_manifest_records_the_retention_in_force(tmp_path: Path) -> None:
+    for keep_last in (None, 2):
+        ledger = Ledger()
+        system = AutomaticCheckpointSystem(
+            root_log_dir=tmp_path / "r", checkpoint_frequency=5, keep_last=keep_last, ledger=ledger
+        )
+        setup_run(ledger)
+        system.resume()
+        system.checkpoint_on_step(5 if keep_last is None else 10)
+        system.close()
+        mgr = CheckpointManager(tmp_path / "r", mode="r")
+        assert mgr.manifest(mgr.experiments()[0]).retention["keep_last"] == keep_last

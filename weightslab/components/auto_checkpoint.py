@@ -202,6 +202,40 @@ class AutomaticCheckpointSystem:
                 self._writer.wait()
             self._surface_errors()
 
+    # -- looking at the root ---------------------------------------------------------------------
+    def summary(self, *, console: Any = None) -> None:
+        """Print the experiments of this root (hash, parent and reason, checkpoints, best metric, size)."""
+        from weightslab import console as rich_console  # console -> commands -> components
+
+        self.flush()
+        rich_console.print_summary(
+            self.manager,
+            active=self.exp_hash,
+            monitor=self.config.monitor,
+            mode=self.config.mode if self.config.monitor else None,
+            console=console,
+        )
+
+    def print_checkpoints(self, exp_hash: str | None = None, *, console: Any = None) -> None:
+        """Print one experiment's checkpoints (default: the active one) and why each is kept."""
+        from weightslab import console as rich_console
+
+        self.flush()
+        h = exp_hash or self.exp_hash or self.manager.last_active()
+        if h is None:
+            raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
+        protected = {self._resumed_from[1]} if self._resumed_from and self._resumed_from[0] == h else ()
+        rich_console.print_checkpoints(
+            self.manager, h, retention=self.retention, protected=protected, console=console
+        )
+
+    def print_tree(self, *, console: Any = None) -> None:
+        """Print the lineage tree: how experiments branched, with step and reason on each edge."""
+        from weightslab import console as rich_console
+
+        self.flush()
+        rich_console.print_tree(self.manager, active=self.exp_hash, console=console)
+
     def close(self) -> None:
         """Flush pending saves, release the root's lock and the singleton slot. Idempotent."""
         global _SYSTEM
@@ -256,6 +290,7 @@ class AutomaticCheckpointSystem:
                 return 0
             data, entry, source_hash, skipped = self._load_for_resume(exp_hash, mode)
             self._restore(data, source_hash, entry)
+            self.manager.record_retention(source_hash, self.config.retention())
             manifest = self.manager.manifest(source_hash)
             self._identity = ExperimentIdentity(
                 source_hash, manifest.architecture_hash, manifest.hyperparams_hash
@@ -469,6 +504,8 @@ class AutomaticCheckpointSystem:
 
     def _open_experiment(self, ident: ExperimentIdentity, parent: ParentRef | None) -> tuple[Any, bool]:
         models = self.ledger.items("model")
+        if self.manager.has_experiment(ident.exp_hash):
+            self.manager.record_retention(ident.exp_hash, self.config.retention())
         return self.manager.create_experiment(
             exp_hash=ident.exp_hash,
             architecture_hash=ident.architecture_hash,

@@ -267,6 +267,16 @@ class CheckpointManager:
         )
         return m, True
 
+    def record_retention(self, exp_hash: str, retention: Mapping[str, Any]) -> None:
+        """Record the retention policy now in force for an experiment (what ``weightslab gc`` applies)."""
+        self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            if m.retention != dict(retention):
+                updated = m.without_steps(set())  # a copy; the cached manifest is never mutated
+                updated.retention = dict(retention)
+                self._write_manifest(updated)
+
     def _write_architecture_pickle(
         self, exp: ExperimentLayout, models: Mapping[str, torch.nn.Module]
     ) -> None:
@@ -519,8 +529,14 @@ class CheckpointManager:
         return load_step_file(path, map_location=map_location, mmap=mmap)
 
     # -- health ---------------------------------------------------------------------------------
-    def verify(self, exp_hash: str | None = None) -> VerifyReport:
-        """Check every committed checkpoint's checksum and look for orphaned files."""
+    def verify(
+        self, exp_hash: str | None = None, *, on_entry: Callable[[CheckpointEntry], None] | None = None
+    ) -> VerifyReport:
+        """Check every committed checkpoint's size and checksum, and look for orphaned files.
+
+        ``on_entry`` is called after each checkpoint is checked (for progress bars).
+        Problems: "corrupt", "missing", "orphaned" (a step or temp file without an entry), "manifest".
+        """
         report = VerifyReport()
         hashes = [exp_hash] if exp_hash is not None else self.experiments()
         for h in hashes:
@@ -538,40 +554,52 @@ class CheckpointManager:
                     self.verify_entry(h, entry)
                     report.ok += 1
                 except CheckpointCorruptedError as exc:
-                    kind: Literal["corrupt", "missing"] = (
-                        "missing" if exc.actual == "<missing>" else "corrupt"
+                    missing = exc.actual == "<missing>"
+                    detail = "file missing" if missing else _corrupt_detail(exc, entry.bytes)
+                    report.problems.append(
+                        Problem("missing" if missing else "corrupt", h, exc.path, entry.step, detail)
                     )
-                    report.problems.append(Problem(kind, h, exc.path, entry.step, str(exc)))
+                if on_entry is not None:
+                    on_entry(entry)
             for name in self.storage.listdir(exp.model_dir):
                 parsed = parse_step_file(name)
-                if (parsed and f"model/{name}" not in listed) or TMP_MARKER in name:
-                    report.problems.append(
-                        Problem("orphaned", h, str(exp.model_dir / name), parsed and parsed[1])
-                    )
+                if TMP_MARKER in name:
+                    detail = "interrupted write"
+                elif parsed and f"model/{name}" not in listed:
+                    detail = "no manifest entry"
+                else:
+                    continue
+                report.problems.append(
+                    Problem("orphaned", h, str(exp.model_dir / name), parsed and parsed[1], detail)
+                )
         return report
 
-    def clean_leftovers(self) -> list[Path]:
-        """Remove what a crash left behind: temp files, step files without an entry, folders without a manifest."""
-        journal = self._require_writer()
-        removed: list[Path] = []
+    def find_leftovers(self) -> tuple[list[Path], list[str]]:
+        """What a writer cleans on opening, found without touching anything: (files, manifests to rebuild).
+
+        Leftovers are temp files, step files without a manifest entry, and, in a folder without a
+        manifest and without step files (a crash while creating an experiment), the files named after
+        its hash. A broken manifest, or a lost one next to step files, is rebuilt from the step files
+        that verify; for those only temp files are listed, since which step files verify is known
+        only once they are read.
+        """
+        found: list[Path] = []
+        rebuild: list[str] = []
         for name in self.storage.listdir(self.layout.checkpoints_dir):
-            exp_dir = self.layout.checkpoints_dir / name
-            if not is_hash(name) or not exp_dir.is_dir():
+            if not is_hash(name) or not (self.layout.checkpoints_dir / name).is_dir():
                 continue
             exp = self.experiment(name)
+            has_steps = any(parse_step_file(f) for f in self.storage.listdir(exp.model_dir))
             try:
                 m: Manifest | None = self.manifest(name) if exp.manifest.is_file() else None
-            except ManifestError as exc:
-                log.error("weightslab: %s; rebuilding it from the step files that verify", exc)
-                m = self.rebuild_manifest(name)
-            if m is None and any(parse_step_file(f) for f in self.storage.listdir(exp.model_dir)):
                 # step files are written only once the manifest exists: it was lost, not never written
-                log.error(
-                    "weightslab: %s is missing; rebuilding it from the step files that verify", exp.manifest
-                )
-                m = self.rebuild_manifest(name)
-            if m is not None:
-                m = self._settle_pending(m)
+                broken = m is None and has_steps
+            except ManifestError:
+                m, broken = None, True
+            if broken:
+                rebuild.append(name)
+                found += [exp.model_dir / f for f in self.storage.listdir(exp.model_dir) if TMP_MARKER in f]
+                continue
             listed = {e.file for e in m.checkpoints} if m else set()
             for sub in (exp.model_dir, exp.hp_dir, exp.dir):
                 for fname in self.storage.listdir(sub):
@@ -582,12 +610,32 @@ class CheckpointManager:
                     if m is None and sub != exp.dir:
                         ours = ours or fname.startswith(name)
                     if ours and exp.relative(path) not in listed:
-                        self.storage.remove(path)
-                        removed.append(path)
-            if m is None:
+                        found.append(path)
+        return found, rebuild
+
+    def clean_leftovers(self) -> list[Path]:
+        """Rebuild lost or broken manifests, finish interrupted replacements, remove crash leftovers."""
+        journal = self._require_writer()
+        _, rebuild = self.find_leftovers()
+        for name in rebuild:
+            log.error(
+                "weightslab: the manifest of %s is missing or broken; rebuilding it from the step files that verify",
+                name,
+            )
+            self.rebuild_manifest(name)
+        for name in self.experiments():
+            with contextlib.suppress(ManifestError):
+                self._settle_pending(self.manifest(name))
+        removed, _ = self.find_leftovers()
+        for path in removed:
+            self.storage.remove(path)
+        for name in self.storage.listdir(self.layout.checkpoints_dir):
+            exp_dir = self.layout.checkpoints_dir / name
+            if is_hash(name) and exp_dir.is_dir() and not (exp_dir / "manifest.json").exists():
+                exp = self.experiment(name)
                 for d in (exp.model_dir, exp.hp_dir, exp.data_dir, exp.dir):
                     with contextlib.suppress(OSError):
-                        d.rmdir()
+                        d.rmdir()  # only empty folders go
         if removed:
             journal.append("leftovers_removed", files=[str(p.relative_to(self.root)) for p in removed])
             log.info("weightslab: removed %d crash leftover(s) under %s", len(removed), self.root)
@@ -697,6 +745,16 @@ class CheckpointManager:
             if path.is_file():
                 total += path.stat().st_size
         return total
+
+
+def _corrupt_detail(exc: CheckpointCorruptedError, expected_bytes: int) -> str:
+    if exc.actual == "<not computed>":  # the size alone already differs
+        try:
+            size = Path(exc.path).stat().st_size
+        except OSError:
+            return "size differs from the manifest"
+        return f"size {size} bytes, expected {expected_bytes}"
+    return "checksum mismatch"
 
 
 def _with_pending(

@@ -1,0 +1,340 @@
+"""The ``weightslab`` command: look at, check, clean and export checkpoint roots.
+
+::
+
+    weightslab ls ROOT                      experiments table
+    weightslab show ROOT HASH               checkpoints, architecture and config of one experiment
+    weightslab tree ROOT                    how the experiments branched
+    weightslab verify ROOT [HASH]           checksums and manifests (exit 1 when something is wrong)
+    weightslab diff ROOT HASH_A HASH_B      hyperparameter and architecture changes
+    weightslab gc ROOT [--dry-run]          apply the recorded retention, remove crash leftovers
+    weightslab export ROOT HASH --to DIR    weights as safetensors (or the step file) plus config
+    weightslab analyze REPO_OR_ROOT         (from weightslab.analysis) analyse a run's checkpoints
+
+Hashes may be abbreviated to any unique prefix, as in git. Every command takes ``--json`` for
+scripts. Exit status: 0 success, 1 ``verify`` found problems, 2 an error (one line on stderr:
+``weightslab: error: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from weightslab import __version__, cli_render, console
+from weightslab.commands import open_root
+from weightslab.commands.diff import diff_experiments
+from weightslab.commands.export import export_checkpoint
+from weightslab.commands.gc import run_gc
+from weightslab.commands.overview import (
+    architecture_summary,
+    checkpoint_infos,
+    experiment_info,
+    experiment_infos,
+    lineage,
+)
+from weightslab.commands.verify import report_dict, verify_root
+from weightslab.errors import WeightslabError
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- parser -----------------------------------------------------------------------------------------
+def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; ``analyze=True`` mounts the real ``analyze`` subcommand (imports pandas)."""
+    parser = argparse.ArgumentParser(
+        prog="weightslab",
+        description="Look at, check, clean and export weightslab checkpoint roots. "
+        "Hashes may be abbreviated to any unique prefix.",
+        epilog="Exit status: 0 success, 1 verify found problems, 2 error.",
+    )
+    parser.add_argument("--version", action="version", version=f"weightslab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str, handler: Handler, *, json_help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        p.add_argument(
+            "root", metavar="ROOT", help="the checkpoint root (the root_log_dir of a training run)"
+        )
+        p.add_argument("--json", action="store_true", help=json_help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("ls", "list the experiments of a root", _cmd_ls, json_help="print the experiments as JSON")
+    p.add_argument(
+        "--monitor", metavar="METRIC", help="metric of the best column (default: the recorded monitor)"
+    )
+    p.add_argument("--mode", choices=("min", "max"), help="whether lower or higher --monitor is better")
+
+    p = command(
+        "show",
+        "show one experiment: its checkpoints, architecture summary and config",
+        _cmd_show,
+        json_help="print the experiment as JSON",
+    )
+    p.add_argument("hash", metavar="HASH", help="experiment hash or unique prefix")
+
+    command("tree", "show how the experiments branched", _cmd_tree, json_help="print the lineage as JSON")
+
+    p = command(
+        "verify",
+        "check every checksum, and the manifests against the files",
+        _cmd_verify,
+        json_help="print the report as JSON (the exit status is the same)",
+    )
+    p.add_argument("hash", metavar="HASH", nargs="?", help="only this experiment (hash or unique prefix)")
+    p.epilog = "Exit status: 0 all is well, 1 something is corrupt, missing or orphaned, 2 error."
+
+    p = command(
+        "diff",
+        "show what changed between two experiments: hyperparameters and architecture",
+        _cmd_diff,
+        json_help="print the differences as JSON",
+    )
+    p.add_argument("hash_a", metavar="HASH_A", help="the experiment to compare from")
+    p.add_argument("hash_b", metavar="HASH_B", help="the experiment to compare to")
+
+    p = command(
+        "gc",
+        "apply the retention policy recorded for the root and remove crash leftovers",
+        _cmd_gc,
+        json_help="print what was (or would be) removed as JSON",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
+    p.add_argument("--keep-last", type=_positive, metavar="N", help="override the recorded keep_last")
+    p.add_argument("--keep-best", type=_positive, metavar="K", help="override the recorded keep_best")
+    p.add_argument("--keep-every", type=_positive, metavar="M", help="override the recorded keep_every")
+    p.add_argument("--monitor", metavar="METRIC", help="override the recorded monitor (for --keep-best)")
+    p.add_argument("--mode", choices=("min", "max"), help="override the recorded mode (for --keep-best)")
+    p.epilog = (
+        "The newest checkpoint of each experiment and every checkpoint a child experiment branched "
+        "from are always kept. Needs the root's writer lock: a running training holding it is an error."
+    )
+
+    p = command(
+        "export",
+        "write one checkpoint out for use elsewhere",
+        _cmd_export,
+        json_help="print what was written as JSON",
+    )
+    p.add_argument("hash", metavar="HASH", help="experiment hash or unique prefix")
+    p.add_argument("--step", type=_non_negative, metavar="N", help="the step to export (default: the newest)")
+    p.add_argument("--to", required=True, metavar="DIR", help="the folder to write into (created if missing)")
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "pt"),
+        default="safetensors",
+        help="safetensors: <model name>.safetensors per model (default); pt: the whole step file as checkpoint.pt",
+    )
+    p.add_argument("--force", action="store_true", help="replace files that already exist in DIR")
+    p.epilog = (
+        "Both formats also write config.yaml (the hyperparameters) and checkpoint.json (the provenance)."
+    )
+
+    _add_analyze(sub, real=analyze)
+    return parser
+
+
+def _add_analyze(sub: Any, *, real: bool) -> None:
+    """Mount ``analyze`` from weightslab.analysis when it is installed.
+
+    Importing it pulls in pandas and huggingface_hub, so the real parser is built only when the
+    command is ``analyze``; otherwise a placeholder lists it in ``weightslab --help``.
+    """
+    # find_spec would import weightslab.analysis (and pandas) just to look: check for the file instead
+    if not (Path(__file__).parent / "analysis" / "cli.py").is_file():
+        return
+    if real:
+        from weightslab.analysis.cli import add_analyze_parser  # heavy: only for analyze
+
+        add_analyze_parser(sub)
+        return
+    placeholder = sub.add_parser(
+        "analyze",
+        help="analyse the checkpoints of a Hugging Face Hub repository or a local root (see analyze --help)",
+        add_help=False,
+    )
+    placeholder.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def _cmd_ls(args: argparse.Namespace) -> int:
+    manager = open_root(args.root)
+    if args.json:
+        infos = experiment_infos(manager, monitor=args.monitor, mode=args.mode)
+        active = next((i.exp_hash for i in infos if i.active), None)
+        _print_json(
+            {"root": str(manager.root), "active": active, "experiments": [i.to_dict() for i in infos]}
+        )
+    else:
+        console.print_summary(manager, monitor=args.monitor, mode=args.mode)
+    return EXIT_OK
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    manager = open_root(args.root)
+    h = manager.resolve_hash(args.hash)
+    if args.json:
+        _print_json(
+            {
+                "root": str(manager.root),
+                "experiment": experiment_info(manager, h, active=manager.last_active()).to_dict(),
+                "checkpoints": [c.to_dict() for c in checkpoint_infos(manager, h)],
+                "architecture": [m.to_dict() for m in architecture_summary(manager, h)],
+                "config": manager.read_config(h),
+            }
+        )
+    else:
+        console.print_experiment(manager, h)
+    return EXIT_OK
+
+
+def _cmd_tree(args: argparse.Namespace) -> int:
+    manager = open_root(args.root)
+    if args.json:
+        _print_json({"root": str(manager.root), "lineage": [n.to_dict() for n in lineage(manager)]})
+    else:
+        console.print_tree(manager)
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    manager = open_root(args.root)
+    h = manager.resolve_hash(args.hash) if args.hash else None
+    with console.RichTracker() as tracker:
+        report = verify_root(manager, h, tracker=tracker)
+    if args.json:
+        _print_json(report_dict(report, manager.root))
+    else:
+        cli_render.print_verify(report, manager.root)
+    return EXIT_OK if report.healthy else EXIT_PROBLEMS
+
+
+def _cmd_diff(args: argparse.Namespace) -> int:
+    manager = open_root(args.root)
+    a, b = manager.resolve_hash(args.hash_a), manager.resolve_hash(args.hash_b)
+    diff = diff_experiments(manager, a, b)
+    if args.json:
+        _print_json({"root": str(manager.root), **diff.to_dict()})
+    else:
+        cli_render.print_diff(diff)
+    return EXIT_OK
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    overrides = {
+        "keep_last": args.keep_last,
+        "keep_best": args.keep_best,
+        "keep_every": args.keep_every,
+        "monitor": args.monitor,
+        "mode": args.mode,
+    }
+    with console.RichTracker() as tracker:
+        result = run_gc(args.root, dry_run=args.dry_run, overrides=overrides, tracker=tracker)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        cli_render.print_gc(result)
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    manager = open_root(args.root)
+    h = manager.resolve_hash(args.hash)
+    with console.RichTracker() as tracker:
+        result = export_checkpoint(
+            manager, h, args.to, step=args.step, fmt=args.format, force=args.force, tracker=tracker
+        )
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        cli_render.print_export(result)
+    return EXIT_OK
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from weightslab.analysis.cli import run_analyze
+
+    return int(run_analyze(args))
+
+
+# -- output and errors ------------------------------------------------------------------------------
+def _print_json(data: Any) -> None:
+    """Plain JSON on stdout: no colour, non-finite numbers as null, anything else by str()."""
+    sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _error(message: object) -> int:
+    """One line on stderr, exit status 2."""
+    sys.stderr.write(f"weightslab: error: {' '.join(str(message).split())}\n")
+    return EXIT_ERROR
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``weightslab`` command; returns the exit status (0, 1 for verify problems, 2 errors)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(analyze=_command_of(argv) == "analyze")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors (argparse printed them)
+        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
+    handler: Handler = _cmd_analyze if args.command == "analyze" else args.handler
+    try:
+        return handler(args)
+    except WeightslabError as exc:
+        return _error(exc)
+    except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+        return _error(exc)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):  # the reader went away (| head): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 141
+        return _error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else exc)
+    except KeyboardInterrupt:
+        sys.stderr.write("weightslab: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

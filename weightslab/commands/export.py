@@ -1,0 +1,208 @@
+"""``weightslab export``: write one checkpoint out for use elsewhere.
+
+``safetensors`` (the default) writes each registered model's weights as ``<name>.safetensors`` (the
+usual model gives ``model.safetensors``), loadable with ``safetensors.torch.load_file`` and
+``model.load_state_dict``; ``pt`` copies the whole step file as ``checkpoint.pt`` (models, optimizers,
+schedulers, RNG), loadable with ``torch.load(..., weights_only=True)``. Both write ``config.yaml`` (the
+experiment's hyperparameters) and ``checkpoint.json`` (where it came from). The step file is verified
+against its checksum first; existing files are replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from weightslab.commands import NullTracker, Tracker
+from weightslab.components.checkpoint_manager import CheckpointManager, load_step_file
+from weightslab.names import validate_name
+
+ExportFormat = Literal["safetensors", "pt"]
+EXPORT_FORMAT = "weightslab.export/1"
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote."""
+
+    exp_hash: str
+    step: int
+    directory: Path
+    format: ExportFormat
+    files: list[Path] = field(default_factory=list)
+    tied: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exp_hash": self.exp_hash,
+            "step": self.step,
+            "directory": str(self.directory),
+            "format": self.format,
+            "files": [str(p) for p in self.files],
+            "bytes": sum(p.stat().st_size for p in self.files if p.exists()),
+            "tied": self.tied,
+            "skipped": self.skipped,
+        }
+
+
+def export_checkpoint(
+    manager: CheckpointManager,
+    exp_hash: str,
+    to: str | Path,
+    *,
+    step: int | None = None,
+    fmt: ExportFormat = "safetensors",
+    force: bool = False,
+    tracker: Tracker | None = None,
+) -> ExportResult:
+    """Export checkpoint ``step`` (default: the newest) of ``exp_hash`` into folder ``to``.
+
+    Raises CheckpointNotFoundError for a missing step, CheckpointCorruptedError when the step file
+    does not verify, FileExistsError when a file to write exists and ``force`` is False,
+    NotADirectoryError when ``to`` is a file.
+    """
+    if fmt not in ("safetensors", "pt"):
+        raise ValueError(f"export format must be 'safetensors' or 'pt', got {fmt!r}")
+    tracker = tracker or NullTracker()
+    entry = manager.entry(exp_hash, "latest" if step is None else step)
+    directory = Path(to).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"export target {directory} is a file; pass a folder with --to")
+    result = ExportResult(exp_hash=exp_hash, step=entry.step, directory=directory, format=fmt)
+
+    tracker.start("verifying", entry.bytes)
+    source = manager.verify_entry(exp_hash, entry)
+    tracker.advance(entry.bytes)
+    writes: dict[str, Callable[[Path], None]] = {}
+    if fmt == "pt":
+        writes["checkpoint.pt"] = _copy_from(source)
+    else:
+        data = load_step_file(source, map_location="cpu", mmap=True)
+        for name, state in data.get("models", {}).items():
+            tensors, tied, skipped = standalone_tensors(state)
+            if tied:
+                result.tied[name] = tied
+            if skipped:
+                result.skipped[name] = skipped
+            metadata = {
+                "format": "pt",  # what transformers and other loaders expect
+                "weightslab.exp_hash": exp_hash,
+                "weightslab.step": str(entry.step),
+                "weightslab.model": name,
+            }
+            writes[f"{validate_name(name, 'model name')}.safetensors"] = _safetensors(tensors, metadata)
+    manifest = manager.manifest(exp_hash)
+    writes["config.yaml"] = _bytes_of(
+        yaml.safe_dump(manager.read_config(exp_hash), sort_keys=True, allow_unicode=True).encode()
+    )
+    record = {
+        "format": EXPORT_FORMAT,
+        "exp_hash": exp_hash,
+        "step": entry.step,
+        "trigger": entry.trigger,
+        "created": entry.created,
+        "metrics": dict(entry.metrics),
+        "parent": None if manifest.parent is None else manifest.parent.to_dict(),
+        "architecture_hash": manifest.architecture_hash,
+        "hyperparams_hash": manifest.hyperparams_hash,
+        "weights_format": fmt,
+        "files": sorted(n for n in writes if n != "checkpoint.json"),
+        "tied": result.tied,
+        "source": {"root": str(manager.root), "file": entry.file, "xxh3_128": entry.xxh3_128},
+    }
+    writes["checkpoint.json"] = _bytes_of((json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+
+    existing = [n for n in writes if (directory / n).exists()]
+    if existing and not force:
+        raise FileExistsError(
+            f"{directory} already holds {', '.join(existing)}; pass --force to replace them or choose another --to"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    tracker.start("writing", len(writes))
+    for name, produce in writes.items():
+        result.files.append(_write_atomic(directory / name, produce))
+        tracker.advance()
+    return result
+
+
+def standalone_tensors(
+    state: Mapping[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """Tensors safetensors can write: contiguous, each with storage of its own.
+
+    Tied weights (an embedding shared with an output layer) share storage, which safetensors
+    refuses; each alias gets its own copy so that ``load_state_dict`` of the file works as is.
+    Returns (tensors, {alias: first name of the same tensor}, names of non-tensor entries skipped).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    skipped: list[str] = []
+    owners: dict[int, str] = {}
+    views: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            skipped.append(name)
+            continue
+        t = value.detach().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else 0
+        key = (ptr, int(t.storage_offset()), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if ptr and key in views:
+            tied[name] = views[key]
+        shared = ptr != 0 and ptr in owners
+        whole = t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        if ptr:
+            owners.setdefault(ptr, name)
+            views.setdefault(key, name)
+        tensors[name] = t.contiguous().clone() if shared or not whole else t
+    return tensors, tied, skipped
+
+
+def _bytes_of(data: bytes) -> Callable[[Path], None]:
+    def produce(path: Path) -> None:
+        path.write_bytes(data)
+
+    return produce
+
+
+def _copy_from(source: Path) -> Callable[[Path], None]:
+    def produce(path: Path) -> None:
+        shutil.copyfile(source, path)
+
+    return produce
+
+
+def _safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Callable[[Path], None]:
+    def produce(path: Path) -> None:
+        save_file(tensors, str(path), metadata=metadata)
+
+    return produce
+
+
+def _write_atomic(path: Path, produce: Callable[[Path], None]) -> Path:
+    """Write through a temporary name in the same folder, so a failure never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        produce(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+__all__ = ["EXPORT_FORMAT", "ExportFormat", "ExportResult", "export_checkpoint", "standalone_tensors"]

@@ -1,0 +1,206 @@
+"""``weightslab gc``: apply each experiment's recorded retention policy and remove crash leftovers.
+
+A real run takes the writer lock: opening ``CheckpointManager(root, mode="w")`` cleans the leftovers
+(and rebuilds a lost or broken manifest from the step files that verify), and retention deletes through
+the manager, so the commit rule holds: the manifest entry goes first, then the file. What the run
+reports is what disappeared from disk. A dry run opens the root read-only and predicts the same with
+``CheckpointManager.find_leftovers()`` (the rules ``clean_leftovers()`` applies), touching nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from weightslab.commands import NullTracker, Tracker, open_root
+from weightslab.commands.overview import describe_policy, policy_from
+from weightslab.commands.verify import relative_to_root
+from weightslab.components.checkpoint_manager import CheckpointManager
+from weightslab.components.layout import TMP_MARKER, parse_step_file
+from weightslab.components.policy import CheckpointRecord, RetentionPolicy
+from weightslab.errors import ConfigError, ManifestError
+
+
+@dataclass(frozen=True)
+class GcItem:
+    """One file ``gc`` removes (or would remove): a checkpoint retention drops, or a crash leftover."""
+
+    kind: Literal["checkpoint", "leftover"]
+    exp_hash: str
+    path: str
+    bytes: int
+    step: int | None = None
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "exp_hash": self.exp_hash,
+            "step": self.step,
+            "path": self.path,
+            "bytes": self.bytes,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class GcResult:
+    """What ``gc`` removed; with ``dry_run`` what it would remove."""
+
+    root: Path
+    dry_run: bool
+    items: list[GcItem] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    policies: dict[str, str] = field(default_factory=dict)
+    rebuilt: list[str] = field(default_factory=list)
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(i.bytes for i in self.items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "dry_run": self.dry_run,
+            "removed": [i.to_dict() for i in self.items],
+            "freed_bytes": self.freed_bytes,
+            "checkpoints": sum(1 for i in self.items if i.kind == "checkpoint"),
+            "leftovers": sum(1 for i in self.items if i.kind == "leftover"),
+            "skipped": list(self.skipped),
+            "policies": dict(self.policies),
+            "rebuilt": list(self.rebuilt),
+        }
+
+
+def effective_policy(retention: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> RetentionPolicy:
+    """The recorded ``retention`` with the options given on the command line laid over it.
+
+    Raises ConfigError for keep_best without a metric to rank by.
+    """
+    merged = {**retention, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    policy = policy_from(merged)
+    if policy.keep_best and not policy.monitor:
+        raise ConfigError(
+            f"keep_best={policy.keep_best} needs a metric to rank by; pass --monitor NAME (for example val/loss)"
+        )
+    return policy
+
+
+def plan_retention(
+    manager: CheckpointManager, overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, RetentionPolicy], list[GcItem], list[str]]:
+    """Per experiment: the policy to apply and the checkpoints it drops; plus experiments skipped (why)."""
+    policies: dict[str, RetentionPolicy] = {}
+    items: list[GcItem] = []
+    skipped: list[str] = []
+    for h in manager.experiments():
+        try:
+            m = manager.manifest(h)
+        except ManifestError as exc:
+            skipped.append(f"{h}: {exc.reason}")
+            continue
+        policy = effective_policy(m.retention, overrides)
+        policies[h] = policy
+        records = [CheckpointRecord(e.step, e.metrics) for e in m.checkpoints]
+        for step in policy.to_delete(records, manager.branch_points(h)):
+            entry = m.entry(step)
+            if entry is None:  # to_delete only names steps of the records
+                continue
+            items.append(
+                GcItem(
+                    kind="checkpoint",
+                    exp_hash=h,
+                    step=step,
+                    path=relative_to_root(manager.experiment(h).resolve(entry.file), manager.root),
+                    bytes=entry.bytes,
+                    reason="retention",
+                )
+            )
+    return policies, items, skipped
+
+
+def run_gc(
+    root: str | os.PathLike[str],
+    *,
+    dry_run: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    tracker: Tracker | None = None,
+) -> GcResult:
+    """Apply retention to every experiment of ``root`` and remove crash leftovers.
+
+    ``overrides`` (keep_last, keep_best, monitor, mode, keep_every) replace the recorded values.
+    Raises RootError for a missing root, RootLockedError when a run holds it (not for a dry run),
+    ConfigError for an invalid policy.
+    """
+    tracker = tracker or NullTracker()
+    reader = open_root(root)
+    if dry_run:
+        leftovers, rebuilt = reader.find_leftovers()
+        policies, planned, skipped = plan_retention(reader, overrides)
+        items = [_leftover(reader, p, _size(p)) for p in leftovers]
+        return GcResult(
+            root=reader.root,
+            dry_run=True,
+            items=[*items, *planned],
+            skipped=[note for note in skipped if note.split(":", 1)[0] not in rebuilt],
+            policies={h: describe_policy(p) for h, p in policies.items()},
+            rebuilt=rebuilt,
+        )
+    _, rebuilt = reader.find_leftovers()
+    plan_retention(reader, overrides)  # a bad override fails here, before anything is touched
+    # what opening the writer cleans is reported from the disk itself: the files that disappeared
+    before = _files(reader.root)
+    with CheckpointManager(reader.root, mode="w") as writer:  # cleans leftovers on opening
+        after = _files(writer.root)
+        result = GcResult(root=writer.root, dry_run=False)
+        result.items = [_leftover(writer, p, size) for p, size in before.items() if p not in after]
+        result.rebuilt = [h for h in rebuilt if writer.has_experiment(h)]
+        # planned again under the lock: now nothing else can change the manifests
+        policies, planned, result.skipped = plan_retention(writer, overrides)
+        result.policies = {h: describe_policy(p) for h, p in policies.items()}
+        by_step = {(i.exp_hash, i.step): i for i in planned}
+        tracker.start("collecting", len(policies))
+        for h, policy in policies.items():
+            for step in writer.apply_retention(h, policy):
+                path = relative_to_root(writer.experiment(h).step_file(step), writer.root)
+                result.items.append(
+                    by_step.get((h, step), GcItem("checkpoint", h, path, 0, step, "retention"))
+                )
+            tracker.advance()
+    return result
+
+
+def _leftover(manager: CheckpointManager, path: Path, size: int) -> GcItem:
+    parsed = parse_step_file(path.name)
+    return GcItem(
+        kind="leftover",
+        exp_hash=path.relative_to(manager.layout.checkpoints_dir).parts[0],
+        path=relative_to_root(path, manager.root),
+        bytes=size,
+        step=None if parsed is None else parsed[1],
+        reason="temp file" if TMP_MARKER in path.name else "orphaned",
+    )
+
+
+def _files(root: Path) -> dict[Path, int]:
+    """Every file under ``root/checkpoints`` with its size."""
+    out = {}
+    for path in (root / "checkpoints").rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_file():
+                out[path] = path.stat().st_size
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+__all__ = ["GcItem", "GcResult", "effective_policy", "plan_retention", "run_gc"]
