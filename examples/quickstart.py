@@ -102,27 +102,24 @@ def train(root: Path, stop_at: int | None) -> None:
 
 
 def report(root: Path) -> None:
-    mgr = CheckpointManager(root, mode="r")
+    from weightslab import console
+
     print(f"\nCheckpoint root: {root}")
-    active = mgr.last_active()
+    console.print_summary(root)  # the same table as `weightslab ls ROOT`
+    console.print_tree(root)  # and `weightslab tree ROOT`
+    mgr = CheckpointManager(root, mode="r")
     for h in mgr.experiments():
         m = mgr.manifest(h)
-        parent = (
-            f"from {m.parent.exp_hash} @ step {m.parent.step} ({m.parent.reason})" if m.parent else "first"
-        )
-        marker = "*" if h == active else " "
-        print(f" {marker} experiment {h}  {parent}")
+        print(f"  {h}: config {mgr.read_config(h)['config']}")
         for e in m.checkpoints:
             metrics = ", ".join(f"{k}={v:.4f}" for k, v in e.metrics.items() if v is not None)
-            print(f"      step {e.step:4d}  {e.trigger:<13} {e.bytes / 1024:6.1f} KiB  {metrics}")
-        print(f"      config: {mgr.read_config(h)['config']}")
-    report_ = mgr.verify()
-    print(f"\nverify: {report_.ok}/{report_.checked} checkpoints verify; problems: {len(report_.problems)}")
+            print(f"      step {e.step:4d}  {e.trigger:<13} {e.file}  {metrics}")
+    verified = mgr.verify()
+    print(
+        f"\nverify: {verified.ok}/{verified.checked} checkpoints verify; problems: {len(verified.problems)}"
+    )
     print(f"journal: {mgr.layout.events_file} ({len(mgr.events())} events)")
-    print("files:")
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "model" in path.parts and path.suffix in (".pt", ".pkl", ".txt"):
-            print(f"  {path.relative_to(root)}")
+    print(f"look again any time: weightslab ls {root}; weightslab tree {root}; weightslab show {root} HASH")
 
 
 def main() -> None:

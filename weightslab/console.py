@@ -350,7 +350,8 @@ def lineage_tree(nodes: list[LineageNode], label: str) -> Tree:
             text.append(f"{info.parent.reason}{at} -> ", style="yellow")
         text.append(info.exp_hash, style="cyan")
         latest = "" if info.latest_step is None else f", latest step {info.latest_step}"
-        text.append(f"  ({info.checkpoints} checkpoints{latest})", style="dim")
+        noun = "checkpoint" if info.checkpoints == 1 else "checkpoints"
+        text.append(f"  ({info.checkpoints} {noun}{latest})", style="dim")
         if info.error is not None:
             text.append("  manifest unreadable", style="red")
         if info.active:
