@@ -3,7 +3,8 @@
     python benchmarks/bench_step_overhead.py [--repeats 5]
 
 1. Microbenchmark, the issue's case: a 100-tensor model (50 Linear(64, 64)) and a 20-key config;
-   microseconds per non-save call (median of rounds of 20,000 calls).
+   microseconds per non-save call (median of rounds of 20,000 calls), with the change check on (the
+   default) and off (``detect_changes=False``), which shows what the per-parameter check costs.
 2. A small MLP training loop (784-256-256-10, batch 64, AdamW) with and without checkpoint_on_step on
    every step (frequency high enough that no step saves); microseconds per call and percent of a step.
 """
@@ -22,7 +23,7 @@ from weightslab.ledger import Ledger
 from _common import machine, median, print_table
 
 
-def per_call(repeats: int, n: int = 20_000) -> tuple[list[float], int]:
+def per_call(repeats: int, n: int = 20_000, detect_changes: bool = True) -> tuple[list[float], int]:
     ledger = Ledger()
     model = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(50)])
     tensors = len(list(model.parameters()))
@@ -30,7 +31,9 @@ def per_call(repeats: int, n: int = 20_000) -> tuple[list[float], int]:
     ledger.register_optimizer("optimizer", torch.optim.AdamW(model.parameters()))
     ledger.register_hyperparams("config", {f"key{i}": i * 0.5 for i in range(20)})
     with tempfile.TemporaryDirectory() as d:
-        system = AutomaticCheckpointSystem(root_log_dir=d, checkpoint_frequency=10**9, ledger=ledger)
+        system = AutomaticCheckpointSystem(
+            root_log_dir=d, checkpoint_frequency=10**9, ledger=ledger, detect_changes=detect_changes
+        )
         system.checkpoint_on_step(0)
         out = []
         step = 1
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     calls, tensors = per_call(args.repeats)
+    no_detect, _ = per_call(args.repeats, detect_changes=False)
     base, with_wl = mlp_loop(args.repeats)
     mb, mw = median(base), median(with_wl)
     print(f"{machine()}; {args.repeats} rounds")
@@ -100,6 +104,11 @@ def main() -> None:
                 f"{tensors}-tensor model, 20-key config: us per call",
                 f"{median(calls):.2f} us",
                 ", ".join(f"{c:.2f}" for c in calls),
+            ],
+            [
+                "same, detect_changes=False (no per-step change check)",
+                f"{median(no_detect):.2f} us",
+                ", ".join(f"{c:.2f}" for c in no_detect),
             ],
             ["small MLP step without weightslab", f"{mb:.1f} us", ", ".join(f"{c:.1f}" for c in base)],
             [
