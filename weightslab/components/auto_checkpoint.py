@@ -11,8 +11,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
-import math
-import operator
 import os
 import signal
 import threading
@@ -23,20 +21,19 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
-import torch
-
 from weightslab.canonical import canonicalize
-from weightslab.components.change_detector import ChangeDetector
+from weightslab.components.change_detector import ChangeDetector, module_diff, module_names
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.config import CheckpointConfig
 from weightslab.components.experiment_hash import ExperimentHashGenerator, ExperimentIdentity
 from weightslab.components.layout import CHECKPOINT_FORMAT
 from weightslab.components.manifest import CheckpointEntry, ParentRef
 from weightslab.components.policy import RetentionPolicy
-from weightslab.components.snapshot import SnapshotBuffers, capture_rng, restore_rng
+from weightslab.components.restore import restore_state
+from weightslab.components.snapshot import SnapshotBuffers, capture_rng
+from weightslab.components.validation import check_step, clean_metrics
 from weightslab.components.writer import BackgroundWriter
 from weightslab.errors import (
-    ArchitectureMismatchError,
     CheckpointCorruptedError,
     CheckpointFormatError,
     CheckpointNotFoundError,
@@ -44,6 +41,7 @@ from weightslab.errors import (
     ConfigError,
     StepOrderError,
     SystemConfigurationError,
+    WeightslabError,
 )
 from weightslab.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
 
@@ -85,6 +83,7 @@ class AutomaticCheckpointSystem:
         self._arch_modules: dict[str, set[str]] = {}
         self._submitted: set[tuple[str, int]] = set()
         self._branch_from: tuple[str, int] | None = None
+        self._unopened: tuple[ExperimentIdentity, ParentRef | None] | None = None
         self._resumed_from: tuple[str, int] | None = None
         self._last_step: int | None = None
         self._closed = False
@@ -138,7 +137,7 @@ class AutomaticCheckpointSystem:
             if self._writer is not None and self._writer.has_errors:
                 self._surface_errors()
             if type(step) is not int or step < 0:
-                step = _check_step(step)
+                step = check_step(step)
             if self._resume_floor is not None:
                 if step <= self._resume_floor:
                     self._check_backwards(step)
@@ -149,11 +148,11 @@ class AutomaticCheckpointSystem:
             if self._identity is None:
                 self._begin(step)
             elif self._detect and self._detector.changed():
-                self._record_changes(step, _clean_metrics(metrics), announced=None)
+                self._record_changes(step, clean_metrics(metrics), announced=None)
             self._last_step = step
             self._resume_floor = None
             if step % self._frequency == 0 and step > 0:
-                clean = _clean_metrics(metrics)
+                clean = clean_metrics(metrics)
                 # the full hash is recomputed before every save, whatever the cheap check said
                 self._record_changes(step, clean, announced=None)
                 assert self._identity is not None
@@ -186,8 +185,8 @@ class AutomaticCheckpointSystem:
         with self._lock:
             self._check_open()
             self._surface_errors()
-            step = _check_step(step if step is not None else (self._last_step or 0))
-            clean = _clean_metrics(metrics)
+            step = check_step(step if step is not None else (self._last_step or 0))
+            clean = clean_metrics(metrics)
             if self._identity is None:
                 self._begin(step, save=False)
             switched = self._record_changes(step, clean, announced=reason)
@@ -289,17 +288,26 @@ class AutomaticCheckpointSystem:
                 log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
                 return 0
             data, entry, source_hash, skipped = self._load_for_resume(exp_hash, mode)
-            self._restore(data, source_hash, entry)
+            restore_state(
+                self.ledger,
+                data,
+                where=f"checkpoint {source_hash} step {entry.step}",
+                root=self.root,
+                exp_hash=source_hash,
+                rng=self.config.save_rng,
+            )
             self.manager.record_retention(source_hash, self.config.retention())
             manifest = self.manager.manifest(source_hash)
             self._identity = ExperimentIdentity(
                 source_hash, manifest.architecture_hash, manifest.hyperparams_hash
             )
             self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
-            self._arch_modules = _module_names(self.ledger.items("model"))
+            self._arch_modules = module_names(self.ledger.items("model"))
             self._detector.rebaseline()
             self._branch_from = self._resumed_from = (source_hash, entry.step)
-            self._submitted = {(source_hash, e.step) for e in manifest.checkpoints}
+            # later steps of this experiment belong to the future this resume abandons (or were damaged):
+            # the continued run saves them again
+            self._submitted = {(source_hash, e.step) for e in manifest.checkpoints if e.step <= entry.step}
             self._last_step = entry.step
             self._resume_floor = entry.step
             self.manager.event(
@@ -339,7 +347,7 @@ class AutomaticCheckpointSystem:
                     f"no checkpoint of {exp_hash} recorded metric {self.config.monitor!r}; resume('latest') instead"
                 )
         else:
-            candidates = [(exp_hash, self.manager.entry(exp_hash, _check_step(mode)))]
+            candidates = [(exp_hash, self.manager.entry(exp_hash, check_step(mode)))]
         skipped: list[str] = []
         for h, entry in candidates:
             try:
@@ -354,53 +362,6 @@ class AutomaticCheckpointSystem:
             f"no checkpoint of experiment {exp_hash} in {self.root} verifies (tried {len(skipped)}: "
             f"{', '.join(skipped) or 'none'}); run `weightslab verify {self.root}` for details"
         )
-
-    def _restore(self, data: Mapping[str, Any], exp_hash: str, entry: CheckpointEntry) -> None:
-        where = f"checkpoint {exp_hash} step {entry.step}"
-        models = self.ledger.items("model")
-        for name, sd in data.get("models", {}).items():
-            model = models.get(name)
-            if model is None:
-                log.warning(
-                    "weightslab: %s holds model %r, which is not registered; not restored", where, name
-                )
-                continue
-            try:
-                model.load_state_dict(sd, strict=True)
-            except RuntimeError as exc:
-                raise ArchitectureMismatchError(
-                    f"registered model {name!r} does not match {where}: {str(exc).splitlines()[0]} ... "
-                    "The checkpoint was saved after a model change. Rebuild the model from it: "
-                    f"arch = CheckpointManager({str(self.root)!r}, mode='r').load_architecture({exp_hash!r}, "
-                    f"trust=True); model = arch[{name!r}].to_empty(device='cpu'); register it and resume() again"
-                ) from exc
-        for name in data.get("frozen", {}):
-            model = models.get(name)
-            if model is not None:
-                frozen = set(data["frozen"][name])
-                for pname, p in model.named_parameters():
-                    p.requires_grad_(pname not in frozen)
-        for kind, key in (("optimizer", "optimizers"), ("scheduler", "schedulers"), ("stateful", "extra")):
-            live = self.ledger.items(kind)  # type: ignore[arg-type]
-            for name, state in data.get(key, {}).items():
-                obj = live.get(name)
-                if obj is None:
-                    log.warning(
-                        "weightslab: %s holds %s %r, which is not registered; not restored", where, kind, name
-                    )
-                    continue
-                try:
-                    obj.load_state_dict(state)
-                except (ValueError, RuntimeError, KeyError) as exc:
-                    raise ArchitectureMismatchError(
-                        f"registered {kind} {name!r} does not match {where}: {exc}; build it over the same "
-                        "parameters as the checkpointed model (after restoring the model's architecture)"
-                    ) from exc
-        for name, values in data.get("hyperparams", {}).items():
-            if name in self.ledger.items("hyperparams"):
-                self.ledger.update_hyperparams(name, values)
-        if self.config.save_rng and data.get("rng"):
-            restore_rng(data["rng"])
 
     # -- preemption and step order --------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
@@ -429,7 +390,7 @@ class AutomaticCheckpointSystem:
         signum = self._stop_signal
         assert signum is not None
         name = signal.Signals(signum).name
-        clean = _clean_metrics(metrics)
+        clean = clean_metrics(metrics)
         if self._identity is None:
             self._begin(step)
         else:
@@ -486,8 +447,8 @@ class AutomaticCheckpointSystem:
     def _begin(self, step: int, *, save: bool = True) -> None:
         """The first step: the configuration active now is the first experiment (setup is not a change)."""
         ident = self._identity_now()
-        _, created = self._open_experiment(ident, parent=None)
-        if not created:
+        created = self._try_open(ident, None, step)
+        if created is False:
             latest = self.manager.manifest(ident.exp_hash).latest()
             self.manager.event("experiment_activated", exp_hash=ident.exp_hash, step=step, reason="start")
             if latest is not None and latest.step >= step:
@@ -499,8 +460,24 @@ class AutomaticCheckpointSystem:
                 )
         self._identity = ident
         self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
-        self._arch_modules = _module_names(self.ledger.items("model"))
+        self._arch_modules = module_names(self.ledger.items("model"))
         self._detector.rebaseline()
+
+    def _try_open(self, ident: ExperimentIdentity, parent: ParentRef | None, step: int) -> bool | None:
+        """Open the experiment folder; True if created, False if it existed, None if it failed.
+
+        A failure (a full or read-only disk) is reported like a failed save and does not stop training:
+        the experiment becomes active anyway and the next save of it tries to open it again.
+        """
+        try:
+            _, created = self._open_experiment(ident, parent)
+        except (OSError, WeightslabError) as exc:
+            self._unopened = (ident, parent)
+            self._failed(exc, ident.exp_hash, step, what="opening experiment")
+            self._report([exc])
+            return None
+        self._unopened = None
+        return created
 
     def _open_experiment(self, ident: ExperimentIdentity, parent: ParentRef | None) -> tuple[Any, bool]:
         models = self.ledger.items("model")
@@ -560,12 +537,12 @@ class AutomaticCheckpointSystem:
             parent_step = None if latest is None else latest.step
         parent = ParentRef(old.exp_hash, parent_step, reason)
         new_hp = self.hasher.hyperparams(self.ledger.items("hyperparams"))
-        new_modules = _module_names(self.ledger.items("model"))
+        new_modules = module_names(self.ledger.items("model"))
         details: dict[str, Any] = {}
         if reason == "config_change" or ident.hyperparams_hash != old.hyperparams_hash:
             details["changed_keys"] = list(changed_keys(self._hp_canonical, new_hp))
         if ident.architecture_hash != old.architecture_hash:
-            details["modules"] = _module_diff(self._arch_modules, new_modules)
+            details["modules"] = module_diff(self._arch_modules, new_modules)
         self.manager.event(
             "change_detected",
             kind=reason,
@@ -574,8 +551,8 @@ class AutomaticCheckpointSystem:
             step=step,
             **details,
         )
-        _, created = self._open_experiment(ident, parent)
-        if not created:
+        created = self._try_open(ident, parent, step)
+        if created is False:
             self.manager.event(
                 "experiment_activated",
                 exp_hash=ident.exp_hash,
@@ -589,7 +566,7 @@ class AutomaticCheckpointSystem:
             step,
             old.exp_hash,
             ident.exp_hash,
-            "" if created else " (returning to an earlier configuration)",
+            " (returning to an earlier configuration)" if created is False else "",
         )
         self._identity = ident
         self._hp_canonical = new_hp
@@ -634,6 +611,13 @@ class AutomaticCheckpointSystem:
         if self._writer is not None:
             self._writer.wait()  # the buffers are about to be overwritten
             self._surface_errors()
+        unopened = self._unopened
+        if (
+            unopened is not None
+            and unopened[0].exp_hash == exp_hash
+            and self._try_open(unopened[0], unopened[1], step) is None
+        ):
+            return  # still cannot open it: reported, training goes on
         try:
             payload, event = self._snapshot(step, trigger, metrics)
         except Exception as exc:
@@ -687,10 +671,10 @@ class AutomaticCheckpointSystem:
             self._failed(exc, exp_hash, step)
             raise
 
-    def _failed(self, exc: BaseException, exp_hash: str, step: int) -> None:
+    def _failed(self, exc: BaseException, exp_hash: str, step: int, what: str = "saving") -> None:
         self._failures += 1
         path = self.manager.experiment(exp_hash).step_file(step)
-        log.error("weightslab: saving %s failed: %s: %s", path, type(exc).__name__, exc)
+        log.error("weightslab: %s %s failed: %s: %s", what, path, type(exc).__name__, exc)
         try:
             self.manager.event(
                 "save_failed",
@@ -717,73 +701,10 @@ class AutomaticCheckpointSystem:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool):
-        raise TypeError(f"step must be an int, got {step!r}")
-    try:
-        value = operator.index(step)
-    except TypeError:
-        raise TypeError(f"step must be an int, got {step!r} ({type(step).__name__})") from None
-    if value < 0:
-        raise ValueError(f"step must be >= 0, got {value}")
-    return value
-
-
-def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:
-    if not metrics:
-        return {}
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"metrics must be a mapping of names to numbers, got {type(metrics).__name__}")
-    out: dict[str, float | None] = {}
-    for key, value in metrics.items():
-        if not isinstance(key, str) or not key:
-            raise TypeError(f"metric names must be non-empty strings, got {key!r}")
-        if isinstance(value, torch.Tensor):
-            if value.numel() != 1:
-                raise ValueError(f"metric {key!r} is a tensor of shape {tuple(value.shape)}; pass a scalar")
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
-                raise TypeError(f"metric {key!r} = {value!r} is not a number") from None
-        value = float(value)
-        if not math.isfinite(value):
-            log.warning("weightslab: metric %r is %s; recorded as null and ignored by keep_best", key, value)
-            out[key] = None
-        else:
-            out[key] = value
-    return out
-
-
 def _record(e: CheckpointEntry) -> Any:
     from weightslab.components.policy import CheckpointRecord
 
     return CheckpointRecord(e.step, e.metrics)
-
-
-def _module_names(models: Mapping[str, torch.nn.Module]) -> dict[str, set[str]]:
-    out = {}
-    for name, model in models.items():
-        out[name] = {
-            f"{q}:{type(m).__name__}({m.extra_repr()})|"
-            + ",".join(f"{n}{tuple(p.shape)}" for n, p in m.named_parameters(recurse=False))
-            for q, m in model.named_modules()
-        }
-    return out
-
-
-def _module_diff(old: dict[str, set[str]], new: dict[str, set[str]]) -> dict[str, list[str]]:
-    def names(records: set[str]) -> dict[str, str]:
-        return {r.split(":", 1)[0]: r for r in records}
-
-    added, removed, changed = [], [], []
-    for model in sorted(old.keys() | new.keys()):
-        a, b = names(old.get(model, set())), names(new.get(model, set()))
-        added += [f"{model}.{q}" if q else model for q in sorted(b.keys() - a.keys())]
-        removed += [f"{model}.{q}" if q else model for q in sorted(a.keys() - b.keys())]
-        changed += [f"{model}.{q}" if q else model for q in sorted(a.keys() & b.keys()) if a[q] != b[q]]
-    return {"added": added, "removed": removed, "changed": changed}
 
 
 def _config_record(config: CheckpointConfig) -> dict[str, Any]:

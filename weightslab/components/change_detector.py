@@ -115,3 +115,27 @@ def _copy_for_compare(hp: Any) -> Any:
     if isinstance(hp, Mapping):
         return copy.deepcopy(dict(hp))
     return copy.deepcopy(hp)
+
+
+def module_names(models: Mapping[str, torch.nn.Module]) -> dict[str, set[str]]:
+    out = {}
+    for name, model in models.items():
+        out[name] = {
+            f"{q}:{type(m).__name__}({m.extra_repr()})|"
+            + ",".join(f"{n}{tuple(p.shape)}" for n, p in m.named_parameters(recurse=False))
+            for q, m in model.named_modules()
+        }
+    return out
+
+
+def module_diff(old: dict[str, set[str]], new: dict[str, set[str]]) -> dict[str, list[str]]:
+    def names(records: set[str]) -> dict[str, str]:
+        return {r.split(":", 1)[0]: r for r in records}
+
+    added, removed, changed = [], [], []
+    for model in sorted(old.keys() | new.keys()):
+        a, b = names(old.get(model, set())), names(new.get(model, set()))
+        added += [f"{model}.{q}" if q else model for q in sorted(b.keys() - a.keys())]
+        removed += [f"{model}.{q}" if q else model for q in sorted(a.keys() - b.keys())]
+        changed += [f"{model}.{q}" if q else model for q in sorted(a.keys() & b.keys()) if a[q] != b[q]]
+    return {"added": added, "removed": removed, "changed": changed}

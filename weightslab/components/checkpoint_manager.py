@@ -8,7 +8,6 @@ file is durable. Files without an entry are crash leftovers: never loaded, clean
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import logging
@@ -22,9 +21,10 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from weightslab.components import recovery
+from weightslab.components.architecture import architecture_text, meta_copy
 from weightslab.components.journal import Journal, last_active_experiment, read_events
 from weightslab.components.layout import (
-    CHECKPOINT_FORMAT,
     TMP_MARKER,
     ExperimentLayout,
     RootLayout,
@@ -39,12 +39,12 @@ from weightslab.components.manifest import (
     read_manifest,
 )
 from weightslab.components.policy import CheckpointRecord, RetentionPolicy
-from weightslab.components.serialize import save_state
+from weightslab.components.recovery import _with_pending
+from weightslab.components.serialize import load_step_file, save_state
 from weightslab.components.storage import HashingWriter, LocalStorage
 from weightslab.errors import (
     AmbiguousExperimentError,
     CheckpointCorruptedError,
-    CheckpointFormatError,
     CheckpointNotFoundError,
     ManifestError,
     RootError,
@@ -575,169 +575,16 @@ class CheckpointManager:
         return report
 
     def find_leftovers(self) -> tuple[list[Path], list[str]]:
-        """What a writer cleans on opening, found without touching anything: (files, manifests to rebuild).
-
-        Leftovers are temp files, step files without a manifest entry, and, in a folder without a
-        manifest and without step files (a crash while creating an experiment), the files named after
-        its hash. A broken manifest, or a lost one next to step files, is rebuilt from the step files
-        that verify; for those only temp files are listed, since which step files verify is known
-        only once they are read.
-        """
-        found: list[Path] = []
-        rebuild: list[str] = []
-        for name in self.storage.listdir(self.layout.checkpoints_dir):
-            if not is_hash(name) or not (self.layout.checkpoints_dir / name).is_dir():
-                continue
-            exp = self.experiment(name)
-            has_steps = any(parse_step_file(f) for f in self.storage.listdir(exp.model_dir))
-            try:
-                m: Manifest | None = self.manifest(name) if exp.manifest.is_file() else None
-                # step files are written only once the manifest exists: it was lost, not never written
-                broken = m is None and has_steps
-            except ManifestError:
-                m, broken = None, True
-            if broken:
-                rebuild.append(name)
-                found += [exp.model_dir / f for f in self.storage.listdir(exp.model_dir) if TMP_MARKER in f]
-                continue
-            listed = {e.file for e in m.checkpoints} if m else set()
-            for sub in (exp.model_dir, exp.hp_dir, exp.dir):
-                for fname in self.storage.listdir(sub):
-                    path = sub / fname
-                    if not path.is_file():
-                        continue
-                    ours = TMP_MARKER in fname or parse_step_file(fname) is not None
-                    if m is None and sub != exp.dir:
-                        ours = ours or fname.startswith(name)
-                    if ours and exp.relative(path) not in listed:
-                        found.append(path)
-        return found, rebuild
+        """What a writer cleans on opening, found without touching anything: (files, manifests to rebuild)."""
+        return recovery.find_leftovers(self)
 
     def clean_leftovers(self) -> list[Path]:
         """Rebuild lost or broken manifests, finish interrupted replacements, remove crash leftovers."""
-        journal = self._require_writer()
-        _, rebuild = self.find_leftovers()
-        for name in rebuild:
-            log.error(
-                "weightslab: the manifest of %s is missing or broken; rebuilding it from the step files that verify",
-                name,
-            )
-            self.rebuild_manifest(name)
-        for name in self.experiments():
-            with contextlib.suppress(ManifestError):
-                self._settle_pending(self.manifest(name))
-        removed, _ = self.find_leftovers()
-        for path in removed:
-            self.storage.remove(path)
-        for name in self.storage.listdir(self.layout.checkpoints_dir):
-            exp_dir = self.layout.checkpoints_dir / name
-            if is_hash(name) and exp_dir.is_dir() and not (exp_dir / "manifest.json").exists():
-                exp = self.experiment(name)
-                for d in (exp.model_dir, exp.hp_dir, exp.data_dir, exp.dir):
-                    with contextlib.suppress(OSError):
-                        d.rmdir()  # only empty folders go
-        if removed:
-            journal.append("leftovers_removed", files=[str(p.relative_to(self.root)) for p in removed])
-            log.info("weightslab: removed %d crash leftover(s) under %s", len(removed), self.root)
-        return removed
-
-    def _settle_pending(self, m: Manifest) -> Manifest:
-        """Finish or undo replacements that a crash interrupted."""
-        changed = False
-        for entry in m.checkpoints:
-            if entry.pending is None:
-                continue
-            path = self.experiment(m.exp_hash).resolve(entry.file)
-            try:
-                size, digest = self.storage.checksum(path)
-            except FileNotFoundError:
-                continue
-            if (size, digest) == (entry.pending.bytes, entry.pending.xxh3_128):
-                fixed = _with_pending(entry, None, bytes=size, xxh3_128=digest)
-            else:
-                fixed = _with_pending(entry, None)
-            m = m.with_entry(fixed)
-            changed = True
-        if changed:
-            with self._lock:
-                self._write_manifest(m)
-        return m
+        return recovery.clean_leftovers(self)
 
     def rebuild_manifest(self, exp_hash: str) -> Manifest:
-        """Rebuild a lost or broken manifest from the step files that load and match.
-
-        Each step file is opened with ``weights_only=True`` and kept when its format, hash and step
-        agree with its name; its entry gets a fresh checksum. Parent and hashes come from the journal.
-        The broken file is kept beside it as ``manifest.json.broken-<time>``; nothing is silently emptied.
-        """
-        journal = self._require_writer()
-        exp = self.experiment(exp_hash)
-        created = None
-        for record in read_events(self.layout.events_file):
-            if record["event"] == "experiment_created" and record.get("exp_hash") == exp_hash:
-                created = record
-        parent = None
-        if created and isinstance(created.get("parent"), dict):
-            p = created["parent"]
-            parent = ParentRef(validate_hash(p["exp_hash"]), p.get("step"), str(p.get("reason", "")))
-        entries: list[CheckpointEntry] = []
-        for fname in self.storage.listdir(exp.model_dir):
-            parsed = parse_step_file(fname)
-            if parsed is None or parsed[0] != exp_hash:
-                continue
-            path = exp.model_dir / fname
-            try:
-                data = load_step_file(path, mmap=True)
-                if data.get("exp_hash") != exp_hash or data.get("step") != parsed[1]:
-                    raise CheckpointFormatError(
-                        f"{path} holds {data.get('exp_hash')} step {data.get('step')}"
-                    )
-                size, digest = self.storage.checksum(path)
-            except (CheckpointFormatError, OSError) as exc:
-                log.warning(
-                    "weightslab: %s does not verify and is left out of the rebuilt manifest: %s", path, exc
-                )
-                continue
-            metrics = {
-                k: (float(v) if v is not None else None) for k, v in dict(data.get("metrics") or {}).items()
-            }
-            entries.append(
-                CheckpointEntry(
-                    step=parsed[1],
-                    file=exp.relative(path),
-                    bytes=size,
-                    xxh3_128=digest,
-                    created=float(data.get("created") or path.stat().st_mtime),
-                    trigger=str(data.get("trigger", "step")),
-                    metrics=metrics,
-                    description="recovered by rebuild_manifest",
-                )
-            )
-        kept_as = None
-        with self._lock:
-            if exp.manifest.exists():
-                kept_as = exp.manifest.with_name(f"manifest.json.broken-{int(time.time())}")
-                exp.manifest.replace(kept_as)
-            m = Manifest(
-                exp_hash=exp_hash,
-                architecture_hash=str((created or {}).get("architecture_hash", "unknown")),
-                hyperparams_hash=str((created or {}).get("hyperparams_hash", "unknown")),
-                created=float((created or {}).get("time", time.time())),
-                parent=parent,
-                retention=dict((created or {}).get("retention") or {}),
-                checkpoints=sorted(entries, key=lambda e: e.step),
-            )
-            self._write_manifest(m)
-        journal.append(
-            "manifest_rebuilt",
-            exp_hash=exp_hash,
-            recovered=[e.step for e in m.checkpoints],
-            kept_broken_as=None if kept_as is None else str(kept_as.relative_to(self.root)),
-        )
-        log.warning(
-            "weightslab: rebuilt the manifest of %s with %d checkpoint(s)", exp_hash, len(m.checkpoints)
-        )
-        return m
+        """Rebuild a lost or broken manifest from the step files that load and match (the broken one is kept)."""
+        return recovery.rebuild_manifest(self, exp_hash)
 
     def size_on_disk(self, exp_hash: str) -> int:
         total = 0
@@ -745,6 +592,18 @@ class CheckpointManager:
             if path.is_file():
                 total += path.stat().st_size
         return total
+
+
+def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
+    def produce(writer: HashingWriter) -> None:
+        save_state(dict(payload), writer)  # type: ignore[arg-type]
+
+    return produce
+
+
+def _config_yaml(exp_hash: str, hyperparams: Mapping[str, Any]) -> bytes:
+    doc = {"format": "weightslab.config/1", "exp_hash": exp_hash, "hyperparams": dict(hyperparams)}
+    return yaml.safe_dump(doc, sort_keys=True, allow_unicode=True).encode()
 
 
 def _corrupt_detail(exc: CheckpointCorruptedError, expected_bytes: int) -> str:
@@ -755,95 +614,3 @@ def _corrupt_detail(exc: CheckpointCorruptedError, expected_bytes: int) -> str:
             return "size differs from the manifest"
         return f"size {size} bytes, expected {expected_bytes}"
     return "checksum mismatch"
-
-
-def _with_pending(
-    entry: CheckpointEntry, pending: PendingReplacement | None, **changes: Any
-) -> CheckpointEntry:
-    fields = entry.to_dict() | changes
-    return CheckpointEntry(
-        step=fields["step"],
-        file=fields["file"],
-        bytes=fields["bytes"],
-        xxh3_128=fields["xxh3_128"],
-        created=fields["created"],
-        trigger=fields["trigger"],
-        metrics=fields["metrics"],
-        tags=tuple(fields["tags"]),
-        description=fields["description"],
-        pending=pending,
-    )
-
-
-def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
-    def produce(writer: HashingWriter) -> None:
-        save_state(dict(payload), writer)  # type: ignore[arg-type]
-
-    return produce
-
-
-def load_step_file(path: Path, *, map_location: Any = "cpu", mmap: bool = True) -> dict[str, Any]:
-    """Open a step file with ``weights_only=True`` (no code runs) and check its format field."""
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except Exception as exc:
-        raise CheckpointFormatError(
-            f"{path} cannot be read as a weightslab checkpoint ({type(exc).__name__}: {exc}); "
-            "it may come from another tool or need trust to unpickle: open it yourself with torch.load"
-        ) from exc
-    fmt = data.get("format") if isinstance(data, dict) else None
-    if fmt != CHECKPOINT_FORMAT:
-        raise CheckpointFormatError(
-            f"{path} is not a {CHECKPOINT_FORMAT} step file (format field: {fmt!r}); "
-            "weightslab reads only its own step files"
-        )
-    return data
-
-
-def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers live on the meta device (no weights copied)."""
-    import copy
-
-    memo: dict[int, Any] = {}
-    for module in model.modules():
-        for _name, p in module.named_parameters(recurse=False):
-            memo[id(p)] = torch.nn.Parameter(
-                torch.empty_like(p, device="meta"), requires_grad=p.requires_grad
-            )
-        for _name, b in module.named_buffers(recurse=False):
-            if b is not None:
-                memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(model, memo)
-
-
-def architecture_text(models: Mapping[str, torch.nn.Module]) -> str:
-    """``str(model)`` plus a parameter table, for people."""
-    out = []
-    for name, model in models.items():
-        out.append(f"# model {name!r}: {type(model).__module__}.{type(model).__qualname__}\n")
-        out.append(str(model) + "\n\n")
-        rows = [("parameter", "shape", "dtype", "trainable", "numel")]
-        total = trainable = 0
-        for pname, p in model.named_parameters():
-            n = p.numel()
-            total += n
-            trainable += n if p.requires_grad else 0
-            rows.append(
-                (
-                    pname,
-                    "x".join(map(str, p.shape)) or "scalar",
-                    str(p.dtype).removeprefix("torch."),
-                    "yes" if p.requires_grad else "no",
-                    f"{n:,}",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        for r in rows:
-            out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
-        out.append(f"total parameters: {total:,} (trainable {trainable:,})\n\n")
-    return "".join(out)
-
-
-def _config_yaml(exp_hash: str, hyperparams: Mapping[str, Any]) -> bytes:
-    doc = {"format": "weightslab.config/1", "exp_hash": exp_hash, "hyperparams": dict(hyperparams)}
-    return yaml.safe_dump(doc, sort_keys=True, allow_unicode=True).encode()

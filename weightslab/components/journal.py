@@ -8,6 +8,7 @@ torn last line; readers skip lines that do not parse.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -15,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("weightslab")
 
 # Events that say which experiment is active.
 ACTIVATING_EVENTS = frozenset({"experiment_created", "experiment_activated", "checkpoint_saved", "resumed"})
@@ -40,18 +43,25 @@ class Journal:
         self.path = path
         self.durable = durable
         self._lock = threading.Lock()
+        self.failures = 0
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"time": time.time(), "event": event, **_clean(fields)}
         line = (json.dumps(record, allow_nan=False, sort_keys=False) + "\n").encode()
         with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             try:
-                os.write(fd, line)
-                if self.durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    os.write(fd, line)
+                    if self.durable:
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                # The journal records; the manifests commit. A full or read-only disk must not turn a
+                # committed checkpoint into a failed save, nor stop training: log the lost line.
+                self.failures += 1
+                log.error("weightslab: could not append %r to %s: %s", event, self.path, exc)
         return record
 
 

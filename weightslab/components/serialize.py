@@ -1,4 +1,4 @@
-"""Serialise a state dict into torch's zip format, streaming into any writer.
+"""Step files: serialise a state dict into torch's zip format (streaming into any writer), and load one.
 
 The format is exactly ``torch.save``'s, so ``torch.load(path, weights_only=True)`` opens it. We drive
 torch's own zip writer ourselves for one reason: to skip its per-record CRC32 (about 0.25 s per GB on
@@ -10,9 +10,13 @@ fall back to plain ``torch.save`` (same format, CRC32 included).
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
+
+from weightslab.components.layout import CHECKPOINT_FORMAT
+from weightslab.errors import CheckpointFormatError
 
 try:  # private in torch; guarded so that weightslab keeps working if it moves
     from torch.serialization import DEFAULT_PROTOCOL, _get_storage_alignment, _save
@@ -36,3 +40,21 @@ def save_state(obj: Any, writer: BinaryIO) -> None:
             writer.flush()
             return
     torch.save(obj, writer)  # pragma: no cover - fallback
+
+
+def load_step_file(path: Path, *, map_location: Any = "cpu", mmap: bool = True) -> dict[str, Any]:
+    """Open a step file with ``weights_only=True`` (no code runs) and check its format field."""
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:
+        raise CheckpointFormatError(
+            f"{path} cannot be read as a weightslab checkpoint ({type(exc).__name__}: {exc}); "
+            "it may come from another tool or need trust to unpickle: open it yourself with torch.load"
+        ) from exc
+    fmt = data.get("format") if isinstance(data, dict) else None
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointFormatError(
+            f"{path} is not a {CHECKPOINT_FORMAT} step file (format field: {fmt!r}); "
+            "weightslab reads only its own step files"
+        )
+    return data

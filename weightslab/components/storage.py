@@ -35,22 +35,41 @@ class WrittenFile:
 
 
 class HashingWriter:
-    """A binary file-like object that writes through to ``raw`` and hashes what passes."""
+    """A binary file-like object that writes through to ``raw`` and hashes what passes.
+
+    A write error is sticky and never raised from ``write``: torch's zip writer calls ``write`` from
+    C++, and an exception unwinding through it makes its destructor write again and abort the whole
+    process. The first error is kept in :attr:`error`, later writes are dropped, and the caller
+    raises it once the serialiser has returned (``write_atomic`` does).
+    """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
         self._hash = xxhash.xxh3_128()
         self.bytes = 0
+        self.error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         view = memoryview(data)
+        if self.error is None:
+            try:
+                self._raw.write(view)
+            except OSError as exc:
+                self.error = exc
         self._hash.update(view)
-        written = self._raw.write(view)
         self.bytes += view.nbytes
-        return written if written is not None else view.nbytes
+        return view.nbytes
 
     def flush(self) -> None:
-        self._raw.flush()
+        if self.error is None:
+            try:
+                self._raw.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
@@ -112,7 +131,8 @@ class LocalStorage:
             with open(tmp, "wb", buffering=self.buffer_size) as raw:
                 writer = HashingWriter(raw)
                 produce(writer)
-                raw.flush()
+                writer.flush()
+                writer.raise_error()
                 if self.durable:
                     os.fsync(raw.fileno())
             os.replace(tmp, path)
