@@ -325,3 +325,34 @@ def test_reader_never_writes(tmp_path: Path) -> None:
         reader.save(H1, 1, payload(1), trigger="step")
     with pytest.raises(RootError, match="not a weightslab root"):
         CheckpointManager(tmp_path / "nowhere", mode="r")
+
+
+def test_rebuild_refuses_a_step_file_whose_checksum_differs_from_the_journal(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with CheckpointManager(root) as mgr:
+        new_experiment(mgr)
+        mgr.save(H1, 10, payload(10, 1.0), trigger="step")
+        mgr.save(H1, 20, payload(20, 2.0), trigger="step")
+    step20 = root / "checkpoints" / H1 / "model" / f"{H1}_step_000020.pt"
+    data = bytearray(step20.read_bytes())
+    data[-200] ^= 0x10  # inside tensor bytes: torch.load would not notice
+    step20.write_bytes(bytes(data))
+    (root / "checkpoints" / H1 / "manifest.json").write_text("{ torn")
+    with CheckpointManager(root) as mgr:
+        assert [e.step for e in mgr.checkpoints(H1)] == [10]
+        rebuilt = [e for e in mgr.events() if e["event"] == "manifest_rebuilt"]
+        assert rebuilt[-1]["recovered"] == [10] and rebuilt[-1]["kept_broken_as"].startswith("checkpoints/")
+
+
+def test_a_reader_does_not_call_a_write_in_flight_an_orphan(mgr: CheckpointManager) -> None:
+    new_experiment(mgr)
+    mgr.save(H1, 10, payload(10), trigger="step")
+    in_flight = mgr.experiment(H1).model_dir / f".{H1}_step_000020.pt.tmp-1-abc"
+    in_flight.write_bytes(b"partial")
+    live = CheckpointManager(mgr.root, mode="r").verify()
+    assert live.healthy and live.writer_active and live.ok == 1
+    mgr.close()  # the writer is gone: now it is a leftover
+    after = CheckpointManager(mgr.root, mode="r").verify()
+    assert not after.writer_active and [(p.kind, p.detail) for p in after.problems] == [
+        ("orphaned", "interrupted write")
+    ]

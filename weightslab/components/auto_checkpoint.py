@@ -287,6 +287,11 @@ class AutomaticCheckpointSystem:
                 self.manager.event("resume_fresh")
                 log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
                 return 0
+            if mode == "latest" and not self._chain_has_checkpoints(exp_hash):
+                # killed before its first checkpoint was committed: nothing to restore
+                self.manager.event("resume_fresh", exp_hash=exp_hash)
+                log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
+                return 0
             data, entry, source_hash, skipped = self._load_for_resume(exp_hash, mode)
             restore_state(
                 self.ledger,
@@ -320,6 +325,18 @@ class AutomaticCheckpointSystem:
             )
             log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
             return entry.step + 1
+
+    def _chain_has_checkpoints(self, exp_hash: str) -> bool:
+        """Whether the experiment or any ancestor up to its branch point has a committed checkpoint."""
+        h: str | None = exp_hash
+        seen: set[str] = set()
+        while h is not None and h not in seen and self.manager.has_experiment(h):
+            seen.add(h)
+            m = self.manager.manifest(h)
+            if m.checkpoints:
+                return True
+            h = m.parent.exp_hash if m.parent else None
+        return False
 
     def _load_for_resume(
         self, exp_hash: str, mode: ResumeMode

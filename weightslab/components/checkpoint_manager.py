@@ -76,6 +76,7 @@ class VerifyReport:
     checked: int = 0
     ok: int = 0
     problems: list[Problem] = field(default_factory=list)
+    writer_active: bool = False  # orphans are not reported while another process writes the root
 
     @property
     def healthy(self) -> bool:
@@ -365,6 +366,7 @@ class CheckpointManager:
             trigger=trigger,
             file=entry.file,
             bytes=entry.bytes,
+            xxh3_128=entry.xxh3_128,
             metrics=entry.metrics,
             replaced=old is not None,
         )
@@ -487,7 +489,10 @@ class CheckpointManager:
             raise CheckpointCorruptedError(
                 path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
             )
-        size, digest = self.storage.checksum(path)
+        try:
+            size, digest = self.storage.checksum(path)
+        except FileNotFoundError:  # deleted between the two looks (a writer's retention)
+            raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
         if (size, digest) not in accepted:
             raise CheckpointCorruptedError(path, entry.xxh3_128, digest)
         return path
@@ -535,9 +540,12 @@ class CheckpointManager:
         """Check every committed checkpoint's size and checksum, and look for orphaned files.
 
         ``on_entry`` is called after each checkpoint is checked (for progress bars).
-        Problems: "corrupt", "missing", "orphaned" (a step or temp file without an entry), "manifest".
+        Problems: "corrupt", "missing", "orphaned" (a step or temp file without an entry; not reported
+        while another process holds the root for writing, since it may be a write in flight), "manifest".
         """
         report = VerifyReport()
+        writer_elsewhere = self.mode == "r" and RootLock(self.layout.lock_file, self.root).held_elsewhere()
+        report.writer_active = writer_elsewhere
         hashes = [exp_hash] if exp_hash is not None else self.experiments()
         for h in hashes:
             exp = self.experiment(h)
@@ -561,6 +569,8 @@ class CheckpointManager:
                     )
                 if on_entry is not None:
                     on_entry(entry)
+            if writer_elsewhere:
+                continue  # a temp or unlisted step file may be a write in flight, not a leftover
             for name in self.storage.listdir(exp.model_dir):
                 parsed = parse_step_file(name)
                 if TMP_MARKER in name:

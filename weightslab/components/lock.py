@@ -34,6 +34,20 @@ class RootLock:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
 
+    def held_elsewhere(self) -> bool:
+        """True when another open file description holds the lock (a writer is running)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the shared lock if we got it
+        return False
+
     @property
     def held(self) -> bool:
         return self._fd is not None

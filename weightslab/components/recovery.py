@@ -16,7 +16,7 @@ from weightslab.components.journal import read_events
 from weightslab.components.layout import TMP_MARKER, parse_step_file
 from weightslab.components.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
 from weightslab.components.serialize import load_step_file
-from weightslab.errors import CheckpointFormatError, ManifestError
+from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ManifestError
 from weightslab.names import is_hash, validate_hash
 
 if TYPE_CHECKING:
@@ -127,9 +127,14 @@ def rebuild_manifest(manager: CheckpointManager, exp_hash: str) -> Manifest:
     journal = manager._require_writer()
     exp = manager.experiment(exp_hash)
     created = None
+    journalled: dict[int, str] = {}  # step -> the checksum its last save recorded
     for record in read_events(manager.layout.events_file):
-        if record["event"] == "experiment_created" and record.get("exp_hash") == exp_hash:
+        if record.get("exp_hash") != exp_hash:
+            continue
+        if record["event"] == "experiment_created":
             created = record
+        elif record["event"] == "checkpoint_saved" and isinstance(record.get("xxh3_128"), str):
+            journalled[int(record["step"])] = record["xxh3_128"]
     parent = None
     if created and isinstance(created.get("parent"), dict):
         p = created["parent"]
@@ -145,7 +150,11 @@ def rebuild_manifest(manager: CheckpointManager, exp_hash: str) -> Manifest:
             if data.get("exp_hash") != exp_hash or data.get("step") != parsed[1]:
                 raise CheckpointFormatError(f"{path} holds {data.get('exp_hash')} step {data.get('step')}")
             size, digest = manager.storage.checksum(path)
-        except (CheckpointFormatError, OSError) as exc:
+            if parsed[1] in journalled and journalled[parsed[1]] != digest:
+                raise CheckpointFormatError(
+                    f"its xxh3_128 {digest} differs from the journalled {journalled[parsed[1]]}"
+                )
+        except (CheckpointFormatError, CheckpointNotFoundError, OSError) as exc:
             log.warning(
                 "weightslab: %s does not verify and is left out of the rebuilt manifest: %s", path, exc
             )

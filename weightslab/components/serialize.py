@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import torch
 
 from weightslab.components.layout import CHECKPOINT_FORMAT
-from weightslab.errors import CheckpointFormatError
+from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError
 
 try:  # private in torch; guarded so that weightslab keeps working if it moves
     from torch.serialization import DEFAULT_PROTOCOL, _get_storage_alignment, _save
@@ -46,6 +46,11 @@ def load_step_file(path: Path, *, map_location: Any = "cpu", mmap: bool = True) 
     """Open a step file with ``weights_only=True`` (no code runs) and check its format field."""
     try:
         data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except FileNotFoundError as exc:
+        raise CheckpointNotFoundError(
+            f"{path} is gone (a writer's retention may have removed it while it was read); "
+            "list the checkpoints again and load a newer one"
+        ) from exc
     except Exception as exc:
         raise CheckpointFormatError(
             f"{path} cannot be read as a weightslab checkpoint ({type(exc).__name__}: {exc}); "
