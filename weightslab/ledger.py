@@ -7,11 +7,12 @@ Listeners hear every registration, removal and hyperparameter update.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -168,6 +169,12 @@ class Ledger:
                 raise KeyError(
                     f"no {kind} named {name!r} is registered; registered: {sorted(items)}"
                 ) from None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold every registration and hyperparameter update (from any thread) until the block ends."""
+        with self._lock:
+            yield
 
     def list(self, kind: Kind) -> list[str]:
         with self._lock:

@@ -623,11 +623,29 @@ class AutomaticCheckpointSystem:
         return payload, event
 
     def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
-        assert self._identity is not None
-        exp_hash = self._identity.exp_hash
         if self._writer is not None:
             self._writer.wait()  # the buffers are about to be overwritten
             self._surface_errors()
+        # Another thread (set_hyperparam, a watched file) may move the config between the change check
+        # and the snapshot. Holding the ledger still, re-check the hyperparameters and record such a
+        # change first, so that a file is always filed under the hash of the values it holds.
+        with self.ledger.locked():
+            assert self._identity is not None
+            live_hp = self.hasher.hyperparams_hash(self.ledger.items("hyperparams"))
+            if live_hp != self._identity.hyperparams_hash:
+                ident = self._identity_now()
+                if ident.exp_hash != self._identity.exp_hash:
+                    trigger = (
+                        "model_change"
+                        if ident.architecture_hash != self._identity.architecture_hash
+                        else "config_change"
+                    )
+                    self._switch(ident, trigger, step)
+            self._save_locked(step, trigger, metrics)
+
+    def _save_locked(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
+        assert self._identity is not None
+        exp_hash = self._identity.exp_hash
         unopened = self._unopened
         if (
             unopened is not None

@@ -84,6 +84,10 @@ class ExperimentHashGenerator:
             if name not in self.exclude_hyperparams
         }
 
+    def hyperparams_hash(self, hyperparams: Mapping[str, Any]) -> str:
+        """The 16-hex hash of the hyperparameter sets alone (cheap: no architecture walk)."""
+        return _hex16(canonical_json(self.hyperparams(hyperparams)))
+
     def identity(
         self, models: Mapping[str, torch.nn.Module], hyperparams: Mapping[str, Any]
     ) -> ExperimentIdentity:
