@@ -71,21 +71,6 @@ def scratch(base: Path | None) -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def fsync_path(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: Path) -> None:
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            fsync_path(p)
-    fsync_path(path)
-
-
 def timed(fn: Callable[[], object]) -> float:
     gc.collect()
     t0 = time.perf_counter()

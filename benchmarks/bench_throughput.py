@@ -20,10 +20,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from weightslab.components import AutomaticCheckpointSystem
+from weightslab.components.storage import fsync
 
 from _common import (
     build_state,
-    fsync_path,
     ledger_for,
     machine,
     median,
@@ -74,7 +74,7 @@ def main() -> None:
 
         def plain(r: int) -> None:
             torch.save(state, d / f"plain{r}.pt")
-            fsync_path(d / f"plain{r}.pt")
+            fsync(d / f"plain{r}.pt")
 
         def raw_write(r: int, chunk: int) -> None:
             view = memoryview(raw)

@@ -104,7 +104,7 @@ CRASH_POINTS: dict[str, tuple[str, str, Callable[[FrameType], bool]]] = {
     # renamed, the folder not yet fsynced
     "step_file_before_dir_fsync": (
         "call",
-        "fsync_dir",
+        "fsync",
         lambda f: _caller(f) == "write_atomic" and _is_step_file(_path_local(f.f_back) or Path()),
     ),
     # between the file and the manifest: the step file is durable, its entry not written

@@ -21,7 +21,7 @@ from weightslab.commands.overview import describe_policy, policy_from
 from weightslab.commands.verify import relative_to_root
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.layout import TMP_MARKER, parse_step_file
-from weightslab.components.policy import CheckpointRecord, RetentionPolicy
+from weightslab.components.policy import RetentionPolicy
 from weightslab.errors import ConfigError, ManifestError
 
 
@@ -105,7 +105,7 @@ def plan_retention(
             continue
         policy = effective_policy(m.retention, overrides)
         policies[h] = policy
-        records = [CheckpointRecord(e.step, e.metrics) for e in m.checkpoints]
+        records = m.checkpoints
         for step in policy.to_delete(records, manager.branch_points(h)):
             entry = m.entry(step)
             if entry is None:  # to_delete only names steps of the records

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.manifest import Manifest, ParentRef
-from weightslab.components.policy import CheckpointRecord, RetentionPolicy
+from weightslab.components.policy import RetentionPolicy
 from weightslab.errors import ManifestError
 
 Mode = Literal["min", "max"]
@@ -204,7 +204,7 @@ def best_metric(manifest: Manifest, monitor: str | None, mode: Mode | None) -> B
     if not monitor:
         return None
     chosen: Mode = mode or ("max" if manifest.retention.get("mode") == "max" else "min")
-    records = [CheckpointRecord(e.step, e.metrics) for e in manifest.checkpoints]
+    records = manifest.checkpoints
     steps = RetentionPolicy(keep_best=1, monitor=monitor, mode=chosen).best(records, 1)
     if not steps:
         return None
@@ -284,7 +284,7 @@ def checkpoint_infos(
         policy = policy_from(retention)
     branches = manager.branch_points(exp_hash)
     pinned = set(protected)
-    records = [CheckpointRecord(e.step, e.metrics) for e in m.checkpoints]
+    records = m.checkpoints
     reasons = policy.reasons(records, pinned | branches)
     out = []
     for e in m.checkpoints:

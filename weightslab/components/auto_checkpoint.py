@@ -357,7 +357,7 @@ class AutomaticCheckpointSystem:
                     "resume('best') needs monitor=<metric name> in the checkpoint system's options"
                 )
             m = self.manager.manifest(exp_hash)
-            order = self.retention.best([_record(e) for e in m.checkpoints], len(m.checkpoints))
+            order = self.retention.best(m.checkpoints, len(m.checkpoints))
             candidates = [(exp_hash, e) for s in order if (e := m.entry(s)) is not None]
             if not candidates:
                 raise CheckpointNotFoundError(
@@ -736,12 +736,6 @@ class AutomaticCheckpointSystem:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def _record(e: CheckpointEntry) -> Any:
-    from weightslab.components.policy import CheckpointRecord
-
-    return CheckpointRecord(e.step, e.metrics)
-
-
 def _config_record(config: CheckpointConfig) -> dict[str, Any]:
     record = asdict(config)
     record["root_log_dir"] = str(config.root_log_dir)

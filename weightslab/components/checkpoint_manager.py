@@ -38,7 +38,7 @@ from weightslab.components.manifest import (
     PendingReplacement,
     read_manifest,
 )
-from weightslab.components.policy import CheckpointRecord, RetentionPolicy
+from weightslab.components.policy import RetentionPolicy
 from weightslab.components.recovery import _with_pending
 from weightslab.components.serialize import load_step_file, save_state
 from weightslab.components.storage import HashingWriter, LocalStorage
@@ -420,8 +420,8 @@ class CheckpointManager:
         self, exp_hash: str, policy: RetentionPolicy, protected: Iterable[int] = ()
     ) -> list[int]:
         """Delete what ``policy`` does not keep (branch points and ``protected`` always kept)."""
-        records = [CheckpointRecord(e.step, e.metrics) for e in self.manifest(exp_hash).checkpoints]
-        doomed = policy.to_delete(records, set(protected) | self.branch_points(exp_hash))
+        entries = self.manifest(exp_hash).checkpoints
+        doomed = policy.to_delete(entries, set(protected) | self.branch_points(exp_hash))
         for step in doomed:
             self.delete(exp_hash, step)
         return doomed
@@ -460,8 +460,7 @@ class CheckpointManager:
         if which == "best":
             if not monitor:
                 raise ValueError("loading the best checkpoint needs monitor=<metric name>")
-            records = [CheckpointRecord(e.step, e.metrics) for e in m.checkpoints]
-            best = RetentionPolicy(keep_best=1, monitor=monitor, mode=mode).best(records, 1)
+            best = RetentionPolicy(keep_best=1, monitor=monitor, mode=mode).best(m.checkpoints, 1)
             if not best:
                 raise CheckpointNotFoundError(f"no checkpoint of {exp_hash} recorded metric {monitor!r}")
             found = m.entry(best[0])

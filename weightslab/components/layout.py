@@ -12,10 +12,8 @@ from pathlib import Path
 from weightslab.errors import InvalidNameError
 from weightslab.names import validate_hash
 
-FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "weightslab.checkpoint/1"
 MANIFEST_FORMAT = "weightslab.manifest/1"
-EVENTS_FORMAT = "weightslab.events/1"
 
 _STEP_FILE_RE = re.compile(r"^(?P<hash>[0-9a-f]{16})_step_(?P<step>\d{6,})\.pt$")
 TMP_MARKER = ".tmp-"

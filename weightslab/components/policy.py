@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 KeepReason = Literal["last", "best", "every", "newest", "protected"]
 
@@ -15,9 +15,18 @@ def is_save_step(step: int, frequency: int) -> bool:
     return step > 0 and step % frequency == 0
 
 
+class Recorded(Protocol):
+    """What retention needs of a checkpoint: a manifest's ``CheckpointEntry`` is one."""
+
+    @property
+    def step(self) -> int: ...
+
+    def metric(self, name: str) -> float | None: ...
+
+
 @dataclass(frozen=True)
 class CheckpointRecord:
-    """What retention needs to know of one checkpoint."""
+    """A checkpoint known only by its step and metrics (for planning without a manifest)."""
 
     step: int
     metrics: Mapping[str, float | None] = field(default_factory=dict)
@@ -47,7 +56,7 @@ class RetentionPolicy:
     def keeps_all(self) -> bool:
         return self.keep_last is None and not self.keep_best and self.keep_every is None
 
-    def best(self, records: Sequence[CheckpointRecord], k: int | None = None) -> list[int]:
+    def best(self, records: Sequence[Recorded], k: int | None = None) -> list[int]:
         """Steps of the best ``k`` records by ``monitor`` (ties: the later step wins), best first."""
         if not self.monitor:
             return []
@@ -58,7 +67,7 @@ class RetentionPolicy:
         return [s for _, s in valid[: self.keep_best if k is None else k]]
 
     def reasons(
-        self, records: Sequence[CheckpointRecord], protected: Iterable[int] = ()
+        self, records: Sequence[Recorded], protected: Iterable[int] = ()
     ) -> dict[int, list[KeepReason]]:
         """Why each kept step is kept; steps absent from the result are to be deleted."""
         if not records:
@@ -88,7 +97,7 @@ class RetentionPolicy:
                 keep(s, "protected")
         return dict(sorted(out.items()))
 
-    def to_delete(self, records: Sequence[CheckpointRecord], protected: Iterable[int] = ()) -> list[int]:
+    def to_delete(self, records: Sequence[Recorded], protected: Iterable[int] = ()) -> list[int]:
         """Steps to delete, oldest first."""
         kept = self.reasons(records, protected)
         return sorted(r.step for r in records if r.step not in kept)

@@ -7,6 +7,7 @@ them as methods; a writer runs :func:`clean_leftovers` when it opens a root. Eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -202,16 +203,4 @@ def rebuild_manifest(manager: CheckpointManager, exp_hash: str) -> Manifest:
 def _with_pending(
     entry: CheckpointEntry, pending: PendingReplacement | None, **changes: Any
 ) -> CheckpointEntry:
-    fields = entry.to_dict() | changes
-    return CheckpointEntry(
-        step=fields["step"],
-        file=fields["file"],
-        bytes=fields["bytes"],
-        xxh3_128=fields["xxh3_128"],
-        created=fields["created"],
-        trigger=fields["trigger"],
-        metrics=fields["metrics"],
-        tags=tuple(fields["tags"]),
-        description=fields["description"],
-        pending=pending,
-    )
+    return dataclasses.replace(entry, pending=pending, **changes)

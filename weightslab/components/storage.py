@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -103,8 +102,8 @@ class Storage(Protocol):
     def makedirs(self, path: Path) -> None: ...
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside ``path`` durable."""
+def fsync(path: str | os.PathLike[str]) -> None:
+    """fsync a file, or a folder (which makes a rename or unlink inside it durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -141,7 +140,7 @@ class LocalStorage:
                 os.unlink(tmp)
             raise
         if self.durable:
-            fsync_dir(path.parent)
+            fsync(path.parent)
         return WrittenFile(path=path, bytes=writer.bytes, xxh3_128=writer.hexdigest())
 
     def write_bytes_atomic(self, path: Path, data: bytes) -> WrittenFile:
@@ -181,21 +180,12 @@ class LocalStorage:
         except FileNotFoundError:
             return []
 
-    def iter_files(self, path: Path) -> Iterator[Path]:
-        for name in self.listdir(path):
-            p = path / name
-            if p.is_file():
-                yield p
-
     def remove(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         if self.durable:
             with contextlib.suppress(FileNotFoundError):
-                fsync_dir(path.parent)
-
-    def remove_tree(self, path: Path) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+                fsync(path.parent)
 
     def makedirs(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
