@@ -2,11 +2,13 @@
 
     python examples/quickstart.py [ROOT]          (default ROOT: runs/quickstart)
 
-It trains a small MLP on synthetic data for 400 steps in two processes:
-  run 1: trains, changes the learning rate at step 100, and is stopped at step 180;
-  run 2: resumes where run 1's last checkpoint left off, prunes the hidden layer at step 220,
-         freezes the first layer at step 300 and finishes at step 400.
-Then it prints where everything went.
+It trains a small MLP on synthetic data for 400 steps (0 to 399) in two processes:
+  run 1: trains, changes the learning rate at step 100, and is stopped before step 180 (the exit
+         saves its last step, 179);
+  run 2: resumes at step 180, prunes the hidden layer at step 220, freezes the first layer at
+         step 300 and finishes at step 399, which close() saves as the `last` checkpoint.
+Each change is made after that step's optimizer update and announced; the checkpoint labelled s
+always holds the state after step s's update. Then it prints where everything went.
 """
 
 from __future__ import annotations
@@ -72,10 +74,17 @@ def train(root: Path, stop_at: int | None) -> None:
 
     for step in range(start, TOTAL_STEPS):
         if stop_at is not None and step == stop_at:
-            print(f"[run] stopped at step {step} (as if preempted)")
-            return  # checkpoints in flight are flushed at exit
+            print(f"[run] stopped before step {step} (as if preempted)")
+            return  # the exit flushes the save in flight and saves the last step seen
+
+        idx = torch.randint(0, len(x_train), (config["batch_size"],))
+        loss = torch.nn.functional.mse_loss(model(x_train[idx]), y_train[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
         if step == LR_CHANGE_AT:
-            config["lr"] = 3e-3  # detected automatically at this step's checkpoint_on_step
+            config["lr"] = 3e-3  # detected automatically by this step's checkpoint_on_step
             for group in optimizer.param_groups:
                 group["lr"] = config["lr"]
         if step == PRUNE_AT:
@@ -83,21 +92,16 @@ def train(root: Path, stop_at: int | None) -> None:
             config["hidden"] = 32
             optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"])
             wl.register_optimizer("optimizer", optimizer)
-            checkpoint_on_model_change(step)  # announced: saved right now, in a new experiment
+            checkpoint_on_model_change()  # announced: saved by this step's call, in a new experiment
         if step == FREEZE_AT:
             for p in model[0].parameters():
                 p.requires_grad_(False)
-            checkpoint_on_state_change("freeze", step)
+            checkpoint_on_state_change("freeze")  # saved at this step, trigger "freeze"
 
-        idx = torch.randint(0, len(x_train), (config["batch_size"],))
-        loss = torch.nn.functional.mse_loss(model(x_train[idx]), y_train[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
         with torch.no_grad():
             val = torch.nn.functional.mse_loss(model(x_val), y_val).item()
         checkpoint_on_step(step, metrics={"train/loss": loss.item(), "val/loss": val})
-    system.close()
+    system.close()  # saves the last step (399) with trigger "last"
     print(f"[run] finished {TOTAL_STEPS} steps; final val/loss {val:.4f}")
 
 

@@ -118,11 +118,11 @@ def build_lineage_root(path: Path) -> LineageRoot:
     config["lr"] = 0.05
     for group in trainer.opt.param_groups:
         group["lr"] = 0.05
-    system.checkpoint_on_config_change()
+    system.checkpoint_on_config_change(step=20)  # saved at once, at the step just trained
     b = system.exp_hash
     trainer.run(21, 31)
     trainer.set_model(grown_mlp(trainer.model))
-    system.checkpoint_on_model_change()
+    system.checkpoint_on_model_change(step=30)
     c = system.exp_hash
     trainer.run(31, 41)
     system.close()
@@ -271,8 +271,18 @@ def test_ls_lists_every_experiment_with_parent_reason_and_active_mark(lineage_ro
     assert [e["exp_hash"] for e in data["experiments"]] == [r.a, r.b, r.c]
     by_hash = {e["exp_hash"]: e for e in data["experiments"]}
     assert by_hash[r.a]["parent"] is None
-    assert by_hash[r.b]["parent"] == {"exp_hash": r.a, "step": 20, "reason": "config_change"}
-    assert by_hash[r.c]["parent"] == {"exp_hash": r.b, "step": 30, "reason": "model_change"}
+    assert by_hash[r.b]["parent"] == {
+        "exp_hash": r.a,
+        "step": 20,
+        "reason": "config_change",
+        "checkpoint": 20,
+    }
+    assert by_hash[r.c]["parent"] == {
+        "exp_hash": r.b,
+        "step": 30,
+        "reason": "model_change",
+        "checkpoint": 30,
+    }
     for h, row in by_hash.items():
         entries = manager.checkpoints(h)
         assert row["checkpoints"] == len(entries)
@@ -574,6 +584,7 @@ def test_export_safetensors_loads_into_the_model(lineage_root: LineageRoot, tmp_
         "exp_hash": r.b,
         "step": 30,
         "reason": "model_change",
+        "checkpoint": 30,
     }
     assert yaml.safe_load((out / "config.yaml").read_text()) == {
         "config": {"lr": 0.05, "batch_size": 16, "optimizer": {"name": "sgd", "momentum": 0.0}}

@@ -126,7 +126,7 @@ def test_tree_shows_a_return_to_an_earlier_experiment(tmp_path: Path) -> None:
     wl_console.print_tree(tmp_path, console=con)
     lines = buf.getvalue().splitlines()
     assert lines[2] == f"    ├── returned here from {second[:8]} at step 6 (config_change)"
-    assert lines[3].startswith(f"    └── config_change at step 4 -> {second}")
+    assert lines[3].startswith(f"    └── config_change at step 5 -> {second}")
 
 
 def test_empty_root_and_an_unreadable_manifest(root: LineageRoot, tmp_path: Path) -> None:

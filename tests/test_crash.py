@@ -69,6 +69,8 @@ class Committed:
     step: int
     file: str
     accepted: frozenset[tuple[int, str]]  # (bytes, xxh3_128) of the entry, and of a pending replacement
+    seq: int = 0  # commit order
+    abandoned: bool = False
 
 
 @dataclass
@@ -96,13 +98,17 @@ class RootState:
         seen: set[str] = set()
         while active is not None and active in self.manifests and active not in seen:
             seen.add(active)
-            steps = sorted(
-                (s for (h, s) in self.committed if h == active and (upto is None or s <= upto)), reverse=True
-            )
+            if upto is None:  # the active experiment: its live run's newest commit
+                live = [c for (h, _), c in self.committed.items() if h == active and not c.abandoned]
+                steps = [max(live, key=lambda c: c.seq).step] if live else []
+            else:  # an ancestor: the checkpoint the branch continued from, or older
+                steps = sorted((s for (h, s) in self.committed if h == active and s <= upto), reverse=True)
             if steps:
                 return active, steps[0]  # every committed entry verified when the state was read
             parent = self.manifests[active].get("parent")
-            active, upto = (parent["exp_hash"], parent["step"]) if parent else (None, None)
+            active, upto = (parent["exp_hash"], parent.get("checkpoint")) if parent else (None, None)
+            if upto is None:
+                return None
         return None
 
 
@@ -156,7 +162,14 @@ def read_root(root: Path) -> RootState:
             accepted = {(int(e["bytes"]), str(e["xxh3_128"]))}
             if e.get("pending"):
                 accepted.add((int(e["pending"]["bytes"]), str(e["pending"]["xxh3_128"])))
-            c = Committed(h, int(e["step"]), str(e["file"]), frozenset(accepted))
+            c = Committed(
+                h,
+                int(e["step"]),
+                str(e["file"]),
+                frozenset(accepted),
+                int(e.get("seq", 0)),
+                bool(e.get("abandoned", False)),
+            )
             listed.add(Path(c.file).name)
             found = file_digest(exp_dir / c.file)
             if found not in c.accepted:
@@ -172,9 +185,11 @@ def read_root(root: Path) -> RootState:
 
 def branch_points(state: RootState, exp_hash: str) -> set[int]:
     return {
-        m["parent"]["step"]
+        m["parent"]["checkpoint"]
         for m in state.manifests.values()
-        if m.get("parent") and m["parent"]["exp_hash"] == exp_hash
+        if m.get("parent")
+        and m["parent"]["exp_hash"] == exp_hash
+        and m["parent"].get("checkpoint") is not None
     }
 
 
@@ -532,7 +547,9 @@ class Chain:
             self.fail(f"{name}: steps {mismatched[:5]} differ from the uninterrupted run")
             ok = False
         if not killed:
-            if progress.done_at is None or sorted(progress.steps)[-1:] != [TOTAL_STEPS - 1]:
+            # a run whose last step was saved at close (save_last) resumes at TOTAL_STEPS: nothing to train
+            finished = sorted(progress.steps)[-1:] == [TOTAL_STEPS - 1] or progress.start == TOTAL_STEPS
+            if progress.done_at is None or not finished:
                 self.fail(f"{name} exited 0 without finishing the run")
                 ok = False
             elif not tensors_equal(torch.load(final_file, weights_only=True), self.ref.final):

@@ -185,6 +185,9 @@ class Run:
         self.ledger = Ledger()
         options.setdefault("checkpoint_frequency", 10)
         options.setdefault("on_error", "warn")
+        # these runs stop as a crash would, with no last checkpoint at close() (tests/test_system.py
+        # covers save_last); the fault tests count exactly the step saves
+        options.setdefault("save_last", False)
         self.system = AutomaticCheckpointSystem(
             CheckpointConfig(root_log_dir=root, **options), ledger=self.ledger
         )

@@ -47,6 +47,8 @@ def test_live_config_example(tmp_path: Path) -> None:
     for parent, child in itertools.pairwise(manifests):
         assert child.parent is not None
         assert child.parent.exp_hash == parent.exp_hash and child.parent.reason == "config_change"
-        assert child.parent.step == parent.latest().step  # type: ignore[union-attr]
+        # the branch point is the child's first checkpoint; the parent's newest is recorded beside it
+        assert child.parent.checkpoint == parent.latest().step  # type: ignore[union-attr]
+        assert child.parent.step == child.checkpoints[0].step
         assert child.checkpoints[0].trigger == "config_change"
     assert reader.verify().healthy

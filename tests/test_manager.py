@@ -90,6 +90,7 @@ def test_manifest_fields(mgr: CheckpointManager) -> None:
     data = (mgr.root / "checkpoints" / H1 / "model" / f"{H1}_step_000100.pt").read_bytes()
     assert entry == {
         "step": 100,
+        "seq": 1,
         "file": f"model/{H1}_step_000100.pt",
         "bytes": len(data),
         "xxh3_128": xxhash.xxh3_128(data).hexdigest(),
@@ -188,7 +189,8 @@ def test_retention_keeps_branch_points(mgr: CheckpointManager) -> None:
     new_experiment(mgr, H1)
     for step in (10, 20, 30, 40):
         mgr.save(H1, step, payload(step), trigger="step")
-    new_experiment(mgr, H2, parent=ParentRef(H1, 20, "config_change"))
+    # the child branched at step 25, continuing from the parent's checkpoint 20
+    new_experiment(mgr, H2, parent=ParentRef(H1, 25, "config_change", checkpoint=20))
     deleted = mgr.apply_retention(H1, RetentionPolicy(keep_last=1), protected={10})
     assert deleted == [30]
     assert [e.step for e in mgr.checkpoints(H1)] == [10, 20, 40]

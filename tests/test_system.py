@@ -96,7 +96,8 @@ def test_config_change_is_recorded_at_the_step_it_happens(make_system: Any, ledg
     child = system.exp_hash
     m = manifest(system)
     parent = m["parent"]
-    assert parent["reason"] == "config_change" and parent["step"] == 10
+    # the branch point is the step of the change; the parent's newest checkpoint is recorded beside it
+    assert parent["reason"] == "config_change" and parent["step"] == 13 and parent["checkpoint"] == 10
     assert steps_and_triggers(system) == [(13, "config_change"), (20, "step")]
     assert steps_and_triggers(system, parent["exp_hash"]) == [(10, "step")]
     config = (system.manager.root / "checkpoints" / child / "hp" / f"{child}_config.yaml").read_text()
@@ -122,7 +123,8 @@ def test_model_change_pruning_is_detected(make_system: Any, ledger: Ledger) -> N
             ledger.register_optimizer("optimizer", opt)
         system.checkpoint_on_step(step)
     m = manifest(system)
-    assert m["parent"]["reason"] == "model_change" and m["parent"]["step"] == 10
+    assert m["parent"]["reason"] == "model_change" and m["parent"]["step"] == 15
+    assert m["parent"]["checkpoint"] == 10
     assert steps_and_triggers(system) == [(15, "model_change"), (20, "step")]
     change = next(e for e in system.manager.events() if e["event"] == "change_detected")
     assert change["modules"]["changed"] == ["model.0", "model.2"]
@@ -168,9 +170,11 @@ def test_announced_events_and_their_triggers(make_system: Any, ledger: Ledger) -
     model, opt, cfg = setup_run(ledger)
     system.checkpoint_on_step(5)
     first = system.exp_hash
-    system.checkpoint_on_state_change("reset")
-    system.checkpoint_on_state_change("warmup_done", step=7)
-    assert steps_and_triggers(system) == [(5, "reset"), (7, "warmup_done")]
+    system.checkpoint_on_state_change("reset")  # announced without step=: saved by the next step's call
+    assert steps_and_triggers(system) == []
+    system.checkpoint_on_step(6)
+    system.checkpoint_on_state_change("warmup_done", step=7)  # with step=: saved at once
+    assert steps_and_triggers(system) == [(6, "reset"), (7, "warmup_done")]
     cfg["batch_size"] = 64
     system.checkpoint_on_config_change(step=8)
     assert system.exp_hash != first and steps_and_triggers(system) == [(8, "config_change")]
@@ -254,7 +258,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path, asyn
     ref_state = {k: v.clone() for k, v in model.state_dict().items()}
     ref.close()
 
-    # interrupted after step 34, resumed by new objects in a new system
+    # stopped after step 34 (close() saves that last step), resumed by new objects in a new system
     seed_all()
     ledger1 = Ledger()
     run1 = AutomaticCheckpointSystem(
@@ -272,12 +276,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path, asyn
     )
     model2, opt2, sched2 = fresh_objects(ledger2, seed=123)
     start = run2.resume()
-    assert start == 31
+    assert start == 35
     losses2 = run_training(ledger2, run2, start, 50, model2, opt2, sched2)
     run2.close()
 
-    assert losses1[:31] == ref_losses[:31]
-    assert losses2 == ref_losses[31:]  # step for step, RNG included
+    assert losses1 == ref_losses[:35]
+    assert losses2 == ref_losses[35:]  # step for step, RNG included
     for k, v in model2.state_dict().items():
         assert torch.equal(v, ref_state[k]), k
     assert (
@@ -307,13 +311,13 @@ def test_resume_after_a_hash_change_finds_the_last_active_experiment(tmp_path: P
     ledger2 = Ledger()
     sys2 = AutomaticCheckpointSystem(root_log_dir=tmp_path / "r", checkpoint_frequency=10, ledger=ledger2)
     _, opt2, cfg2 = setup_run(ledger2)  # the script starts from the original lr again
-    assert sys2.resume() == 21
+    assert sys2.resume() == 25  # close() saved the last step, 24
     assert sys2.exp_hash == active
     assert cfg2["lr"] == 5e-3  # the registered mapping is restored to that experiment's values
     cfg2["lr"] = 1e-4  # a change after resume branches from the resumed checkpoint
-    sys2.checkpoint_on_step(21)
+    sys2.checkpoint_on_step(25)
     m = manifest(sys2)
-    assert m["parent"] == {"exp_hash": active, "step": 20, "reason": "config_change"}
+    assert m["parent"] == {"exp_hash": active, "step": 25, "reason": "config_change", "checkpoint": 24}
     sys2.close()
 
 
@@ -332,7 +336,12 @@ def test_a_change_after_resume_and_newer_saves_branches_from_the_newest(tmp_path
         sys2.checkpoint_on_step(step)
     cfg["lr"] = 0.5
     sys2.checkpoint_on_step(25)
-    assert manifest(sys2)["parent"] == {"exp_hash": parent_hash, "step": 20, "reason": "config_change"}
+    assert manifest(sys2)["parent"] == {
+        "exp_hash": parent_hash,
+        "step": 25,
+        "reason": "config_change",
+        "checkpoint": 20,
+    }
     sys2.close()
 
 
@@ -371,8 +380,9 @@ def test_resume_modes_best_and_step(make_system: Any, ledger: Ledger, tmp_path: 
     setup_run(ledger)
     for step, val in [(10, 0.5), (20, 0.1), (30, 0.3)]:
         system.checkpoint_on_step(step, metrics={"val": val})
-    assert system.resume("best") == 21
-    assert system.resume(30) == 31
+    assert system.resume("best") == 21  # going back: 30 is abandoned
+    assert system.resume("latest") == 21
+    assert system.resume(30) == 31  # an explicit step makes it the live run again
     assert system.resume("latest") == 31
 
 
@@ -422,14 +432,14 @@ def test_retention_keeps_exactly_what_it_should_across_a_restart(tmp_path: Path)
         return system
 
     losses = {10: 0.9, 20: 0.05, 30: 0.8, 40: 0.7, 50: 0.6, 60: 0.5, 70: 0.4}
-    run(0, 45, losses)
+    run(0, 45, losses)  # saves 10..40 and, at close(), the last step 44
     mgr = CheckpointManager(tmp_path / "r", mode="r")
     (h,) = mgr.experiments()
-    assert [e.step for e in mgr.checkpoints(h)] == [20, 30, 40]
-    run(41, 75, losses)
-    assert [e.step for e in mgr.checkpoints(h)] == [20, 50, 60, 70]
+    assert [e.step for e in mgr.checkpoints(h)] == [20, 40, 44]
+    run(45, 75, losses)
+    assert [e.step for e in mgr.checkpoints(h)] == [20, 50, 70, 74]
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints" / h / "model").glob("*_step_*")) == [
-        f"{h}_step_{s:06d}.pt" for s in (20, 50, 60, 70)
+        f"{h}_step_{s:06d}.pt" for s in (20, 50, 70, 74)
     ]
 
 
@@ -448,7 +458,8 @@ def test_resumed_checkpoint_is_protected_until_a_newer_one_exists(tmp_path: Path
     assert sys2.resume(20) == 21
     sys2.checkpoint_on_state_change("probe", step=15)  # an older step: 20 stays protected
     sys2.flush()
-    assert [e.step for e in sys2.manager.checkpoints(sys2.exp_hash)] == [20, 30]
+    # commit order: 15 is the newest; 30 (abandoned by the resume) and 10 age out, 20 is protected
+    assert [e.step for e in sys2.manager.checkpoints(sys2.exp_hash)] == [15, 20]
     sys2.checkpoint_on_step(40)
     sys2.flush()
     assert [e.step for e in sys2.manager.checkpoints(sys2.exp_hash)] == [40]

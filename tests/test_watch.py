@@ -467,10 +467,11 @@ def test_edit_mid_run_gives_two_linked_experiments(
     parent, child = reader.manifest(parent_hash), reader.manifest(child_hash)
     assert child_hash == active
     assert parent.parent is None and child.parent is not None
-    assert (child.parent.exp_hash, child.parent.step, child.parent.reason) == (
+    assert (child.parent.exp_hash, child.parent.step, child.parent.reason, child.parent.checkpoint) == (
         parent_hash,
-        5,
+        8,
         "config_change",
+        5,
     )
     assert parent.steps() == [5]
     assert [(e.step, e.trigger) for e in child.checkpoints] == [
@@ -479,7 +480,12 @@ def test_edit_mid_run_gives_two_linked_experiments(
         (15, "step"),
     ]
     on_disk = json.loads((system.root / "checkpoints" / child_hash / "manifest.json").read_text())
-    assert on_disk["parent"] == {"exp_hash": parent_hash, "step": 5, "reason": "config_change"}
+    assert on_disk["parent"] == {
+        "exp_hash": parent_hash,
+        "step": 8,
+        "reason": "config_change",
+        "checkpoint": 5,
+    }
     assert reader.read_config(child_hash)["config"]["lr"] == 0.01
     assert reader.read_config(parent_hash)["config"]["lr"] == 0.1
     state = reader.load(child_hash, 8)

@@ -53,6 +53,7 @@ from weightslab.commands.overview import (
     policy_from,
 )
 from weightslab.components.checkpoint_manager import CheckpointManager
+from weightslab.components.manifest import ParentRef
 from weightslab.components.policy import RetentionPolicy
 from weightslab.names import is_hash
 
@@ -187,6 +188,13 @@ def format_parent(info: ExperimentInfo) -> str:
     return f"{parent.exp_hash[:7]}{at} {parent.reason}"
 
 
+def _parent_text(parent: ParentRef) -> str:
+    """``<hash> at step 120 (config_change), from its checkpoint 100``."""
+    at = "" if parent.step is None else f" at step {parent.step}"
+    since = "" if parent.checkpoint is None else f", from its checkpoint {parent.checkpoint}"
+    return f"{parent.exp_hash}{at} ({parent.reason}){since}"
+
+
 def _manager(source: Source) -> CheckpointManager:
     return source if isinstance(source, CheckpointManager) else open_root(source)
 
@@ -286,7 +294,7 @@ def checkpoints_table(infos: list[CheckpointInfo], *, now: float | None = None) 
         kept = Text(", ".join(c.kept)) if c.kept else Text("not kept: gc removes it", style="yellow")
         table.add_row(
             str(c.step),
-            c.trigger,
+            Text(f"{c.trigger} (abandoned)", style="dim") if c.abandoned else c.trigger,
             format_metrics(c.metrics),
             format_size(c.bytes),
             format_age(c.created, now),
@@ -351,7 +359,8 @@ def lineage_tree(nodes: list[LineageNode], label: str) -> Tree:
         text.append(info.exp_hash, style="cyan")
         latest = "" if info.latest_step is None else f", latest step {info.latest_step}"
         noun = "checkpoint" if info.checkpoints == 1 else "checkpoints"
-        text.append(f"  ({info.checkpoints} {noun}{latest})", style="dim")
+        abandoned = f", {info.abandoned} abandoned" if info.abandoned else ""
+        text.append(f"  ({info.checkpoints} {noun}{latest}{abandoned})", style="dim")
         if info.error is not None:
             text.append("  manifest unreadable", style="red")
         if info.active:
@@ -395,7 +404,7 @@ def print_experiment(source: Source, exp_hash: str, *, console: Console | None =
     )
     grid.add_row(
         "parent",
-        "-" if m.parent is None else f"{m.parent.exp_hash} at step {m.parent.step} ({m.parent.reason})",
+        "-" if m.parent is None else _parent_text(m.parent),
     )
     grid.add_row("created", format_time(m.created))
     grid.add_row("size", f"{format_size(info.size_bytes)} in {info.checkpoints} checkpoints")

@@ -50,6 +50,7 @@ class ExperimentInfo:
     architecture_hash: str | None = None
     hyperparams_hash: str | None = None
     error: str | None = None
+    abandoned: int = 0  # checkpoints of a future the run went back from
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class ExperimentInfo:
             "created": self.created,
             "created_iso": iso_time(self.created),
             "checkpoints": self.checkpoints,
+            "abandoned": self.abandoned,
             "latest_step": self.latest_step,
             "best": None if self.best is None else self.best.to_dict(),
             "size_bytes": self.size_bytes,
@@ -80,10 +82,14 @@ class CheckpointInfo:
     trigger: str
     metrics: dict[str, float | None]
     kept: tuple[str, ...]
+    seq: int = 0
+    abandoned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
+            "seq": self.seq,
+            "abandoned": self.abandoned,
             "file": self.file,
             "bytes": self.bytes,
             "created": self.created,
@@ -122,6 +128,7 @@ class LineageNode:
             "step": None if parent is None else parent.step,
             "reason": None if parent is None else parent.reason,
             "checkpoints": self.info.checkpoints,
+            "abandoned": self.info.abandoned,
             "latest_step": self.info.latest_step,
             "active": self.info.active,
             "returns": [r.to_dict() for r in self.returns],
@@ -232,6 +239,7 @@ def experiment_info(
         parent=m.parent,
         created=m.created,
         checkpoints=len(m.checkpoints),
+        abandoned=sum(e.abandoned for e in m.checkpoints),
         latest_step=None if latest is None else latest.step,
         best=best_metric(m, monitor, mode),
         size_bytes=manager.size_on_disk(exp_hash),
@@ -302,6 +310,8 @@ def checkpoint_infos(
                 trigger=e.trigger,
                 metrics=dict(e.metrics),
                 kept=tuple(dict.fromkeys(why)),
+                seq=e.seq,
+                abandoned=e.abandoned,
             )
         )
     return out

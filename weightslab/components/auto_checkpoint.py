@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import difflib
 import logging
 import os
 import signal
@@ -92,6 +93,12 @@ class AutomaticCheckpointSystem:
         self._detect = self.config.detect_changes
         self._resume_floor: int | None = None
         self._warned_backwards = False
+        self._warned_rewind = False
+        # announced changes without step=: saved at the next checkpoint_on_step, at its step
+        self._pending: list[tuple[str, dict[str, float | None]]] = []
+        self._last_metrics: Mapping[str, Any] | None = None
+        self._monitor_seen = False
+        self._monitor_warned = False
         self._stop_signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         if self.config.handle_signals:
@@ -147,9 +154,13 @@ class AutomaticCheckpointSystem:
                 self._preempt(step, metrics)
             if self._identity is None:
                 self._begin(step)
+            if self._pending:
+                pending, self._pending = self._pending, []
+                self._save_announced(step, pending, clean_metrics(metrics))
             elif self._detect and self._detector.changed():
                 self._record_changes(step, clean_metrics(metrics), announced=None)
             self._last_step = step
+            self._last_metrics = metrics
             self._resume_floor = None
             if step % self._frequency == 0 and step > 0:
                 clean = clean_metrics(metrics)
@@ -182,17 +193,34 @@ class AutomaticCheckpointSystem:
         self._announced(label, step, metrics)
 
     def _announced(self, reason: str, step: int | None, metrics: Mapping[str, Any] | None) -> None:
+        """Without ``step``: saved by the next ``checkpoint_on_step(s)``, at s, with this trigger (the
+        state labelled s is the state after step s's update). With ``step``: saved now, at that step."""
         with self._lock:
             self._check_open()
             self._surface_errors()
-            step = check_step(step if step is not None else (self._last_step or 0))
             clean = clean_metrics(metrics)
+            if step is None:
+                self._pending.append((reason, clean))
+                return
+            step = check_step(step)
             if self._identity is None:
-                self._begin(step, save=False)
-            switched = self._record_changes(step, clean, announced=reason)
-            if not switched:
-                self._save(step, reason, clean)
+                self._begin(step)
+            self._save_announced(step, [(reason, clean)], {})
             self._last_step = step
+
+    def _save_announced(
+        self, step: int, pending: list[tuple[str, dict[str, float | None]]], metrics: dict[str, float | None]
+    ) -> None:
+        """Save announcements at ``step``: one checkpoint, whose trigger is the announced model or
+        config change if any, else the last state label; the metrics of the step's call win."""
+        merged: dict[str, float | None] = {}
+        for _, announced_metrics in pending:
+            merged.update(announced_metrics)
+        merged.update(metrics)
+        reasons = [r for r, _ in pending]
+        label = next((r for r in reasons if r in ("model_change", "config_change")), reasons[-1])
+        if not self._record_changes(step, merged, announced=label):
+            self._save(step, label, merged)
 
     def flush(self) -> None:
         """Wait for the save in flight; raise or warn (per on_error) about background failures."""
@@ -241,6 +269,11 @@ class AutomaticCheckpointSystem:
         with self._lock:
             if self._closed:
                 return
+            final_error: CheckpointSaveError | None = None
+            try:
+                self._save_at_close()
+            except CheckpointSaveError as exc:  # on_error="raise": still release the root, then raise
+                final_error = exc
             self._closed = True
             self._restore_signal_handlers()
             self._unlisten()
@@ -255,7 +288,38 @@ class AutomaticCheckpointSystem:
                 if _SYSTEM is self:
                     _SYSTEM = None
             atexit.unregister(self._close_at_exit)
+            if final_error is not None:
+                raise final_error
             self._report(errors)
+
+    def _save_at_close(self) -> None:
+        """Save pending announcements, then the last step seen if it is newer than the newest checkpoint."""
+        step = self._last_step
+        if step is None or self._identity is None:
+            if self._pending:
+                log.warning(
+                    "weightslab: %s announced but no step was ever seen; nothing to save",
+                    ", ".join(r for r, _ in self._pending),
+                )
+                self._pending = []
+            return
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._save_announced(step, pending, {})
+        if not self.config.save_last:
+            return
+        if self._writer is not None:
+            self._writer.wait()
+        exp_hash = self._identity.exp_hash
+        if (exp_hash, step) in self._submitted or not self.manager.has_experiment(exp_hash):
+            return
+        latest = self.manager.manifest(exp_hash).latest()
+        if latest is None or latest.step < step:
+            try:
+                metrics = clean_metrics(self._last_metrics)
+            except (TypeError, ValueError):
+                metrics = {}
+            self._save(step, "last", metrics)
 
     def _close_at_exit(self) -> None:
         try:
@@ -314,7 +378,10 @@ class AutomaticCheckpointSystem:
             # the continued run saves them again
             self._submitted = {(source_hash, e.step) for e in manifest.checkpoints if e.step <= entry.step}
             self._last_step = entry.step
+            self._last_metrics = dict(entry.metrics)
             self._resume_floor = entry.step
+            self._monitor_seen = False
+            self._rewind(source_hash, entry.step, f"resume({mode!r})")
             self.manager.event(
                 "resumed",
                 exp_hash=source_hash,
@@ -349,8 +416,13 @@ class AutomaticCheckpointSystem:
             while h is not None and h not in seen and self.manager.has_experiment(h):
                 seen.add(h)
                 m = self.manager.manifest(h)
-                candidates += [(h, e) for e in reversed(m.checkpoints) if upto is None or e.step <= upto]
-                h, upto = (m.parent.exp_hash, m.parent.step) if m.parent else (None, None)
+                if upto is None:  # the live run of the active experiment, newest commit first
+                    candidates += [(h, e) for e in reversed(m.live())]
+                else:  # an ancestor: the checkpoint the branch continued from, and older ones
+                    candidates += [(h, e) for e in reversed(m.checkpoints) if e.step <= upto]
+                h, upto = (m.parent.exp_hash, m.parent.checkpoint) if m.parent else (None, None)
+                if h is not None and upto is None:
+                    break  # the branch started before its parent had any checkpoint
         elif mode == "best":
             if not self.config.monitor:
                 raise ConfigError(
@@ -410,6 +482,9 @@ class AutomaticCheckpointSystem:
         clean = clean_metrics(metrics)
         if self._identity is None:
             self._begin(step)
+        if self._pending:  # announced changes are saved first, at this step, with their trigger
+            pending, self._pending = self._pending, []
+            self._save_announced(step, pending, clean)
         else:
             self._record_changes(step, clean, announced=None)
         assert self._identity is not None
@@ -437,6 +512,31 @@ class AutomaticCheckpointSystem:
                 step,
                 self._last_step,
             )
+        if self._identity is not None and self.manager.has_experiment(self._identity.exp_hash):
+            if self._writer is not None:
+                self._writer.wait()  # a save of the abandoned future must not commit after the rewind
+            self._rewind(self._identity.exp_hash, step - 1, "the step counter went back")
+
+    def _rewind(self, exp_hash: str, step: int, why: str) -> None:
+        """Mark the live checkpoints after ``step`` abandoned (manifest and journal), warning once."""
+        # the steps after ``step`` will be trained again: their saves must not be skipped as done
+        self._submitted = {(h, s) for h, s in self._submitted if h != exp_hash or s <= step}
+        try:
+            abandoned = self.manager.rewind(exp_hash, step)
+        except (OSError, WeightslabError) as exc:
+            self._failed(exc, exp_hash, max(step, 0), what="recording the rewind of")
+            self._report([exc])
+            return
+        if abandoned and not self._warned_rewind:
+            self._warned_rewind = True
+            log.warning(
+                "weightslab: %s: going back to step %d of %s abandons its checkpoints at steps %s; "
+                "'latest' will not resume them and retention removes them like any older checkpoint",
+                why,
+                step,
+                exp_hash,
+                abandoned,
+            )
 
     # -- internals ------------------------------------------------------------------------------
     def _on_ledger_event(self, event: LedgerEvent) -> None:
@@ -461,7 +561,7 @@ class AutomaticCheckpointSystem:
     def _identity_now(self) -> ExperimentIdentity:
         return self.hasher.identity(self.ledger.items("model"), self.ledger.items("hyperparams"))
 
-    def _begin(self, step: int, *, save: bool = True) -> None:
+    def _begin(self, step: int) -> None:
         """The first step: the configuration active now is the first experiment (setup is not a change)."""
         ident = self._identity_now()
         created = self._try_open(ident, None, step)
@@ -475,6 +575,7 @@ class AutomaticCheckpointSystem:
                     ident.exp_hash,
                     latest.step,
                 )
+                self._rewind(ident.exp_hash, step - 1, "the step counter restarted")
         self._identity = ident
         self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
         self._arch_modules = module_names(self.ledger.items("model"))
@@ -548,11 +649,15 @@ class AutomaticCheckpointSystem:
         if self._writer is not None:
             self._writer.wait()  # the parent's newest checkpoint must be committed to be referenced
         if self._branch_from is not None and self._branch_from[0] == old.exp_hash:
-            parent_step: int | None = self._branch_from[1]
+            parent_checkpoint: int | None = self._branch_from[1]
         else:
-            latest = self.manager.manifest(old.exp_hash).latest()
-            parent_step = None if latest is None else latest.step
-        parent = ParentRef(old.exp_hash, parent_step, reason)
+            latest = (
+                self.manager.manifest(old.exp_hash).latest()
+                if self.manager.has_experiment(old.exp_hash)
+                else None
+            )
+            parent_checkpoint = None if latest is None else latest.step
+        parent = ParentRef(old.exp_hash, step, reason, checkpoint=parent_checkpoint)
         new_hp = self.hasher.hyperparams(self.ledger.items("hyperparams"))
         new_modules = module_names(self.ledger.items("model"))
         details: dict[str, Any] = {}
@@ -642,6 +747,38 @@ class AutomaticCheckpointSystem:
                     )
                     self._switch(ident, trigger, step)
             self._save_locked(step, trigger, metrics)
+        if self.config.monitor is not None and not self._monitor_seen:
+            self._check_monitor(self.config.monitor, metrics)
+
+    def _check_monitor(self, monitor: str, metrics: Mapping[str, float | None]) -> None:
+        """Warn (or raise, with on_error="raise") at the first save that lacks the monitored metric,
+        unless an earlier checkpoint of the experiment reported it. Retention deletes nothing by
+        ``keep_best`` until it appears, so a misspelt name costs disk, never checkpoints."""
+        if metrics.get(monitor) is not None:
+            self._monitor_seen = True
+            return
+        assert self._identity is not None
+        h = self._identity.exp_hash
+        if self.manager.has_experiment(h) and any(
+            e.metric(monitor) is not None for e in self.manager.manifest(h).checkpoints
+        ):
+            self._monitor_seen = True
+            return
+        if self._monitor_warned:
+            return
+        self._monitor_warned = True
+        got = ", ".join(repr(k) for k in metrics) or "no metrics"
+        close = difflib.get_close_matches(monitor, list(metrics), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        message = (
+            f"weightslab: monitor={monitor!r} is not among the metrics of this save (got {got}){hint} "
+            f"keep_best and resume('best') use it; until it is reported, retention deletes nothing "
+            f"by keep_best. Pass metrics={{{monitor!r}: value}} to checkpoint_on_step, or fix monitor="
+        )
+        self.manager.event("monitor_missing", monitor=monitor, got=list(metrics), suggestion=close[:1])
+        if self.config.on_error == "raise":
+            raise ConfigError(message)
+        warnings.warn(message, stacklevel=4)
 
     def _save_locked(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
         assert self._identity is not None
@@ -656,6 +793,7 @@ class AutomaticCheckpointSystem:
         try:
             payload, event = self._snapshot(step, trigger, metrics)
         except Exception as exc:
+            self._submitted.add((exp_hash, step))  # reported once; close() does not try it again
             self._failed(exc, exp_hash, step)
             self._report([exc])
             return

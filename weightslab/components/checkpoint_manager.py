@@ -8,6 +8,7 @@ file is durable. Files without an entry are crash leftovers: never loaded, clean
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import logging
@@ -358,7 +359,13 @@ class CheckpointManager:
             description=description,
         )
         with self._lock:
-            self._write_manifest(self.manifest(exp_hash).with_entry(entry))
+            current = self.manifest(exp_hash)
+            abandoned = current.abandoned_after(step)
+            committed = current.committing(entry)
+            self._write_manifest(committed)
+            entry = committed.entry(step) or entry
+        if abandoned:
+            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
         journal.append(
             "checkpoint_saved",
             exp_hash=exp_hash,
@@ -392,6 +399,31 @@ class CheckpointManager:
         self.storage.remove(staging)  # fsyncs the folder; the staging name no longer exists
         return written
 
+    def rewind(self, exp_hash: str, step: int) -> list[int]:
+        """Go back to ``step``: the live checkpoints after it are marked abandoned; returns their steps.
+
+        The checkpoint at ``step`` (if any) becomes the newest of the live run, even if it was itself
+        abandoned before. Recorded in the manifest at once (and journalled as ``rewound``), so that a
+        crash before the continued run's first commit still resumes the continued run.
+        """
+        journal = self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            abandoned = m.abandoned_after(step)
+            target = m.entry(step)
+            latest = m.latest()
+            revive = target is not None and (
+                target.abandoned or (latest is not None and latest.seq > target.seq)
+            )
+            if not abandoned and not revive:
+                return []
+            updated = m.with_abandoned(set(abandoned))
+            if target is not None and revive:
+                updated = updated.with_entry(dataclasses.replace(target, abandoned=False, seq=m.next_seq()))
+            self._write_manifest(updated)
+        journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
+        return abandoned
+
     def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None:
         """Remove a checkpoint: the manifest entry first, then the file."""
         journal = self._require_writer()
@@ -405,15 +437,15 @@ class CheckpointManager:
         journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
 
     def branch_points(self, exp_hash: str) -> set[int]:
-        """Steps of ``exp_hash`` that a child experiment branched from."""
+        """Checkpoints of ``exp_hash`` that a child experiment continued from (its ``parent.checkpoint``)."""
         points = set()
         for h in self.experiments():
             try:
                 parent = self.manifest(h).parent
             except ManifestError:
                 continue
-            if parent is not None and parent.exp_hash == exp_hash and parent.step is not None:
-                points.add(parent.step)
+            if parent is not None and parent.exp_hash == exp_hash and parent.checkpoint is not None:
+                points.add(parent.checkpoint)
         return points
 
     def apply_retention(

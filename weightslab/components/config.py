@@ -47,6 +47,8 @@ class CheckpointConfig:
         save_architecture: write the architecture pickle (needs a picklable model).
         handle_signals: on SIGTERM/SIGINT, checkpoint at the next step boundary, flush and exit
             with status 128 + signal; a second signal exits at once.
+        save_last: at ``close()`` (and at interpreter exit), save the last step seen when it is newer
+            than the newest checkpoint, with ``trigger="last"``.
     """
 
     root_log_dir: str | os.PathLike[str] = "experiments"
@@ -64,6 +66,7 @@ class CheckpointConfig:
     durable: bool = True
     save_architecture: bool = True
     handle_signals: bool = False
+    save_last: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_log_dir, (str, os.PathLike)) or not os.fspath(self.root_log_dir):
@@ -99,6 +102,7 @@ class CheckpointConfig:
             "durable",
             "save_architecture",
             "handle_signals",
+            "save_last",
         ):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,37 @@ from weightslab.errors import ManifestError
 
 @dataclass(frozen=True)
 class ParentRef:
-    """Where an experiment branched from: the parent's hash, the step it branched at, and why."""
+    """Where an experiment branched from.
+
+    ``step`` is the branch point: the step at which the change was recorded, which is the new
+    experiment's first checkpoint. ``checkpoint`` is the parent's newest committed checkpoint at that
+    moment (the state the branch continued from), or None when the parent had none yet.
+    """
 
     exp_hash: str
     step: int | None
     reason: str
+    checkpoint: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"exp_hash": self.exp_hash, "step": self.step, "reason": self.reason}
+        return {
+            "exp_hash": self.exp_hash,
+            "step": self.step,
+            "reason": self.reason,
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ParentRef:
+        step = None if raw.get("step") is None else int(raw["step"])
+        # Manifests written before the branch point was recorded kept the parent's checkpoint in `step`.
+        checkpoint = raw.get("checkpoint", step)
+        return cls(
+            exp_hash=validate_hash(raw["exp_hash"]),
+            step=step,
+            reason=str(raw.get("reason", "")),
+            checkpoint=None if checkpoint is None else int(checkpoint),
+        )
 
 
 @dataclass(frozen=True)
@@ -38,7 +61,13 @@ class PendingReplacement:
 
 @dataclass(frozen=True)
 class CheckpointEntry:
-    """One committed checkpoint."""
+    """One committed checkpoint.
+
+    ``seq`` is the commit order within the experiment: "latest", ``keep_last`` and the protection of
+    the newest follow it, not the step number. ``abandoned`` marks a checkpoint of a future the run
+    went back from (a resume of an earlier step, a step counter that restarted): it is never resumed
+    as "latest" and ages out like any older checkpoint.
+    """
 
     step: int
     file: str
@@ -50,10 +79,13 @@ class CheckpointEntry:
     tags: tuple[str, ...] = ()
     description: str = ""
     pending: PendingReplacement | None = None
+    seq: int = 0
+    abandoned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "step": self.step,
+            "seq": self.seq,
             "file": self.file,
             "bytes": self.bytes,
             "xxh3_128": self.xxh3_128,
@@ -63,6 +95,8 @@ class CheckpointEntry:
             "tags": list(self.tags),
             "description": self.description,
         }
+        if self.abandoned:
+            d["abandoned"] = True
         if self.pending is not None:
             d["pending"] = asdict(self.pending)
         return d
@@ -97,7 +131,23 @@ class Manifest:
         return [e.step for e in self.checkpoints]
 
     def latest(self) -> CheckpointEntry | None:
-        return max(self.checkpoints, key=lambda e: e.step, default=None)
+        """The newest checkpoint of the live run: the last committed one that is not abandoned."""
+        return max(self.live(), key=lambda e: e.seq, default=None)
+
+    def live(self) -> list[CheckpointEntry]:
+        """The checkpoints of the live run, in commit order."""
+        return sorted((e for e in self.checkpoints if not e.abandoned), key=lambda e: e.seq)
+
+    def in_commit_order(self) -> list[CheckpointEntry]:
+        """Every checkpoint, oldest first: abandoned ones before the live run, each in commit order."""
+        return sorted(self.checkpoints, key=commit_order)
+
+    def next_seq(self) -> int:
+        return max((e.seq for e in self.checkpoints), default=0) + 1
+
+    def abandoned_after(self, step: int) -> list[int]:
+        """Steps of the live run after ``step``: what going back to ``step`` abandons."""
+        return sorted(e.step for e in self.checkpoints if not e.abandoned and e.step > step)
 
     def with_entry(self, entry: CheckpointEntry) -> Manifest:
         """A copy in which ``entry`` replaces any entry of the same step; entries stay sorted by step."""
@@ -105,6 +155,16 @@ class Manifest:
         kept.append(entry)
         kept.sort(key=lambda e: e.step)
         return self._copy(kept)
+
+    def committing(self, entry: CheckpointEntry) -> Manifest:
+        """:meth:`with_entry` for a new commit: ``entry`` gets the next ``seq``, and live checkpoints at
+        later steps are marked abandoned (they belong to a future the run went back from)."""
+        later = set(self.abandoned_after(entry.step))
+        return self.with_abandoned(later).with_entry(replace(entry, seq=self.next_seq(), abandoned=False))
+
+    def with_abandoned(self, steps: set[int]) -> Manifest:
+        """A copy in which the entries of ``steps`` are marked abandoned."""
+        return self._copy([replace(e, abandoned=True) if e.step in steps else e for e in self.checkpoints])
 
     def without_steps(self, steps: set[int]) -> Manifest:
         return self._copy([e for e in self.checkpoints if e.step not in steps])
@@ -155,12 +215,11 @@ class Manifest:
             parent_raw = raw.get("parent")
             parent = None
             if parent_raw is not None:
-                parent = ParentRef(
-                    exp_hash=validate_hash(parent_raw["exp_hash"]),
-                    step=None if parent_raw.get("step") is None else int(parent_raw["step"]),
-                    reason=str(parent_raw.get("reason", "")),
-                )
+                parent = ParentRef.from_dict(parent_raw)
             entries = [_entry_from_dict(e) for e in raw["checkpoints"]]
+            if any("seq" not in e for e in raw["checkpoints"]):
+                # written before commit order was recorded: the step order is the best record there is
+                entries = [replace(e, seq=i + 1) for i, e in enumerate(sorted(entries, key=lambda e: e.step))]
             return cls(
                 exp_hash=exp_hash,
                 architecture_hash=str(raw["architecture_hash"]),
@@ -189,7 +248,14 @@ def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
         tags=tuple(str(t) for t in e.get("tags") or ()),
         description=str(e.get("description") or ""),
         pending=None if not pending else PendingReplacement(int(pending["bytes"]), str(pending["xxh3_128"])),
+        seq=int(e.get("seq", 0)),
+        abandoned=bool(e.get("abandoned", False)),
     )
+
+
+def commit_order(entry: CheckpointEntry) -> tuple[bool, int, int]:
+    """Sort key: abandoned checkpoints first, then the live run, each in commit order."""
+    return (not entry.abandoned, entry.seq, entry.step)
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-KeepReason = Literal["last", "best", "every", "newest", "protected"]
+KeepReason = Literal["last", "best", "every", "newest", "protected", "awaiting_monitor"]
 
 
 def is_save_step(step: int, frequency: int) -> bool:
@@ -16,10 +16,20 @@ def is_save_step(step: int, frequency: int) -> bool:
 
 
 class Recorded(Protocol):
-    """What retention needs of a checkpoint: a manifest's ``CheckpointEntry`` is one."""
+    """What retention needs of a checkpoint: a manifest's ``CheckpointEntry`` is one.
+
+    ``seq`` is the commit order and ``abandoned`` marks a checkpoint the run went back from; records
+    with equal ``seq`` are ordered by step.
+    """
 
     @property
     def step(self) -> int: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def abandoned(self) -> bool: ...
 
     def metric(self, name: str) -> float | None: ...
 
@@ -30,6 +40,8 @@ class CheckpointRecord:
 
     step: int
     metrics: Mapping[str, float | None] = field(default_factory=dict)
+    seq: int = 0
+    abandoned: bool = False
 
     def metric(self, name: str) -> float | None:
         value = self.metrics.get(name)
@@ -42,8 +54,10 @@ class CheckpointRecord:
 class RetentionPolicy:
     """Keep-policies that combine: a checkpoint is kept if any of them keeps it.
 
-    With no policy set, everything is kept. Whatever the policies say, the newest checkpoint and the
-    ``protected`` steps are always kept.
+    With no policy set, everything is kept. Whatever the policies say, the newest checkpoint of the
+    live run and the ``protected`` steps are always kept. "Newest" and ``keep_last`` follow the commit
+    order, with abandoned checkpoints older than every live one. Until ``monitor`` has been reported
+    by at least one checkpoint, ``keep_best`` keeps everything (a misspelt monitor deletes nothing).
     """
 
     keep_last: int | None = None
@@ -72,7 +86,8 @@ class RetentionPolicy:
         """Why each kept step is kept; steps absent from the result are to be deleted."""
         if not records:
             return {}
-        steps = sorted(r.step for r in records)
+        ordered = sorted(records, key=lambda r: (not r.abandoned, r.seq, r.step))
+        steps = [r.step for r in ordered]
         out: dict[int, list[KeepReason]] = {}
 
         def keep(step: int, why: KeepReason) -> None:
@@ -84,13 +99,19 @@ class RetentionPolicy:
         if self.keep_last is not None:
             for s in steps[-self.keep_last :]:
                 keep(s, "last")
-        for s in self.best(records):
+        best = self.best(records)
+        if self.keep_best and self.monitor and not best:
+            for s in steps:
+                keep(s, "awaiting_monitor")
+        for s in best:
             keep(s, "best")
         if self.keep_every is not None:
             for s in steps:
                 if s % self.keep_every == 0:
                     keep(s, "every")
-        keep(steps[-1], "newest")
+        live = [r.step for r in ordered if not r.abandoned]
+        if live:
+            keep(live[-1], "newest")
         present = set(steps)
         for s in protected:
             if s in present:

@@ -18,7 +18,7 @@ from weightslab.components.layout import TMP_MARKER, parse_step_file
 from weightslab.components.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
 from weightslab.components.serialize import load_step_file
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ManifestError
-from weightslab.names import is_hash, validate_hash
+from weightslab.names import is_hash
 
 if TYPE_CHECKING:
     from weightslab.components.checkpoint_manager import CheckpointManager
@@ -129,17 +129,19 @@ def rebuild_manifest(manager: CheckpointManager, exp_hash: str) -> Manifest:
     exp = manager.experiment(exp_hash)
     created = None
     journalled: dict[int, str] = {}  # step -> the checksum its last save recorded
-    for record in read_events(manager.layout.events_file):
+    commit_rank: dict[int, int] = {}  # step -> the position of its last save in the journal
+    for index, record in enumerate(read_events(manager.layout.events_file)):
         if record.get("exp_hash") != exp_hash:
             continue
         if record["event"] == "experiment_created":
             created = record
         elif record["event"] == "checkpoint_saved" and isinstance(record.get("xxh3_128"), str):
             journalled[int(record["step"])] = record["xxh3_128"]
+            commit_rank[int(record["step"])] = index
     parent = None
     if created and isinstance(created.get("parent"), dict):
         p = created["parent"]
-        parent = ParentRef(validate_hash(p["exp_hash"]), p.get("step"), str(p.get("reason", "")))
+        parent = ParentRef.from_dict(p)
     entries: list[CheckpointEntry] = []
     for fname in manager.storage.listdir(exp.model_dir):
         parsed = parse_step_file(fname)
@@ -187,7 +189,7 @@ def rebuild_manifest(manager: CheckpointManager, exp_hash: str) -> Manifest:
             created=float((created or {}).get("time", time.time())),
             parent=parent,
             retention=dict((created or {}).get("retention") or {}),
-            checkpoints=sorted(entries, key=lambda e: e.step),
+            checkpoints=_in_journalled_order(entries, commit_rank),
         )
         manager._write_manifest(m)
     journal.append(
@@ -204,3 +206,14 @@ def _with_pending(
     entry: CheckpointEntry, pending: PendingReplacement | None, **changes: Any
 ) -> CheckpointEntry:
     return dataclasses.replace(entry, pending=pending, **changes)
+
+
+def _in_journalled_order(entries: list[CheckpointEntry], rank: dict[int, int]) -> list[CheckpointEntry]:
+    """Entries with their commit order from the journal (step order where it is silent); an entry that a
+    later commit at a smaller step went back from is abandoned."""
+    ordered = sorted(entries, key=lambda e: (rank.get(e.step, -1), e.step))
+    out: list[CheckpointEntry] = []
+    for seq, e in enumerate(ordered, start=1):
+        later_steps = [x.step for x in ordered[seq:]]
+        out.append(dataclasses.replace(e, seq=seq, abandoned=any(s < e.step for s in later_steps)))
+    return sorted(out, key=lambda e: e.step)

@@ -29,7 +29,12 @@ class BackgroundWriter:
         self.wait()
         if self._closed:
             raise RuntimeError("the background writer is closed")
-        self._inflight = self._executor.submit(self._run, job)
+        try:
+            self._inflight = self._executor.submit(self._run, job)
+        except RuntimeError:
+            # The interpreter is exiting: concurrent.futures refuses new work once its own exit hook
+            # has run, which is before ours. The last saves then run inline (nothing else is running).
+            self._run(job)
 
     def _run(self, job: Callable[[], None]) -> None:
         try:
