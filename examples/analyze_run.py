@@ -21,7 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         "root", nargs="?", type=Path, default=Path("runs/quickstart"), help="a weightslab root"
     )
     parser.add_argument("--out", type=Path, default=Path("runs/analysis"), help="where the CSV/JSON files go")
-    parser.add_argument("--include-weights", action="store_true", help="also analyse the weights")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="skip the weights (they are read from the step files by default: nothing is downloaded)",
+    )
+    weights.add_argument("--include-weights", action="store_true", help="analyse the weights (the default)")
     args = parser.parse_args(argv)
 
     if not args.root.is_dir():
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from weightslab.analysis.report import summary_console
 
-    analyses = process_all_checkpoints(args.root, include_weights=args.include_weights)
+    analyses = process_all_checkpoints(args.root, include_weights=not args.no_weights)
     console = summary_console()
     print_summary(analyses, console, title=f"checkpoints of {args.root}")
 

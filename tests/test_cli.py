@@ -318,9 +318,12 @@ def test_show_prints_checkpoints_architecture_and_config_by_prefix(lineage_root:
         and rows["55"].endswith(" last")
     )
     assert rows["60"].endswith("newest") and " last, " in rows["60"]
-    assert "model 'model': torch.nn.modules.container.Sequential, 400 parameters (400 trainable)" in text
+    assert (
+        "model 'model': torch.nn.modules.container.Sequential, 400 parameters (400 trainable at step 60)"
+        in text
+    )
     assert "  (4): Linear(in_features=12, out_features=4, bias=True)" in raw
-    assert "model 'lm': tests.test_cli.TiedLM, 40 parameters (40 trainable)" in text
+    assert "model 'lm': tests.test_cli.TiedLM, 40 parameters (40 trainable at step 60)" in text
     assert "config:\n  batch_size: 16\n  lr: 0.05\n" in raw
 
     data = ok_json(json_run)

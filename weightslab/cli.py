@@ -12,8 +12,8 @@
     weightslab analyze REPO_OR_ROOT         (from weightslab.analysis) analyse a run's checkpoints
 
 Hashes may be abbreviated to any unique prefix, as in git. Every command takes ``--json`` for
-scripts. Exit status: 0 success, 1 ``verify`` found problems, 2 an error (one line on stderr:
-``weightslab: error: ...``).
+scripts. Exit status: 0 success, 1 ``verify`` found problems or ``gc`` refused to delete a checkpoint
+whose manifest entry is unsafe, 2 an error (one line on stderr: ``weightslab: error: ...``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from weightslab.commands.overview import (
     lineage,
 )
 from weightslab.commands.verify import report_dict, verify_root
-from weightslab.errors import WeightslabError
+from weightslab.errors import ConfigFileError, WeightslabError
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -54,7 +54,7 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
         prog="weightslab",
         description="Look at, check, clean and export weightslab checkpoint roots. "
         "Hashes may be abbreviated to any unique prefix.",
-        epilog="Exit status: 0 success, 1 verify found problems, 2 error.",
+        epilog="Exit status: 0 success, 1 verify found problems or gc refused an unsafe entry, 2 error.",
     )
     parser.add_argument("--version", action="version", version=f"weightslab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -91,7 +91,7 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
         json_help="print the report as JSON (the exit status is the same)",
     )
     p.add_argument("hash", metavar="HASH", nargs="?", help="only this experiment (hash or unique prefix)")
-    p.epilog = "Exit status: 0 all is well, 1 something is corrupt, missing or orphaned, 2 error."
+    p.epilog = "Exit status: 0 all is well, 1 something is corrupt, missing, orphaned, unreadable or unsafe, 2 error."
 
     p = command(
         "diff",
@@ -116,7 +116,9 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("min", "max"), help="override the recorded mode (for --keep-best)")
     p.epilog = (
         "The newest checkpoint of each experiment and every checkpoint a child experiment branched "
-        "from are always kept. Needs the root's writer lock: a running training holding it is an error."
+        "from are always kept. Needs the root's writer lock: a running training holding it is an error. "
+        "Only real step files inside an experiment folder are deleted: a checkpoint whose manifest entry "
+        "names anything else is kept and reported (exit status 1)."
     )
 
     p = command(
@@ -199,19 +201,25 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     manager = open_root(args.root)
     h = manager.resolve_hash(args.hash)
-    if args.json:
-        _print_json(
-            {
-                "root": str(manager.root),
-                "experiment": experiment_info(manager, h, active=manager.last_active()).to_dict(),
-                "checkpoints": [c.to_dict() for c in checkpoint_infos(manager, h)],
-                "architecture": [m.to_dict() for m in architecture_summary(manager, h)],
-                "config": manager.read_config(h),
-            }
-        )
-    else:
-        console.print_experiment(manager, h)
-    return EXIT_OK
+    if not args.json:
+        console.print_experiment(manager, h)  # prints the rest, then raises if the config is unreadable
+        return EXIT_OK
+    config_error: ConfigFileError | None = None
+    try:
+        config: dict[str, Any] | None = manager.read_config(h)
+    except ConfigFileError as exc:
+        config, config_error = None, exc
+    _print_json(
+        {
+            "root": str(manager.root),
+            "experiment": experiment_info(manager, h, active=manager.last_active()).to_dict(),
+            "checkpoints": [c.to_dict() for c in checkpoint_infos(manager, h)],
+            "architecture": [m.to_dict() for m in architecture_summary(manager, h)],
+            "config": config,
+            "config_error": None if config_error is None else str(config_error),
+        }
+    )
+    return EXIT_OK if config_error is None else _error(config_error)
 
 
 def _cmd_tree(args: argparse.Namespace) -> int:
@@ -243,7 +251,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         _print_json({"root": str(manager.root), **diff.to_dict()})
     else:
         cli_render.print_diff(diff)
-    return EXIT_OK
+    # what could be compared is printed; an unreadable config file is still an error
+    return _error("; ".join(diff.config_errors)) if diff.config_errors else EXIT_OK
 
 
 def _cmd_gc(args: argparse.Namespace) -> int:
@@ -260,7 +269,7 @@ def _cmd_gc(args: argparse.Namespace) -> int:
         _print_json(result.to_dict())
     else:
         cli_render.print_gc(result)
-    return EXIT_OK
+    return EXIT_PROBLEMS if result.refused else EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from weightslab.commands.diff import ExperimentDiff, LayerChange
 from weightslab.commands.export import ExportResult
 from weightslab.commands.gc import GcResult
 from weightslab.components.checkpoint_manager import VerifyReport
-from weightslab.console import format_size, format_value, make_console, new_table
+from weightslab.console import format_size, format_value, make_console, new_table, plural
 
 
 def print_verify(report: VerifyReport, root: Path, *, console: Console | None = None) -> None:
@@ -25,7 +25,7 @@ def print_verify(report: VerifyReport, root: Path, *, console: Console | None = 
     console = console or make_console()
     if report.healthy:
         console.print(
-            f"[bold green]OK[/]: {report.checked} checkpoints verified, no problems", soft_wrap=True
+            f"[bold green]OK[/]: {plural(report.checked, 'checkpoint')} verified, no problems", soft_wrap=True
         )
         return
     table = new_table()
@@ -43,9 +43,10 @@ def print_verify(report: VerifyReport, root: Path, *, console: Console | None = 
     for p in report.problems:
         counts[p.kind] = counts.get(p.kind, 0) + 1
     listed = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    verb = "verifies" if report.checked == 1 else "verify"
     console.print(
-        f"[bold red]{len(report.problems)} problem{'s' * (len(report.problems) != 1)}[/] ({listed}); "
-        f"{report.ok} of {report.checked} checkpoints verify",
+        f"[bold red]{plural(len(report.problems), 'problem')}[/] ({listed}); "
+        f"{report.ok} of {plural(report.checked, 'checkpoint')} {verb}",
         soft_wrap=True,
     )
 
@@ -75,6 +76,8 @@ def print_diff(diff: ExperimentDiff, *, console: Console | None = None) -> None:
             )
             table.add_row(c.key, old, new)
         console.print(table)
+    elif diff.config_errors:  # each names its file; the command prints them as its error
+        console.print("hyperparameters: [red]not compared[/], a config file cannot be read")
     else:
         console.print("hyperparameters: no changes")
     if diff.architecture:
@@ -129,8 +132,8 @@ def print_gc(result: GcResult, *, console: Console | None = None) -> None:
     freed = "would free" if result.dry_run else "freed"
     if result.items:
         console.print(
-            f"{verb} {checkpoints} checkpoint{'s' * (checkpoints != 1)} and {leftovers} "
-            f"leftover{'s' * (leftovers != 1)}: {freed} {format_size(result.freed_bytes)}",
+            f"{verb} {plural(checkpoints, 'checkpoint')} and {plural(leftovers, 'leftover')}: "
+            f"{freed} {format_size(result.freed_bytes)}",
             soft_wrap=True,
         )
     else:
@@ -142,6 +145,8 @@ def print_gc(result: GcResult, *, console: Console | None = None) -> None:
         )
     for note in result.skipped:
         console.print(f"[yellow]skipped[/] {escape(note)}", soft_wrap=True)
+    for note in result.refused:  # never deleted: the manifest entry names something else
+        console.print(f"[bold red]refused[/] {escape(note)}", soft_wrap=True)
     if result.dry_run:
         console.print("dry run: nothing was removed")
 
@@ -162,6 +167,14 @@ def print_export(result: ExportResult, *, console: Console | None = None) -> Non
     for model, aliases in result.tied.items():
         pairs = ", ".join(f"{alias} = {orig}" for alias, orig in aliases.items())
         console.print(f"  tied weights in {escape(model)} written as copies: {escape(pairs)}")
+    for model, names in result.pruned.items():
+        console.print(
+            f"  pruned weights in {escape(model)} written as <name> = <name>_orig * <name>_mask: "
+            f"{escape(', '.join(names))}",
+            soft_wrap=True,
+        )
+    for note in result.notes:
+        console.print(f"  [yellow]note[/]: {escape(note)}", soft_wrap=True)
 
 
 __all__ = ["print_diff", "print_export", "print_gc", "print_verify"]

@@ -55,6 +55,7 @@ from weightslab.commands.overview import (
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.manifest import ParentRef
 from weightslab.components.policy import RetentionPolicy
+from weightslab.errors import ConfigFileError
 from weightslab.names import is_hash
 
 Source = CheckpointManager | str | os.PathLike[str]
@@ -147,6 +148,11 @@ def disable_rich_logging(*, logger: str = "weightslab") -> None:
 
 
 # -- formatting -------------------------------------------------------------------------------------
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 checkpoint``, ``2 checkpoints``, ``0 checkpoints``; ``plural_form`` for nouns not taking -s."""
+    return f"{count:,} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def format_size(nbytes: int) -> str:
     return decimal(nbytes)
 
@@ -267,8 +273,8 @@ def print_summary(
     infos = experiment_infos(manager, active=active, monitor=monitor, mode=mode)
     total = sum(i.size_bytes for i in infos)
     console.print(
-        f"[bold]{escape(str(manager.root))}[/]: {len(infos)} experiment{'s' * (len(infos) != 1)}, "
-        f"{sum(i.checkpoints for i in infos)} checkpoints, {format_size(total)}",
+        f"[bold]{escape(str(manager.root))}[/]: {plural(len(infos), 'experiment')}, "
+        f"{plural(sum(i.checkpoints for i in infos), 'checkpoint')}, {format_size(total)}",
         soft_wrap=True,
     )
     if not infos:
@@ -358,9 +364,8 @@ def lineage_tree(nodes: list[LineageNode], label: str) -> Tree:
             text.append(f"{info.parent.reason}{at} -> ", style="yellow")
         text.append(info.exp_hash, style="cyan")
         latest = "" if info.latest_step is None else f", latest step {info.latest_step}"
-        noun = "checkpoint" if info.checkpoints == 1 else "checkpoints"
         abandoned = f", {info.abandoned} abandoned" if info.abandoned else ""
-        text.append(f"  ({info.checkpoints} {noun}{latest}{abandoned})", style="dim")
+        text.append(f"  ({plural(info.checkpoints, 'checkpoint')}{latest}{abandoned})", style="dim")
         if info.error is not None:
             text.append("  manifest unreadable", style="red")
         if info.active:
@@ -390,7 +395,12 @@ def print_tree(source: Source, *, active: str | None = None, console: Console | 
 
 # -- one experiment ---------------------------------------------------------------------------------
 def print_experiment(source: Source, exp_hash: str, *, console: Console | None = None) -> None:
-    """Print one experiment: its record, checkpoints, architecture summary and configuration."""
+    """Print one experiment: its record, checkpoints, architecture summary and configuration.
+
+    The trainable counts are those of the newest checkpoint (a freeze does not start a new
+    experiment). When the config file cannot be read, everything else is printed, with a note where
+    the config would be, and then ConfigFileError (naming the file) is raised.
+    """
     manager = _manager(source)
     console = console or make_console()
     h = manager.resolve_hash(exp_hash)
@@ -407,7 +417,7 @@ def print_experiment(source: Source, exp_hash: str, *, console: Console | None =
         "-" if m.parent is None else _parent_text(m.parent),
     )
     grid.add_row("created", format_time(m.created))
-    grid.add_row("size", f"{format_size(info.size_bytes)} in {info.checkpoints} checkpoints")
+    grid.add_row("size", f"{format_size(info.size_bytes)} in {plural(info.checkpoints, 'checkpoint')}")
     grid.add_row("retention", describe_policy(policy_from(m.retention)))
     if info.best is not None:
         grid.add_row(f"best {info.best.monitor}", f"{format_value(info.best.value)} at step {info.best.step}")
@@ -419,14 +429,19 @@ def print_experiment(source: Source, exp_hash: str, *, console: Console | None =
     models = architecture_summary(manager, h)
     console.print("[bold]architecture[/]" + ("" if models else ": not recorded"))
     for model in models:
+        at = "" if model.trainable_step is None else f" at step {model.trainable_step}"
         console.print(
             f"model [cyan]{escape(repr(model.name))}[/]: {escape(model.class_name)}, "
-            f"{model.total:,} parameters ({model.trainable:,} trainable)",
+            f"{plural(model.total, 'parameter')} ({model.trainable:,} trainable{at})",
             soft_wrap=True,
         )
         console.print(Text(model.text, style="dim"), soft_wrap=True)
     console.print()
-    config = manager.read_config(h)
+    try:
+        config = manager.read_config(h)
+    except ConfigFileError as exc:
+        console.print(f"[bold]config[/]: [red]cannot be read[/]: {escape(exc.reason)}", soft_wrap=True)
+        raise
     console.print("[bold]config[/]" + ("" if config else ": none recorded"))
     if config:
         console.print(
@@ -459,6 +474,7 @@ __all__ = [
     "lineage_tree",
     "make_console",
     "new_table",
+    "plural",
     "print_checkpoints",
     "print_experiment",
     "print_summary",

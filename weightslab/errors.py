@@ -32,6 +32,60 @@ class HyperparamsError(WeightslabError, ValueError):
     """Hyperparameters that cannot be canonicalised, serialised or parsed."""
 
 
+class ConfigFileError(HyperparamsError):
+    """An experiment's ``hp/{hash}_config.yaml`` is missing, not UTF-8, not safe YAML or not a mapping."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"config file {self.path} cannot be read: {reason}; it is a record for people (resume takes "
+            "the hyperparameters from the step files): restore it from a copy of the root, or delete it"
+        )
+
+
+class UnsafePathError(InvalidNameError):
+    """A file a manifest records, or a folder of an experiment, that weightslab refuses to read or delete.
+
+    Only real step files inside the experiment folder (``model/{hash}_step_{step}.pt``) may be a
+    checkpoint's file: a path with ``..``, an absolute path, a symlink leading out of the folder, or the
+    manifest, config or architecture files are refused, so that a root received from elsewhere cannot
+    make ``gc`` or retention delete anything else.
+    """
+
+    def __init__(self, path: object, reason: str, *, where: str | Path | None = None) -> None:
+        self.name = path
+        self.path = str(path)
+        self.reason = reason
+        self.where = None if where is None else str(where)
+        recorded = "" if where is None else f" recorded in {where}"
+        WeightslabError.__init__(
+            self,
+            f"refused {self.path!r}{recorded}: {reason}; nothing is read or deleted through it. A training "
+            "run records only real files model/<hash>_step_<step>.pt inside each experiment folder, so this "
+            "root was edited or comes from elsewhere: remove that entry from the manifest (or replace the "
+            "symlink with a real folder) and check the root with `weightslab verify ROOT`",
+        )
+
+
+class RetentionRefusedError(WeightslabError):
+    """Retention kept checkpoints it should delete because their manifest entries are refused as unsafe."""
+
+    def __init__(self, exp_hash: str, deleted: list[int], refused: dict[int, UnsafePathError]) -> None:
+        self.exp_hash = exp_hash
+        self.deleted = list(deleted)
+        self.refused = dict(refused)
+        which = "; ".join(
+            f"step {step} ({exc.path!r}: {exc.reason})" for step, exc in sorted(refused.items())
+        )
+        done = f"it deleted steps {self.deleted}" if self.deleted else "it deleted nothing else"
+        super().__init__(
+            f"retention of experiment {exp_hash} refused to delete {len(refused)} checkpoint"
+            f"{'s' * (len(refused) != 1)} whose manifest entry is unsafe and kept them: {which}; {done}. "
+            "Remove those entries from the experiment's manifest.json, then run `weightslab verify ROOT`"
+        )
+
+
 class CheckpointNotFoundError(WeightslabError, FileNotFoundError):
     """No committed checkpoint matches the request."""
 
@@ -137,15 +191,18 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointSaveError",
     "ConfigError",
+    "ConfigFileError",
     "HubUnavailableError",
     "HyperparamsError",
     "InvalidNameError",
     "ManifestError",
+    "RetentionRefusedError",
     "RootError",
     "RootLockedError",
     "StepOrderError",
     "SystemConfigurationError",
     "UnknownExperimentError",
+    "UnsafePathError",
     "UntrustedLoadError",
     "WeightslabError",
 ]

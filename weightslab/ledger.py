@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, overload
 import torch
 import yaml
 
-from weightslab.canonical import canonicalize
+from weightslab.canonical import canonicalize, replace_mapping, restore_like
 from weightslab.errors import HyperparamsError
 from weightslab.names import validate_name
 
@@ -402,26 +402,15 @@ class Ledger:
             hp = self.get("hyperparams", name)
             before = canonicalize(hp)
             if isinstance(hp, MutableMapping):
-                _replace_mapping(hp, values)
+                replace_mapping(hp, values)
             else:
-                for k, v in values.items():
-                    setattr(hp, k, v)
+                restore_like(hp, values)
             keys = changed_keys(before, canonicalize(hp))
             if keys:
                 self._version += 1
         if keys:
             self._notify(LedgerEvent("hyperparams", name, "update", keys, source=source))
         return keys
-
-
-def _replace_mapping(target: MutableMapping[str, Any], values: Mapping[str, Any]) -> None:
-    for k in [k for k in target if k not in values]:
-        del target[k]
-    for k, v in values.items():
-        if isinstance(v, Mapping) and isinstance(target.get(k), MutableMapping):
-            _replace_mapping(target[k], v)
-        else:
-            target[k] = v
 
 
 def _set_path(hp: Any, parts: list[str], value: Any) -> None:

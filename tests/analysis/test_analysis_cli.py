@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from weightslab.analysis.cli import add_analyze_parser, run_analyze
 
@@ -46,6 +47,44 @@ def test_cli_on_a_local_root(local_run: LocalRun, tmp_path: Path) -> None:
     assert len(list((tmp_path / "out" / "checkpoints").glob("*.json"))) == 6
 
 
+def test_cli_analyses_a_local_roots_weights_by_default(local_run: LocalRun, tmp_path: Path) -> None:
+    argv = ["-m", "weightslab.analysis.cli", "analyze", str(local_run.root), "--out", "out"]
+    result = _run(*argv, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
+    assert [r["branch"] for r in rows] == list(local_run.snapshots)
+    for r in rows:
+        state = local_run.snapshots[r["branch"]].model_state
+        norm = float(torch.cat([t.double().reshape(-1) for t in state.values()]).norm())
+        assert r["weights_available"] and r["total_parameters"] == 212
+        assert r["weights_norm"] == pytest.approx(norm, rel=1e-9)
+    table = {line.split()[0]: line.split() for line in result.stdout.splitlines() if "-step" in line}
+    for branch in local_run.snapshots:  # the params and |w| columns are filled
+        assert table[branch][7] == "212" and table[branch][8] != "-", table[branch]
+
+    skipped = _run(*argv[:-1], "out-no-weights", "--no-weights", cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    rows = json.loads((tmp_path / "out-no-weights" / "summary.json").read_text())["rows"]
+    assert [(r["weights_available"], r["total_parameters"]) for r in rows] == [(False, None)] * 6
+    assert all(r["has_weights"] and r["optimizer_available"] for r in rows)
+
+    both = _run(*argv, "--include-weights", "--no-weights", cwd=tmp_path)
+    assert both.returncode == 2 and "not allowed with argument --include-weights" in both.stderr
+
+
+def test_cli_help_says_what_the_weight_options_do_for_each_source(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="weightslab")
+    add_analyze_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["analyze", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "a local root's are analysed by default (they are in the step files, nothing is downloaded" in text
+    assert "A Hub repo's are analysed only with --include-weights, which downloads them" in text
+    assert "--include-weights Hub repo: also analyse the weights" in text
+    assert "removing what was downloaded once analysed. Local root: the default already" in text
+    assert "--no-weights do not analyse the weights (local root: reads only the optimizer state" in text
+
+
 def test_cli_on_a_hub_repo_with_weights(
     hub: HubServer, published: dict[str, PublishedRun], tmp_path: Path
 ) -> None:
@@ -58,6 +97,9 @@ def test_cli_on_a_hub_repo_with_weights(
     assert "step50: optimizer (training/optim.pt): CheckpointFormatError" in result.stdout
     out = tmp_path / "analysis" / "pythia-test__pythia-tiny"  # the default output directory
     assert (out / "summary.csv").is_file() and (out / "learning_rates.csv").is_file()
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [r["total_parameters"] for r in rows] == [212] * 5
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))  # what it downloaded is removed
 
 
 @pytest.mark.parametrize(

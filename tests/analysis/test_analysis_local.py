@@ -107,7 +107,16 @@ def test_unreadable_manifest_is_reported_not_fatal(root_copy: Path, local_run: L
 def test_experiments_sharing_a_hash_prefix_get_full_hash_names(root_copy: Path, local_run: LocalRun) -> None:
     first, _ = local_run.experiments
     twin = first[:8] + "ffffffff"
-    shutil.copytree(RootLayout(root_copy).experiment(first).dir, RootLayout(root_copy).checkpoints_dir / twin)
+    twin_dir = Path(
+        shutil.copytree(
+            RootLayout(root_copy).experiment(first).dir, RootLayout(root_copy).checkpoints_dir / twin
+        )
+    )
+    # A real experiment carries its own hash in its file names and manifest: give the copy the twin's.
+    for f in [*twin_dir.rglob(f"{first}_*")]:
+        f.rename(f.with_name(f.name.replace(first, twin)))
+    manifest = twin_dir / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(first, twin))
     names = [c.branch for c in list_local_checkpoints(root_copy).checkpoints]
     assert f"{first}-step10" in names and f"{twin}-step10" in names
     analyses = process_all_checkpoints(root_copy, steps={10})
@@ -117,9 +126,9 @@ def test_experiments_sharing_a_hash_prefix_get_full_hash_names(root_copy: Path, 
 
 def test_process_single_local_checkpoint(local_run: LocalRun) -> None:
     branch = next(iter(local_run.snapshots))
-    a = process_single_checkpoint(local_run.root, branch, include_weights=True)
-    assert a.ok and a.weights is not None and a.optimizer is not None
-    unknown = process_single_checkpoint(local_run.root, "deadbeef-step10")
+    name, a = process_single_checkpoint(local_run.root, branch, include_weights=True)
+    assert name == branch and a.ok and a.weights is not None and a.optimizer is not None
+    _, unknown = process_single_checkpoint(local_run.root, "deadbeef-step10")
     assert unknown.step == 10 and "has no committed checkpoint named 'deadbeef-step10'" in unknown.errors[0]
 
 

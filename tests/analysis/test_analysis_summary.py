@@ -18,6 +18,7 @@ from weightslab.analysis import (
     save_all_analyses_outputs,
     save_checkpoint_analysis,
 )
+from weightslab.errors import ConfigError
 
 from ..hubserver import HubServer
 from .analysis_runs import LocalRun, PublishedRun
@@ -87,7 +88,8 @@ def test_a_local_run_and_a_published_run_in_one_table(
 
 def test_outputs_are_written_and_read_back(pythia: dict[str, CheckpointAnalysis], tmp_path: Path) -> None:
     out = save_all_analyses_outputs(pythia, tmp_path / "out", source="pythia-test/pythia-tiny")
-    assert out.summary_csv == tmp_path / "out" / "summary.csv"
+    assert out.summary_csv == str(tmp_path / "out" / "summary.csv")
+    assert tuple(out) == (out.summary_csv, out.learning_rates_csv, out.summary_json)  # the seed's 3-tuple
     assert set(out.checkpoint_jsons) == set(pythia)
     assert all(p.is_file() for p in out.paths())
 
@@ -97,26 +99,38 @@ def test_outputs_are_written_and_read_back(pythia: dict[str, CheckpointAnalysis]
     lrs = pd.read_csv(out.learning_rates_csv)
     assert list(lrs["step"]) == [10, 20, 40]
 
-    meta = json.loads(out.summary_json.read_text())
+    meta = json.loads(Path(out.summary_json).read_text())
     assert (meta["format"], meta["source"], meta["checkpoints"], meta["failed"]) == (
         "weightslab.analysis/1", "pythia-test/pythia-tiny", 5, 1,
     )  # fmt: skip
     assert [r["branch"] for r in meta["rows"]] == list(pythia)
 
-    detail = json.loads(out.checkpoint_jsons["step20"].read_text())
+    detail = json.loads(Path(out.checkpoint_jsons["step20"]).read_text())
     assert detail["branch"] == "step20" and detail["revision"] == pythia["step20"].revision
     step20 = pythia["step20"].optimizer
-    assert step20 is not None and detail["optimizer"]["param_groups"][0]["lr"] == step20.param_groups[0].lr
-    assert detail["weights"]["total_parameters"] == 212
-    assert {c["name"] for c in detail["optimizer"]["components"]} == {"momentum_buffer"}
+    optimizer = detail["components"]["optimizer"]
+    assert step20 is not None and optimizer["available"] is True
+    assert optimizer["learning_rate"]["param_group_lrs"][0]["lr"] == step20.param_groups[0].lr
+    assert detail["components"]["weights"]["total_parameters"] == 212
+    assert {c["name"] for c in optimizer["components"]} == {"momentum_buffer"}
+    step30 = json.loads(Path(out.checkpoint_jsons["step30"]).read_text())["components"]["optimizer"]
+    assert (step30["available"], step30["error"]) == (False, None)  # no optimizer file on that branch
 
 
-def test_save_checkpoint_analysis_makes_a_safe_file_name(tmp_path: Path) -> None:
+def test_save_checkpoint_analysis_makes_a_safe_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = CheckpointAnalysis(
         source="org/run", source_kind="hub", branch="refs/pr/1", revision=None, step=None,
         errors=("nan test",), metrics={"loss": float("nan")},
     )  # fmt: skip
-    path = save_checkpoint_analysis(a, tmp_path)
-    assert path == tmp_path / "refs_pr_1.json"
-    data = json.loads(path.read_text())
+    path = save_checkpoint_analysis(a, a.branch, tmp_path)
+    assert path == str(tmp_path / "refs_pr_1.json")
+    data = json.loads(Path(path).read_text())
     assert data["branch"] == "refs/pr/1" and data["metrics"] == {"loss": None}  # NaN is written as null
+
+    monkeypatch.chdir(tmp_path)
+    assert save_checkpoint_analysis(a, "step7") == "step7.json"  # no output_dir: the current directory
+    assert json.loads((tmp_path / "step7.json").read_text())["branch"] == "refs/pr/1"
+    with pytest.raises(ConfigError, match=r"branch must be the branch name \(a str\), got PosixPath"):
+        save_checkpoint_analysis(a, tmp_path)  # type: ignore[arg-type]  # the old (analysis, dir) order

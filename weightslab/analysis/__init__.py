@@ -8,6 +8,9 @@ checkpoint is a branch), so a run of your own compares directly with a published
 
     analyses = process_all_checkpoints("allenai/DataDecide-dolma1_7-4M", max_workers=4)
     lr = create_learning_rate_summary(analyses)          # a pandas DataFrame sorted by step
+    opt = analyses["step0-seed-default"].components.optimizer
+    if opt.available and opt.learning_rate_info:        # a part that is absent has available=False
+        print(opt.learning_rate_info.param_group_lrs[0].current_lr)
 """
 
 from weightslab.analysis.branches import BranchName, parse_branch_name
@@ -22,7 +25,6 @@ from weightslab.analysis.local import list_local_checkpoints
 from weightslab.analysis.models import (
     CheckpointAnalysis,
     CheckpointComponents,
-    CheckpointSummaryRow,
     ConfigAnalysis,
     LayerGroupInfo,
     LearningRateInfo,
@@ -30,6 +32,7 @@ from weightslab.analysis.models import (
     OptimizerComponentInfo,
     ParamGroupInfo,
     SchedulerInfo,
+    StateEntryInfo,
     TensorInfo,
     TensorStatistics,
     WeightsAnalysis,
@@ -38,6 +41,7 @@ from weightslab.analysis.optimizer import analyze_optimizer_checkpoint
 from weightslab.analysis.process import process_all_checkpoints
 from weightslab.analysis.progress import AnalysisProgress
 from weightslab.analysis.report import print_summary, summary_table
+from weightslab.analysis.rows import CheckpointSummaryRow
 from weightslab.analysis.summary import (
     AnalysisOutputs,
     create_comprehensive_summary,
@@ -62,6 +66,7 @@ __all__ = [
     "OptimizerComponentInfo",
     "ParamGroupInfo",
     "SchedulerInfo",
+    "StateEntryInfo",
     "TensorInfo",
     "TensorStatistics",
     "WeightsAnalysis",

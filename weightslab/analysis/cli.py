@@ -19,13 +19,17 @@ from weightslab.analysis.summary import save_all_analyses_outputs
 from weightslab.errors import CheckpointNotFoundError, ConfigError, WeightslabError
 
 _DESCRIPTION = """\
-Analyse how the learning rate, optimizer state, configuration and (optionally) weights evolve across
-the checkpoints of a training run, print a summary table and write summary.csv, learning_rates.csv,
+Analyse how the learning rate, optimizer state, configuration and weights evolve across the
+checkpoints of a training run, print a summary table and write summary.csv, learning_rates.csv,
 summary.json and one JSON per checkpoint.
 
 REPO_OR_ROOT is a local weightslab root when that directory exists (every committed checkpoint is
 analysed), else a Hugging Face Hub repo id whose branches name checkpoints: step143000 (Pythia),
 step1000-tokens4B (OLMo), step69369-seed-default (DataDecide).
+
+Weights: a local root's are analysed by default (they are in the step files, nothing is downloaded;
+--no-weights skips them). A Hub repo's are analysed only with --include-weights, which downloads them
+and removes what it downloaded once analysed.
 """
 
 
@@ -48,11 +52,18 @@ def add_analyze_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--workers", metavar="N", type=int, default=4, help="checkpoints analysed in parallel (default: 4)"
     )
-    parser.add_argument(
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument(
         "--include-weights",
         action="store_true",
-        help="also analyse the weights (per-tensor and per-layer norms); downloads them from the Hub, "
-        "and removes what it downloaded afterwards",
+        help="Hub repo: also analyse the weights (per-tensor and per-layer norms), downloading them and "
+        "removing what was downloaded once analysed. Local root: the default already",
+    )
+    weights.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="do not analyse the weights (local root: reads only the optimizer state and "
+        "hyperparameters of each step file). Hub repo: the default already",
     )
     parser.add_argument(
         "--endpoint",
@@ -100,11 +111,14 @@ def run_analyze(args: argparse.Namespace) -> int:
         )
         return 2
     console = summary_console()
+    # A local root's weights are in the step files it reads anyway; a Hub repo's must be downloaded.
+    include_weights = args.include_weights or (is_local_source(source) and not args.no_weights)
     try:
         analyses = process_all_checkpoints(
             source,
             args.workers,
-            include_weights=args.include_weights,
+            include_weights=include_weights,
+            delete_weights_after=True,
             endpoint=args.endpoint,
             cache_dir=args.cache_dir,
             console=console,

@@ -65,6 +65,7 @@ def analyze_config_dict(config: Mapping[str, Any], *, source: str = "") -> Confi
     tie = config.get("tie_word_embeddings", config.get("weight_tying"))
     dtype = config.get("torch_dtype", config.get("dtype"))
     return ConfigAnalysis(
+        available=True,
         source=source,
         model_type=str(model_type) if model_type is not None else None,
         architectures=tuple(str(a) for a in architectures) if isinstance(architectures, list) else (),

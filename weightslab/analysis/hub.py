@@ -11,12 +11,12 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import (
     EntryNotFoundError,
@@ -27,6 +27,7 @@ from huggingface_hub.utils import (
 )
 
 from weightslab.analysis.branches import BranchName, parse_branch_name
+from weightslab.analysis.cache import DOWNLOADS
 from weightslab.analysis.progress import AnalysisProgress
 from weightslab.errors import AnalysisSourceError, CheckpointNotFoundError, HubUnavailableError
 
@@ -137,31 +138,6 @@ class DownloadedFile:
     fresh: bool
 
 
-class _BlobUsers:
-    """Counts the analyses using each downloaded blob, so a blob two branches share is removed last."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users: dict[Path, int] = {}
-
-    def acquire(self, blob: Path) -> None:
-        with self._lock:
-            self._users[blob] = self._users.get(blob, 0) + 1
-
-    def release(self, blob: Path) -> bool:
-        """Drop one user; True when it was the last."""
-        with self._lock:
-            left = self._users.get(blob, 1) - 1
-            if left <= 0:
-                self._users.pop(blob, None)
-                return True
-            self._users[blob] = left
-            return False
-
-
-_BLOB_USERS = _BlobUsers()
-
-
 def download_file(
     repo_id: str,
     filename: str,
@@ -173,6 +149,9 @@ def download_file(
 ) -> DownloadedFile:
     """Download ``filename`` of ``repo_id`` at ``commit`` into the cache (or ``local_dir``).
 
+    Every file it returns must be handed back once used, to :func:`remove_download` or
+    :func:`keep_download`: that is how a file two analyses share is removed only after both.
+
     Raises whatever ``hf_hub_download`` raises (``EntryNotFoundError`` for a missing file, ...).
     """
     if local_dir is not None:
@@ -183,32 +162,37 @@ def download_file(
     kwargs: dict[str, Any] = {}
     if progress is not None and _SUPPORTS_TQDM_CLASS:
         kwargs["tqdm_class"] = progress.download_bar_class()
-    path = hf_hub_download(
-        repo_id,
-        filename,
-        revision=commit,
-        endpoint=settings.endpoint,
-        cache_dir=settings.cache_dir,
-        local_dir=local_dir,
-        token=settings.token,
-        **kwargs,
-    )
-    downloaded = DownloadedFile(repo_file=filename, path=Path(str(path)), fresh=not existed)
-    if downloaded.fresh:
-        _BLOB_USERS.acquire(downloaded.path.resolve())
-    return downloaded
+    repo_folder = settings.cache_dir / repo_folder_name(repo_id=repo_id, repo_type="model")
+    with DOWNLOADS.downloading(repo_folder):
+        path = Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=commit,
+                endpoint=settings.endpoint,
+                cache_dir=settings.cache_dir,
+                local_dir=local_dir,
+                token=settings.token,
+                **kwargs,
+            )
+        )
+        # Counted before the download is marked done, so a removal cannot take the blob in between.
+        DOWNLOADS.acquire(path, fresh=not existed)
+    return DownloadedFile(repo_file=filename, path=path, fresh=not existed)
 
 
 def remove_download(file: DownloadedFile) -> None:
-    """Remove a file that :func:`download_file` put on disk (cache pointer and blob); keep an older one."""
-    if not file.fresh:
-        return
-    blob = file.path.resolve()
-    if not _BLOB_USERS.release(blob):
-        return
-    file.path.unlink(missing_ok=True)
-    if blob != file.path:
-        blob.unlink(missing_ok=True)
+    """Hand back a file from :func:`download_file` and delete it if this process downloaded it.
+
+    Nothing that was on disk before goes: a file already cached stays, and a blob that another
+    snapshot (another revision with the same content) links to stays (see :mod:`weightslab.analysis.cache`).
+    """
+    DOWNLOADS.release(file.path, remove=True)
+
+
+def keep_download(file: DownloadedFile) -> None:
+    """Hand back a file from :func:`download_file` and keep it on disk."""
+    DOWNLOADS.release(file.path, remove=False)
 
 
 def download_optimizer_checkpoint(
@@ -222,12 +206,13 @@ def download_optimizer_checkpoint(
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
     progress: AnalysisProgress | None = None,
-) -> tuple[Path | None, bool, str | None]:
-    """Download the optimizer state of one checkpoint branch.
+) -> tuple[str | None, bool, str]:
+    """Download the optimizer state (``training/optim.pt``) of one checkpoint branch.
 
-    Returns ``(path, True, None)`` on success and ``(None, False, message)`` when the repository, the
-    branch or the file does not exist or the download fails: a branch without optimizer state is
-    an expected case, not an exception.
+    Returns ``(file_path, True, "")`` on success and ``(None, False, message)`` when the repository,
+    the branch or the file does not exist or the download fails: a branch without optimizer state is
+    an expected case, not an exception. The file stays on disk (in the cache, or under ``local_dir``).
+    The Hub endpoint is ``endpoint=``, else ``$HF_ENDPOINT``.
 
     Args:
         local_dir: put the file under this directory instead of the Hugging Face cache.
@@ -271,4 +256,5 @@ def download_optimizer_checkpoint(
         )
     except Exception as exc:  # errors become data here by contract; network errors differ by hub version
         return None, False, f"{where}: downloading {filename} failed ({type(exc).__name__}: {exc})"
-    return downloaded.path, True, None
+    keep_download(downloaded)
+    return str(downloaded.path), True, ""

@@ -20,7 +20,13 @@ import yaml
 from weightslab.analysis.branches import local_branch_name
 from weightslab.analysis.config import analyze_config_dict
 from weightslab.analysis.loading import load_torch_file
-from weightslab.analysis.models import CheckpointAnalysis, CheckpointComponents, ConfigAnalysis
+from weightslab.analysis.models import (
+    CheckpointAnalysis,
+    CheckpointComponents,
+    ConfigAnalysis,
+    OptimizerAnalysis,
+    WeightsAnalysis,
+)
 from weightslab.analysis.optimizer import locate_optimizer_state, summarize_optimizer_state
 from weightslab.analysis.weights import analyze_state_dict
 from weightslab.components.layout import CHECKPOINT_FORMAT, RootLayout
@@ -169,7 +175,8 @@ def analyze_local_checkpoint(
 ) -> CheckpointAnalysis:
     """Analyse one committed checkpoint of a local root (optimizer, hyperparameters, and optionally weights).
 
-    A part that fails is recorded in ``errors``; the file's checksum is verified first when ``verify``.
+    A part that fails is recorded in ``errors`` and in that part's ``error``; the file's checksum is
+    verified first when ``verify``. Reading the weights costs no download: they are in the step file.
 
     Raises:
         CheckpointNotFoundError, CheckpointCorruptedError, CheckpointFormatError: the step file is missing,
@@ -192,16 +199,10 @@ def analyze_local_checkpoint(
     config_file = (
         checkpoint.config_yaml.relative_to(exp_dir).as_posix() if checkpoint.config_yaml.is_file() else None
     )
-    components = CheckpointComponents(
-        files=tuple(f for f in (entry.file, config_file) if f is not None),
-        optimizer_file=entry.file if optimizers else None,
-        config_file=config_file or ("hyperparams" if obj.get("hyperparams") else None),
-        weight_files=(entry.file,) if models else (),
-        total_bytes=entry.bytes,
-    )
-
     errors: list[str] = []
-    optimizer = config = weights = None
+    optimizer = OptimizerAnalysis()
+    config = ConfigAnalysis()
+    weights = WeightsAnalysis()
     if include_optimizer and optimizers:
         try:
             opt_sd, sched_sd, layout, name = locate_optimizer_state(
@@ -217,19 +218,32 @@ def analyze_local_checkpoint(
                 top_level_keys=tuple(str(k) for k in obj),
             )
         except Exception as exc:  # one failed part is recorded; the others are still analysed
-            errors.append(f"optimizer: {type(exc).__name__}: {exc}")
+            optimizer = OptimizerAnalysis(error=f"{type(exc).__name__}: {exc}")
+            errors.append(f"optimizer: {optimizer.error}")
     if include_config:
         try:
-            config = _local_config(obj.get("hyperparams"), checkpoint.config_yaml)
+            config = _local_config(obj.get("hyperparams"), checkpoint.config_yaml) or config
         except Exception as exc:
-            errors.append(f"config: {type(exc).__name__}: {exc}")
+            config = ConfigAnalysis(error=f"{type(exc).__name__}: {exc}")
+            errors.append(f"config: {config.error}")
     if include_weights and models:
         try:
             weights = analyze_state_dict(
                 _merged_models(models), files=(str(checkpoint.path),), file_bytes=entry.bytes
             )
         except Exception as exc:
-            errors.append(f"weights: {type(exc).__name__}: {exc}")
+            weights = WeightsAnalysis(error=f"{type(exc).__name__}: {exc}")
+            errors.append(f"weights: {weights.error}")
+    components = CheckpointComponents(
+        optimizer=optimizer,
+        config=config,
+        weights=weights,
+        files=tuple(f for f in (entry.file, config_file) if f is not None),
+        optimizer_file=entry.file if optimizers else None,
+        config_file=config_file or ("hyperparams" if obj.get("hyperparams") else None),
+        weight_files=(entry.file,) if models else (),
+        total_bytes=entry.bytes,
+    )
     return CheckpointAnalysis(
         source=str(checkpoint.root),
         source_kind="local",
@@ -237,9 +251,6 @@ def analyze_local_checkpoint(
         revision=entry.xxh3_128,
         step=entry.step,
         components=components,
-        optimizer=optimizer,
-        config=config,
-        weights=weights,
         metrics=dict(entry.metrics),
         errors=tuple(errors),
         elapsed_s=time.perf_counter() - start,

@@ -1,7 +1,10 @@
 """The dataclass models of an analysis: what one checkpoint holds and the statistics computed from it.
 
-Every model is a frozen, keyword-only dataclass. :func:`to_jsonable` turns any of them into plain
-JSON types (non-finite floats become ``None``), which is what the JSON outputs hold.
+Every model is a frozen, keyword-only dataclass. A checkpoint's three parts (optimizer, config,
+weights) are always objects: a part that is absent, was not asked for, or failed has
+``available=False`` (and ``error`` when it failed), so ``analysis.components.optimizer.available``
+never raises. :func:`to_jsonable` turns any model into plain JSON types (non-finite floats become
+``None``), which is what the JSON outputs hold.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ class TensorStatistics:
     ``max`` are ``None`` when there is no finite element; ``num_nonfinite`` counts NaN and inf elements.
     """
 
-    numel: int
-    norm: float
-    mean: float | None
-    std: float | None
-    min: float | None
-    max: float | None
+    numel: int = 0
+    norm: float = 0.0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
     num_nonfinite: int = 0
 
 
@@ -55,31 +58,65 @@ class ParamGroupInfo:
     options: dict[str, Any] = field(default_factory=dict)
     """The group's other scalar settings (``nesterov``, ``amsgrad``, ``decoupled_weight_decay``, ...)."""
 
+    @property
+    def current_lr(self) -> float | None:
+        """The group's learning rate when the checkpoint was saved (``lr``)."""
+        return self.lr
+
+    @property
+    def group_index(self) -> int:
+        """The group's position in ``param_groups`` (``index``)."""
+        return self.index
+
 
 @dataclass(frozen=True, kw_only=True)
 class LearningRateInfo:
     """The learning rate of a checkpoint: the first group's values plus every group's and the scheduler's."""
 
-    lr: float | None
-    initial_lr: float | None
-    lr_ratio: float | None
+    lr: float | None = None
+    initial_lr: float | None = None
+    lr_ratio: float | None = None
     """``lr / initial_lr``: where the schedule stands (1.0 at the peak of a warmup-free schedule)."""
-    group_lrs: tuple[float | None, ...]
-    min_lr: float | None
-    max_lr: float | None
+    group_lrs: tuple[float | None, ...] = ()
+    min_lr: float | None = None
+    max_lr: float | None = None
+    param_group_lrs: tuple[ParamGroupInfo, ...] = ()
+    """Every param group in order, with its ``current_lr``, ``initial_lr``, weight decay and momentum."""
+    lr_scheduler_present: bool = False
+    lr_scheduler_keys: tuple[str, ...] = ()
     scheduler_last_lr: tuple[float, ...] | None = None
     scheduler_base_lrs: tuple[float, ...] | None = None
     scheduler_last_epoch: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimizerComponentInfo:
+class StateEntryInfo:
     """One per-parameter state entry (``exp_avg``, ``exp_avg_sq``, ``momentum_buffer``, ...) in total."""
 
     name: str
     num_tensors: int
     dtypes: tuple[str, ...]
     stats: TensorStatistics
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerComponentInfo:
+    """One part of an optimizer checkpoint (``param_groups``, ``state``, ``lr_scheduler``) described."""
+
+    name: str
+    type: str
+    """The Python type it is stored as (``list``, ``dict``)."""
+    size: int
+    """Its ``len()``: param groups, parameters with state, or scheduler entries."""
+    num_param_groups: int | None = None
+    param_group_keys: tuple[str, ...] = ()
+    """``param_groups``: the keys of the first group (``lr``, ``betas``, ``params``, ...)."""
+    learning_rate: float | None = None
+    initial_learning_rate: float | None = None
+    num_parameters: int | None = None
+    """``state``: the parameters that have state."""
+    state_keys: tuple[str, ...] = ()
+    """``state``: every entry the parameters' state holds (``step``, ``exp_avg``, ...), first seen first."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,27 +132,46 @@ class SchedulerInfo:
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerAnalysis:
-    """Everything read from one optimizer checkpoint."""
+    """Everything read from one optimizer checkpoint; ``available=False`` when there was none to read."""
 
-    path: str
-    file_bytes: int
-    layout: OptimizerLayout
-    optimizer_name: str | None
+    available: bool = False
+    error: str | None = None
+    """Why the optimizer state could not be analysed; ``None`` when it was, or when there is none."""
+    path: str = ""
+    file_bytes: int = 0
+    layout: OptimizerLayout | None = None
+    optimizer_name: str | None = None
     """The optimizer's registered name inside a weightslab step file; ``None`` for other layouts."""
-    optimizer_type: str
+    optimizer_type: str | None = None
     """Inferred from the state keys and group settings: ``adamw``, ``adam``, ``sgd``, ... or ``unknown``."""
-    param_groups: tuple[ParamGroupInfo, ...]
-    learning_rate: LearningRateInfo
-    components: tuple[OptimizerComponentInfo, ...]
-    num_parameters: int
-    num_params_with_state: int
-    state_elements: int
-    state_step: int | None
+    learning_rate: LearningRateInfo = field(default_factory=LearningRateInfo)
+    optimizer_info: dict[str, OptimizerComponentInfo] = field(default_factory=dict)
+    """``param_groups``, ``state`` and (when saved with it) ``lr_scheduler``, each described."""
+    components: tuple[StateEntryInfo, ...] = ()
+    num_parameters: int = 0
+    num_params_with_state: int = 0
+    state_elements: int = 0
+    state_step: int | None = None
     """The largest per-parameter ``step`` in the state (Adam's update count)."""
-    scheduler: SchedulerInfo | None
-    top_level_keys: tuple[str, ...]
+    scheduler: SchedulerInfo | None = None
+    top_level_keys: tuple[str, ...] = ()
 
-    def component(self, name: str) -> OptimizerComponentInfo | None:
+    @property
+    def learning_rate_info(self) -> LearningRateInfo | None:
+        """The learning rates and param groups; ``None`` when the optimizer state is not available."""
+        return self.learning_rate if self.available else None
+
+    @property
+    def param_groups(self) -> tuple[ParamGroupInfo, ...]:
+        """Every param group in order (``learning_rate.param_group_lrs``)."""
+        return self.learning_rate.param_group_lrs
+
+    @property
+    def checkpoint_keys(self) -> tuple[str, ...]:
+        """The top-level keys of the checkpoint file (``top_level_keys``)."""
+        return self.top_level_keys
+
+    def component(self, name: str) -> StateEntryInfo | None:
         """The statistics of state entry ``name``, or ``None`` when the optimizer keeps no such entry."""
         for c in self.components:
             if c.name == name:
@@ -127,19 +183,21 @@ class OptimizerAnalysis:
 class ConfigAnalysis:
     """The model configuration of a checkpoint (``config.json`` on the Hub, the hyperparameters locally)."""
 
-    source: str
-    model_type: str | None
-    architectures: tuple[str, ...]
-    hidden_size: int | None
-    num_layers: int | None
-    num_attention_heads: int | None
-    num_key_value_heads: int | None
-    intermediate_size: int | None
-    vocab_size: int | None
-    max_position_embeddings: int | None
-    tie_word_embeddings: bool | None
-    torch_dtype: str | None
-    estimated_parameters: int | None
+    available: bool = False
+    error: str | None = None
+    source: str = ""
+    model_type: str | None = None
+    architectures: tuple[str, ...] = ()
+    hidden_size: int | None = None
+    num_layers: int | None = None
+    num_attention_heads: int | None = None
+    num_key_value_heads: int | None = None
+    intermediate_size: int | None = None
+    vocab_size: int | None = None
+    max_position_embeddings: int | None = None
+    tie_word_embeddings: bool | None = None
+    torch_dtype: str | None = None
+    estimated_parameters: int | None = None
     """A transformer parameter count computed from the sizes above; ``None`` when they are missing."""
     values: dict[str, Any] = field(default_factory=dict)
     """The scalar top-level entries of the configuration."""
@@ -168,35 +226,47 @@ class LayerGroupInfo:
 class WeightsAnalysis:
     """The statistics of a checkpoint's weights, per tensor, per layer group and in total."""
 
-    files: tuple[str, ...]
-    file_bytes: int
-    total_parameters: int
-    num_tensors: int
-    stats: TensorStatistics
-    tensors: tuple[TensorInfo, ...]
-    layer_groups: tuple[LayerGroupInfo, ...]
+    available: bool = False
+    error: str | None = None
+    files: tuple[str, ...] = ()
+    file_bytes: int = 0
+    total_parameters: int = 0
+    num_tensors: int = 0
+    stats: TensorStatistics = field(default_factory=TensorStatistics)
+    tensors: tuple[TensorInfo, ...] = ()
+    layer_groups: tuple[LayerGroupInfo, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointComponents:
-    """Which files one checkpoint (a branch, or a local step file) holds."""
+    """The three analysed parts of one checkpoint, and which files the checkpoint holds.
 
-    files: tuple[str, ...]
-    optimizer_file: str | None
-    config_file: str | None
-    weight_files: tuple[str, ...]
-    total_bytes: int
+    ``optimizer``, ``config`` and ``weights`` are always present; check their ``available``. The file
+    fields list the branch (or the local step file): every file, and which ones hold each part.
+    """
+
+    optimizer: OptimizerAnalysis = field(default_factory=OptimizerAnalysis)
+    config: ConfigAnalysis = field(default_factory=ConfigAnalysis)
+    weights: WeightsAnalysis = field(default_factory=WeightsAnalysis)
+    files: tuple[str, ...] = ()
+    optimizer_file: str | None = None
+    config_file: str | None = None
+    weight_files: tuple[str, ...] = ()
+    total_bytes: int = 0
 
     @property
     def has_optimizer(self) -> bool:
+        """Whether the checkpoint holds an optimizer state (analysed or not)."""
         return self.optimizer_file is not None
 
     @property
     def has_config(self) -> bool:
+        """Whether the checkpoint holds a configuration (analysed or not)."""
         return self.config_file is not None
 
     @property
     def has_weights(self) -> bool:
+        """Whether the checkpoint holds weights (analysed or not)."""
         return bool(self.weight_files)
 
 
@@ -208,23 +278,41 @@ class CheckpointAnalysis:
     """The repo id, or the local root directory."""
     source_kind: SourceKind
     branch: str
-    revision: str | None
+    revision: str | None = None
     """The commit the branch pointed to (Hub), or the step file's ``xxh3_128`` (local root)."""
-    step: int | None
+    step: int | None = None
     tokens: int | None = None
     tokens_label: str | None = None
     seed: str | None = None
-    components: CheckpointComponents | None = None
-    optimizer: OptimizerAnalysis | None = None
-    config: ConfigAnalysis | None = None
-    weights: WeightsAnalysis | None = None
+    components: CheckpointComponents = field(default_factory=CheckpointComponents)
     metrics: dict[str, float | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
     elapsed_s: float = 0.0
 
     @property
+    def optimizer(self) -> OptimizerAnalysis | None:
+        """``components.optimizer`` when it was analysed, else ``None``."""
+        return self.components.optimizer if self.components.optimizer.available else None
+
+    @property
+    def config(self) -> ConfigAnalysis | None:
+        """``components.config`` when it was analysed, else ``None``."""
+        return self.components.config if self.components.config.available else None
+
+    @property
+    def weights(self) -> WeightsAnalysis | None:
+        """``components.weights`` when they were analysed, else ``None``."""
+        return self.components.weights if self.components.weights.available else None
+
+    @property
     def ok(self) -> bool:
+        """Whether nothing failed."""
         return not self.errors
+
+    @property
+    def error(self) -> str | None:
+        """Every error joined with ``; ``, or ``None`` when nothing failed."""
+        return "; ".join(self.errors) if self.errors else None
 
     def to_dict(self) -> dict[str, Any]:
         """The analysis as plain JSON types."""
@@ -246,97 +334,3 @@ def to_jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     return str(value)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CheckpointSummaryRow:
-    """One row of the comprehensive summary: the headline numbers of one checkpoint, flat."""
-
-    branch: str
-    step: int | None
-    tokens: int | None
-    seed: str | None
-    revision: str | None
-    has_optimizer: bool
-    has_config: bool
-    has_weights: bool
-    optimizer_type: str | None
-    num_param_groups: int | None
-    lr: float | None
-    initial_lr: float | None
-    lr_ratio: float | None
-    min_lr: float | None
-    max_lr: float | None
-    weight_decay: float | None
-    momentum: float | None
-    beta1: float | None
-    beta2: float | None
-    eps: float | None
-    optimizer_step: int | None
-    scheduler_last_epoch: int | None
-    exp_avg_norm: float | None
-    exp_avg_mean: float | None
-    exp_avg_sq_norm: float | None
-    exp_avg_sq_mean: float | None
-    momentum_buffer_norm: float | None
-    optimizer_state_elements: int | None
-    optimizer_file_bytes: int | None
-    model_type: str | None
-    hidden_size: int | None
-    num_layers: int | None
-    vocab_size: int | None
-    estimated_parameters: int | None
-    total_parameters: int | None
-    weights_norm: float | None
-    error: str | None
-
-    @classmethod
-    def from_analysis(cls, a: CheckpointAnalysis) -> CheckpointSummaryRow:
-        """Flatten one analysis; the columns of a part that is missing are ``None``."""
-        opt, cfg, w, comp = a.optimizer, a.config, a.weights, a.components
-        g0 = opt.param_groups[0] if opt is not None and opt.param_groups else None
-        betas = g0.betas if g0 is not None else None
-
-        def stat(name: str, what: Literal["norm", "mean"]) -> float | None:
-            c = opt.component(name) if opt is not None else None
-            return None if c is None else getattr(c.stats, what)
-
-        return cls(
-            branch=a.branch,
-            step=a.step,
-            tokens=a.tokens,
-            seed=a.seed,
-            revision=a.revision,
-            has_optimizer=comp.has_optimizer if comp is not None else opt is not None,
-            has_config=comp.has_config if comp is not None else cfg is not None,
-            has_weights=comp.has_weights if comp is not None else w is not None,
-            optimizer_type=opt.optimizer_type if opt is not None else None,
-            num_param_groups=len(opt.param_groups) if opt is not None else None,
-            lr=opt.learning_rate.lr if opt is not None else None,
-            initial_lr=opt.learning_rate.initial_lr if opt is not None else None,
-            lr_ratio=opt.learning_rate.lr_ratio if opt is not None else None,
-            min_lr=opt.learning_rate.min_lr if opt is not None else None,
-            max_lr=opt.learning_rate.max_lr if opt is not None else None,
-            weight_decay=g0.weight_decay if g0 is not None else None,
-            momentum=g0.momentum if g0 is not None else None,
-            beta1=betas[0] if betas else None,
-            beta2=betas[1] if betas and len(betas) > 1 else None,
-            eps=g0.eps if g0 is not None else None,
-            optimizer_step=opt.state_step if opt is not None else None,
-            scheduler_last_epoch=opt.learning_rate.scheduler_last_epoch if opt is not None else None,
-            exp_avg_norm=stat("exp_avg", "norm"),
-            exp_avg_mean=stat("exp_avg", "mean"),
-            exp_avg_sq_norm=stat("exp_avg_sq", "norm"),
-            exp_avg_sq_mean=stat("exp_avg_sq", "mean"),
-            momentum_buffer_norm=stat("momentum_buffer", "norm"),
-            optimizer_state_elements=opt.state_elements if opt is not None else None,
-            optimizer_file_bytes=opt.file_bytes if opt is not None else None,
-            model_type=cfg.model_type if cfg is not None else None,
-            hidden_size=cfg.hidden_size if cfg is not None else None,
-            num_layers=cfg.num_layers if cfg is not None else None,
-            vocab_size=cfg.vocab_size if cfg is not None else None,
-            estimated_parameters=cfg.estimated_parameters if cfg is not None else None,
-            total_parameters=w.total_parameters if w is not None else None,
-            weights_norm=w.stats.norm if w is not None else None,
-            error="; ".join(a.errors) if a.errors else None,
-        )

@@ -23,6 +23,7 @@ from weightslab.analysis.models import (
     OptimizerLayout,
     ParamGroupInfo,
     SchedulerInfo,
+    StateEntryInfo,
 )
 from weightslab.analysis.stats import RunningStats, dtype_name
 from weightslab.components.layout import CHECKPOINT_FORMAT
@@ -33,8 +34,10 @@ _WRAPPER_SCHEDULER_KEYS = ("lr_scheduler", "scheduler", "lr_scheduler_state_dict
 _GROUP_FIELDS = frozenset({"params", "lr", "initial_lr", "weight_decay", "momentum", "betas", "eps"})
 
 
-def analyze_optimizer_checkpoint(path: str | Path, *, optimizer_name: str | None = None) -> OptimizerAnalysis:
-    """Analyse the optimizer (and scheduler) state stored in ``path``.
+def analyze_optimizer_checkpoint(
+    checkpoint_path: str | Path, *, optimizer_name: str | None = None
+) -> OptimizerAnalysis:
+    """Analyse the optimizer (and scheduler) state stored in ``checkpoint_path``.
 
     Opens the file with ``torch.load(..., weights_only=True, mmap=True)``: nothing in it is executed and
     tensors are read only as the statistics need them.
@@ -44,11 +47,11 @@ def analyze_optimizer_checkpoint(path: str | Path, *, optimizer_name: str | None
             when omitted. Ignored for the other layouts.
 
     Raises:
-        CheckpointNotFoundError: ``path`` is not a file.
+        CheckpointNotFoundError: ``checkpoint_path`` is not a file.
         CheckpointFormatError: the file cannot be opened safely, or holds no optimizer state in a layout
             listed above (the message names the keys it found).
     """
-    path = Path(path)
+    path = Path(checkpoint_path)
     obj = load_torch_file(path, what="optimizer checkpoint")
     optimizer_sd, scheduler_sd, layout, name = locate_optimizer_state(
         obj, path=path, optimizer_name=optimizer_name
@@ -177,6 +180,7 @@ def summarize_optimizer_state(
     max_step: int | None = None
     with_state = 0
     state_elements = 0
+    state_keys: dict[str, None] = {}  # an ordered set: the entries in the order they first appear
     for param_id, param_state in state.items():
         if not isinstance(param_state, Mapping):
             continue
@@ -184,6 +188,7 @@ def summarize_optimizer_state(
         param_numel = 0
         for key, value in param_state.items():
             key = str(key)
+            state_keys.setdefault(key)
             if key == "step":
                 step = _as_int(value)
                 if step is not None:
@@ -205,19 +210,42 @@ def summarize_optimizer_state(
         for i, g in enumerate(groups)
     )
     components = tuple(
-        OptimizerComponentInfo(
+        StateEntryInfo(
             name=key, num_tensors=tensor_counts[key], dtypes=tuple(sorted(dtypes[key])), stats=acc.result()
         )
         for key, acc in accumulators.items()
     )
+    info = {
+        "param_groups": OptimizerComponentInfo(
+            name="param_groups",
+            type=type(optimizer_sd["param_groups"]).__name__,
+            size=len(optimizer_sd["param_groups"]),
+            num_param_groups=len(groups),
+            param_group_keys=tuple(str(k) for k in groups[0]) if groups else (),
+            learning_rate=param_groups[0].lr if param_groups else None,
+            initial_learning_rate=param_groups[0].initial_lr if param_groups else None,
+        ),
+        "state": OptimizerComponentInfo(
+            name="state",
+            type=type(state).__name__,
+            size=len(state),
+            num_parameters=with_state,
+            state_keys=tuple(state_keys),
+        ),
+    }
+    if scheduler_sd is not None:
+        info["lr_scheduler"] = OptimizerComponentInfo(
+            name="lr_scheduler", type=type(scheduler_sd).__name__, size=len(scheduler_sd)
+        )
     return OptimizerAnalysis(
+        available=True,
         path=path,
         file_bytes=file_bytes,
         layout=layout,
         optimizer_name=optimizer_name,
         optimizer_type=_infer_type(set(accumulators), groups),
-        param_groups=param_groups,
         learning_rate=_learning_rate(param_groups, scheduler),
+        optimizer_info=info,
         components=components,
         num_parameters=sum(g.num_parameters for g in param_groups),
         num_params_with_state=with_state,
@@ -273,6 +301,9 @@ def _learning_rate(groups: tuple[ParamGroupInfo, ...], scheduler: SchedulerInfo 
         group_lrs=lrs,
         min_lr=min(known) if known else None,
         max_lr=max(known) if known else None,
+        param_group_lrs=groups,
+        lr_scheduler_present=scheduler is not None,
+        lr_scheduler_keys=scheduler.keys if scheduler is not None else (),
         scheduler_last_lr=scheduler.last_lr if scheduler is not None else None,
         scheduler_base_lrs=scheduler.base_lrs if scheduler is not None else None,
         scheduler_last_epoch=scheduler.last_epoch if scheduler is not None else None,

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -34,13 +35,13 @@ class _Job:
 
 
 def process_all_checkpoints(
-    source: str | Path,
+    repo_id: str | Path,
     max_workers: int = 4,
+    include_weights: bool = False,
+    delete_weights_after: bool = False,
     *,
     include_optimizer: bool = True,
     include_config: bool = True,
-    include_weights: bool = False,
-    delete_weights_after: bool = True,
     delete_optimizer_after: bool = False,
     steps: Collection[int] | None = None,
     verify: bool = True,
@@ -51,15 +52,18 @@ def process_all_checkpoints(
 ) -> dict[str, CheckpointAnalysis]:
     """Analyse every checkpoint of a run, in parallel, and return ``{branch: analysis}`` sorted by step.
 
-    ``source`` is a local weightslab root when it is an existing directory (a ``Path`` always means one;
+    ``repo_id`` is a local weightslab root when it is an existing directory (a ``Path`` always means one;
     each committed checkpoint is a branch named ``<hash prefix>-step<step>``), else a Hub repo id, whose
-    branches that name a step
-    (``step143000``, ``step1000-tokens4B``, ``step69369-seed-default``) are analysed; other branches
-    (``main``) are skipped. A checkpoint that fails is in the result with its ``errors``; it never
-    stops the run. A rich progress bar shows on ``console`` when it is a terminal.
+    branches that name a step (``step143000``, ``step1000-tokens4B``, ``step69369-seed-default``) are
+    analysed; other branches (``main``) are skipped. The Hub is ``endpoint``, else ``$HF_ENDPOINT``
+    (read when called); downloads go to ``cache_dir``, else ``$HF_HUB_CACHE``. A checkpoint that fails
+    is in the result with its ``errors``; it never stops the run. A rich progress bar shows on
+    ``console`` when it is a terminal.
 
     Args:
         max_workers: checkpoints analysed at the same time.
+        include_weights: also analyse the weights: downloaded from the Hub, read from the step files
+            of a local root.
         steps: analyse only the checkpoints at these steps.
         verify: check each local step file against its manifest checksum first (a damaged file is then
             reported instead of analysed); it reads every file once more.
@@ -74,6 +78,7 @@ def process_all_checkpoints(
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
         raise ConfigError(f"max_workers must be an int >= 1, got {max_workers!r}")
     wanted = None if steps is None else set(steps)
+    source = repo_id
     local = is_local_source(source)
     if isinstance(source, Path) and not local:
         raise CheckpointNotFoundError(
@@ -106,7 +111,7 @@ def process_all_checkpoints(
             if b.parsed is None or (wanted is not None and b.parsed.step not in wanted):
                 continue
             run = partial(
-                process_single_checkpoint,
+                _analyze_hub,
                 repo_id,
                 b.name,
                 revision=b.commit,
@@ -143,6 +148,11 @@ def _guarded(job: _Job, progress: AnalysisProgress, source: str | Path, local: b
         return failed_analysis(
             source, job.branch, exc, local=local, revision=job.revision, elapsed_s=time.perf_counter() - start
         )
+
+
+def _analyze_hub(repo_id: str, branch: str, **kwargs: Any) -> CheckpointAnalysis:
+    _, analysis = process_single_checkpoint(repo_id, branch, **kwargs)
+    return analysis
 
 
 def _analyze_local(

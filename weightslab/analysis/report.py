@@ -69,7 +69,7 @@ def summary_table(analyses: Analyses, *, title: str | None = None) -> Table:
             params_text = _count(params)
         if a.errors:
             status = "[red]error[/red]"
-        elif a.components is not None and not a.components.has_optimizer:
+        elif not a.components.has_optimizer:
             status = "[yellow]no optim[/yellow]"
         else:
             status = "[green]ok[/green]"
@@ -77,7 +77,7 @@ def summary_table(analyses: Analyses, *, title: str | None = None) -> Table:
             a.branch,
             _num(a.step, "d"),
             a.tokens_label or a.seed or "-",
-            opt.optimizer_type if opt is not None else "-",
+            (opt.optimizer_type if opt is not None else None) or "-",
             _num(lr.lr if lr else None, ".4g"),
             _num(lr.lr_ratio if lr else None, ".3f"),
             _first_moment_norm(a),

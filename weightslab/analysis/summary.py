@@ -1,4 +1,8 @@
-"""Tables and files from a set of analyses: pandas DataFrames sorted by step, CSV and JSON outputs."""
+"""Tables and files from a set of analyses: pandas DataFrames sorted by step, CSV and JSON outputs.
+
+Every function takes ``process_all_checkpoints``'s ``{branch: analysis}`` dict or any collection of
+analyses, so a local run and a published one can go into one table.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import json
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from weightslab.analysis.models import CheckpointAnalysis, CheckpointSummaryRow, to_jsonable
+from weightslab.analysis.models import CheckpointAnalysis, to_jsonable
+from weightslab.analysis.rows import CheckpointSummaryRow
+from weightslab.errors import ConfigError
 
 SUMMARY_FORMAT = "weightslab.analysis/1"
 
@@ -44,13 +49,14 @@ def sorted_analyses(analyses: Analyses) -> list[CheckpointAnalysis]:
     )
 
 
-def create_comprehensive_summary(analyses: Analyses) -> pd.DataFrame:
+def create_comprehensive_summary(all_analyses: Analyses) -> pd.DataFrame:
     """One row per checkpoint (the fields of :class:`CheckpointSummaryRow`), sorted by step.
 
-    Integer columns use pandas' nullable ``Int64`` so a missing value does not turn them into floats.
+    Failed checkpoints are kept, with their ``error``. Integer columns use pandas' nullable ``Int64`` so
+    a missing value does not turn them into floats.
     """
     fields = dataclasses.fields(CheckpointSummaryRow)
-    rows = [dataclasses.asdict(CheckpointSummaryRow.from_analysis(a)) for a in sorted_analyses(analyses)]
+    rows = [dataclasses.asdict(CheckpointSummaryRow.from_analysis(a)) for a in sorted_analyses(all_analyses)]
     df = pd.DataFrame(rows, columns=[f.name for f in fields])
     for f in fields:
         if f.type in ("int | None", "int"):
@@ -58,10 +64,10 @@ def create_comprehensive_summary(analyses: Analyses) -> pd.DataFrame:
     return df
 
 
-def create_learning_rate_summary(analyses: Analyses) -> pd.DataFrame:
+def create_learning_rate_summary(all_analyses: Analyses) -> pd.DataFrame:
     """One row per param group of every checkpoint with optimizer state, sorted by step then group."""
     rows: list[dict[str, Any]] = []
-    for a in sorted_analyses(analyses):
+    for a in sorted_analyses(all_analyses):
         if a.optimizer is None:
             continue
         opt = a.optimizer
@@ -107,53 +113,96 @@ def _write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def save_checkpoint_analysis(analysis: CheckpointAnalysis, output_dir: str | Path) -> Path:
+def save_checkpoint_analysis(
+    analysis: CheckpointAnalysis, branch: str, output_dir: str | Path | None = None
+) -> str:
     """Write one analysis as ``<output_dir>/<branch>.json`` and return the path.
 
-    Characters of the branch name outside ``[A-Za-z0-9._-]`` become ``_`` in the file name; the branch
-    itself is inside the file. Non-finite numbers are written as ``null``.
+    Characters of ``branch`` outside ``[A-Za-z0-9._-]`` become ``_`` in the file name; the analysis's own
+    branch is inside the file. Non-finite numbers are written as ``null``.
+
+    Args:
+        output_dir: the directory, created if needed; the current directory when omitted.
+
+    Raises:
+        ConfigError: ``branch`` is not a str (the argument order is ``analysis, branch, output_dir``).
     """
-    out = Path(output_dir)
+    if not isinstance(branch, str):
+        raise ConfigError(
+            f"branch must be the branch name (a str), got {branch!r}; call "
+            "save_checkpoint_analysis(analysis, analysis.branch, output_dir)"
+        )
+    out = Path(output_dir) if output_dir is not None else Path()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{_file_stem(analysis.branch)}.json"
+    path = out / f"{_file_stem(branch)}.json"
     _write_json(path, analysis.to_dict())
-    return path
+    return str(path)
 
 
-@dataclass(frozen=True, kw_only=True)
-class AnalysisOutputs:
-    """The files :func:`save_all_analyses_outputs` wrote."""
+class AnalysisOutputs(tuple[str, str, str]):
+    """The files :func:`save_all_analyses_outputs` wrote: ``(summary_csv, learning_rates_csv, summary_json)``.
 
-    summary_csv: Path
-    learning_rates_csv: Path
-    summary_json: Path
-    checkpoint_jsons: dict[str, Path]
+    It is that 3-tuple of paths, so ``csv_path, lr_path, json_path = save_all_analyses_outputs(...)``
+    works, and names them; ``checkpoint_jsons`` holds the per-checkpoint files.
+    """
+
+    checkpoint_jsons: dict[str, str]
     """Branch -> its full analysis as JSON (under ``checkpoints/``)."""
 
+    def __new__(
+        cls,
+        summary_csv: str,
+        learning_rates_csv: str,
+        summary_json: str,
+        checkpoint_jsons: Mapping[str, str] | None = None,
+    ) -> AnalysisOutputs:
+        outputs = super().__new__(cls, (summary_csv, learning_rates_csv, summary_json))
+        outputs.checkpoint_jsons = dict(checkpoint_jsons or {})
+        return outputs
+
+    @property
+    def summary_csv(self) -> str:
+        """``summary.csv``: :func:`create_comprehensive_summary`."""
+        return self[0]
+
+    @property
+    def learning_rates_csv(self) -> str:
+        """``learning_rates.csv``: :func:`create_learning_rate_summary`."""
+        return self[1]
+
+    @property
+    def summary_json(self) -> str:
+        """``summary.json``: the run's metadata and the summary rows."""
+        return self[2]
+
     def paths(self) -> list[Path]:
-        return [self.summary_csv, self.learning_rates_csv, self.summary_json, *self.checkpoint_jsons.values()]
+        """Every file written, as Paths."""
+        return [Path(p) for p in (*self, *self.checkpoint_jsons.values())]
 
 
 def save_all_analyses_outputs(
-    analyses: Analyses, output_dir: str | Path, *, source: str | Path | None = None
+    all_analyses: Analyses, output_dir: str | Path | None = None, *, source: str | Path | None = None
 ) -> AnalysisOutputs:
     """Write ``summary.csv``, ``learning_rates.csv``, ``summary.json`` and ``checkpoints/<branch>.json``.
 
-    Files of an earlier run in ``output_dir`` with the same names are replaced.
+    Returns the paths of the first three (and, as ``checkpoint_jsons``, of the others). Files of an
+    earlier run in ``output_dir`` with the same names are replaced.
 
     Args:
-        source: the repo id or root the analyses came from, recorded in ``summary.json``.
+        output_dir: the directory, created if needed; the current directory when omitted.
+        source: the repo id or root the analyses came from, recorded in ``summary.json``; the first
+            analysis's source when omitted.
     """
-    out = Path(output_dir)
+    out = Path(output_dir) if output_dir is not None else Path()
     out.mkdir(parents=True, exist_ok=True)
-    ordered = sorted_analyses(analyses)
+    ordered = sorted_analyses(all_analyses)
     summary = create_comprehensive_summary(ordered)
     summary_csv = out / "summary.csv"
     summary.to_csv(summary_csv, index=False)
     learning_rates_csv = out / "learning_rates.csv"
     create_learning_rate_summary(ordered).to_csv(learning_rates_csv, index=False)
 
-    checkpoint_jsons: dict[str, Path] = {}
+    checkpoint_jsons: dict[str, str] = {}
     used: set[str] = set()
     for a in ordered:
         stem = _file_stem(a.branch)
@@ -165,7 +214,7 @@ def save_all_analyses_outputs(
         path = out / "checkpoints" / f"{stem}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_json(path, a.to_dict())
-        checkpoint_jsons[a.branch] = path
+        checkpoint_jsons[a.branch] = str(path)
 
     summary_json = out / "summary.json"
     _write_json(
@@ -179,9 +228,4 @@ def save_all_analyses_outputs(
             "rows": [dataclasses.asdict(CheckpointSummaryRow.from_analysis(a)) for a in ordered],
         },
     )
-    return AnalysisOutputs(
-        summary_csv=summary_csv,
-        learning_rates_csv=learning_rates_csv,
-        summary_json=summary_json,
-        checkpoint_jsons=checkpoint_jsons,
-    )
+    return AnalysisOutputs(str(summary_csv), str(learning_rates_csv), str(summary_json), checkpoint_jsons)

@@ -153,6 +153,7 @@ def _analyze(
         group_counts[group] = group_counts.get(group, 0) + 1
         total.merge(acc)
     return WeightsAnalysis(
+        available=True,
         files=files,
         file_bytes=file_bytes,
         total_parameters=sum(t.stats.numel for t in infos),

@@ -1,6 +1,7 @@
 """``weightslab diff``: what changed between two experiments.
 
-Hyperparameters come from each experiment's ``hp/{hash}_config.yaml`` (flattened to dotted keys).
+Hyperparameters come from each experiment's ``hp/{hash}_config.yaml`` (flattened to dotted keys); when
+one cannot be read, the architecture is still compared and ``config_errors`` says which file failed.
 The architecture comes from the tensor names and shapes in each experiment's newest step file
 (``torch.load(weights_only=True, mmap=True)``: no code runs and no weights are read), or, for an
 experiment without a readable checkpoint, from the parameter table of its architecture text file.
@@ -17,7 +18,7 @@ import torch
 
 from weightslab.commands.overview import architecture_summary
 from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError
+from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ConfigFileError, UnsafePathError
 
 # {model name: {layer: {tensor name: (shape, dtype)}}}
 Tensors = dict[str, dict[str, dict[str, tuple[tuple[int, ...], str]]]]
@@ -65,17 +66,22 @@ class LayerChange:
 
 @dataclass
 class ExperimentDiff:
-    """Differences from experiment ``a`` to experiment ``b``."""
+    """Differences from experiment ``a`` to experiment ``b``.
+
+    ``config_errors``: why a config file could not be read (each names its file); the hyperparameters
+    were then not compared and ``hyperparams`` is empty.
+    """
 
     a: str
     b: str
     hyperparams: list[HyperparamChange]
     architecture: list[LayerChange]
     architecture_source: Literal["checkpoints", "architecture text"]
+    config_errors: list[str] = field(default_factory=list)
 
     @property
     def identical(self) -> bool:
-        return not self.hyperparams and not self.architecture
+        return not self.hyperparams and not self.architecture and not self.config_errors
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,19 +91,32 @@ class ExperimentDiff:
             "hyperparams": [c.to_dict() for c in self.hyperparams],
             "architecture": [c.to_dict() for c in self.architecture],
             "architecture_source": self.architecture_source,
+            "config_errors": list(self.config_errors),
         }
 
 
 def diff_experiments(manager: CheckpointManager, a: str, b: str) -> ExperimentDiff:
-    """Compare experiments ``a`` and ``b`` (full hashes) of one root."""
-    hp = diff_hyperparams(manager.read_config(a), manager.read_config(b))
+    """Compare experiments ``a`` and ``b`` (full hashes) of one root.
+
+    A config file that cannot be read (ConfigFileError) is reported in ``config_errors``, not raised,
+    so that the architecture is still compared.
+    """
+    configs: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for h in (a, b):
+        try:
+            configs.append(manager.read_config(h))
+        except ConfigFileError as exc:
+            errors.append(str(exc))
+    hp = diff_hyperparams(configs[0], configs[1]) if not errors else []
+    errors = list(dict.fromkeys(errors))  # diffing an experiment with itself names its file once
     tensors_a, tensors_b = _tensors_from_checkpoints(manager, a), _tensors_from_checkpoints(manager, b)
     if tensors_a is not None and tensors_b is not None:
         source: Literal["checkpoints", "architecture text"] = "checkpoints"
     else:  # compare like with like: the text table lists parameters only, no buffers
         tensors_a, tensors_b = _tensors_from_text(manager, a), _tensors_from_text(manager, b)
         source = "architecture text"
-    return ExperimentDiff(a, b, hp, diff_layers(tensors_a, tensors_b), source)
+    return ExperimentDiff(a, b, hp, diff_layers(tensors_a, tensors_b), source, errors)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -149,7 +168,7 @@ def _tensors_from_checkpoints(manager: CheckpointManager, exp_hash: str) -> Tens
     try:
         entry = manager.entry(exp_hash, "latest")
         data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
-    except (CheckpointNotFoundError, CheckpointFormatError):
+    except (CheckpointNotFoundError, CheckpointFormatError, UnsafePathError):
         return None
     out: Tensors = {}
     for model, state in data.get("models", {}).items():
@@ -166,7 +185,7 @@ def _tensors_from_checkpoints(manager: CheckpointManager, exp_hash: str) -> Tens
 
 def _tensors_from_text(manager: CheckpointManager, exp_hash: str) -> Tensors:
     out: Tensors = {}
-    for model in architecture_summary(manager, exp_hash):
+    for model in architecture_summary(manager, exp_hash, trainable_from_checkpoint=False):
         layers = out.setdefault(model.name, {})
         for p in model.parameters:
             layer, _, tensor = p.name.rpartition(".")

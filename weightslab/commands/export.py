@@ -4,8 +4,14 @@
 usual model gives ``model.safetensors``), loadable with ``safetensors.torch.load_file`` and
 ``model.load_state_dict``; ``pt`` copies the whole step file as ``checkpoint.pt`` (models, optimizers,
 schedulers, RNG), loadable with ``torch.load(..., weights_only=True)``. Both write ``config.yaml`` (the
-experiment's hyperparameters) and ``checkpoint.json`` (where it came from). The step file is verified
-against its checksum first; existing files are replaced only with ``force``.
+hyperparameters, taken from the step file itself: the experiment's YAML is not needed) and
+``checkpoint.json`` (where it came from). The step file is verified against its checksum first;
+existing files are replaced only with ``force``. Every file gets the mode a new file gets (the umask
+applies), whatever the library that writes it does.
+
+A model pruned with ``torch.nn.utils.prune`` stores ``<name>_orig`` and ``<name>_mask`` instead of
+``<name>``; safetensors export writes the effective ``<name> = <name>_orig * <name>_mask`` instead, so
+the file loads into the same model without pruning, and says so (``pruned``).
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from weightslab.canonical import canonicalize
 from weightslab.commands import NullTracker, Tracker
 from weightslab.components.checkpoint_manager import CheckpointManager, load_step_file
+from weightslab.errors import HyperparamsError
 from weightslab.names import validate_name
 
 ExportFormat = Literal["safetensors", "pt"]
@@ -43,6 +51,8 @@ class ExportResult:
     files: list[Path] = field(default_factory=list)
     tied: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    pruned: dict[str, list[str]] = field(default_factory=dict)  # model -> names written as orig * mask
+    notes: list[str] = field(default_factory=list)  # what the export left out, and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +64,8 @@ class ExportResult:
             "bytes": sum(p.stat().st_size for p in self.files if p.exists()),
             "tied": self.tied,
             "skipped": self.skipped,
+            "pruned": self.pruned,
+            "notes": list(self.notes),
         }
 
 
@@ -86,11 +98,15 @@ def export_checkpoint(
     source = manager.verify_entry(exp_hash, entry)
     tracker.advance(entry.bytes)
     writes: dict[str, Callable[[Path], None]] = {}
+    # weights_only and memory-mapped: no code runs, and the pt format reads only the hyperparameters
+    data = load_step_file(source, map_location="cpu", mmap=True)
     if fmt == "pt":
         writes["checkpoint.pt"] = _copy_from(source)
     else:
-        data = load_step_file(source, map_location="cpu", mmap=True)
-        for name, state in data.get("models", {}).items():
+        for name, raw_state in data.get("models", {}).items():
+            state, pruned = unpruned_state(raw_state)
+            if pruned:
+                result.pruned[name] = pruned
             tensors, tied, skipped = standalone_tensors(state)
             if tied:
                 result.tied[name] = tied
@@ -104,9 +120,11 @@ def export_checkpoint(
             }
             writes[f"{validate_name(name, 'model name')}.safetensors"] = _safetensors(tensors, metadata)
     manifest = manager.manifest(exp_hash)
-    writes["config.yaml"] = _bytes_of(
-        yaml.safe_dump(manager.read_config(exp_hash), sort_keys=True, allow_unicode=True).encode()
-    )
+    config, why_not = step_hyperparams(data)
+    if config is None:
+        result.notes.append(f"config.yaml not written: {why_not}")
+    else:
+        writes["config.yaml"] = _bytes_of(yaml.safe_dump(config, sort_keys=True, allow_unicode=True).encode())
     record = {
         "format": EXPORT_FORMAT,
         "exp_hash": exp_hash,
@@ -120,6 +138,8 @@ def export_checkpoint(
         "weights_format": fmt,
         "files": sorted(n for n in writes if n != "checkpoint.json"),
         "tied": result.tied,
+        "pruned": {name: {n: f"{n}_orig * {n}_mask" for n in names} for name, names in result.pruned.items()},
+        "hyperparams_source": None if config is None else "step file",
         "source": {"root": str(manager.root), "file": entry.file, "xxh3_128": entry.xxh3_128},
     }
     writes["checkpoint.json"] = _bytes_of((json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
@@ -135,6 +155,53 @@ def export_checkpoint(
         result.files.append(_write_atomic(directory / name, produce))
         tracker.advance()
     return result
+
+
+def step_hyperparams(data: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The hyperparameters a step file records, in the canonical form of the YAML config.
+
+    Returns (config, "") or (None, why there is none to write).
+    """
+    sets = data.get("hyperparams")
+    if not isinstance(sets, Mapping):
+        return None, "the step file records no hyperparameters"
+    try:
+        return {str(name): canonicalize(hp, str(name)) for name, hp in sets.items()}, ""
+    except HyperparamsError as exc:
+        return None, f"the step file's hyperparameters cannot be written as YAML ({exc})"
+
+
+def unpruned_state(state: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``state`` with every tensor that ``torch.nn.utils.prune`` split written as its effective value.
+
+    Pruning replaces parameter ``<name>`` by ``<name>_orig`` and a buffer ``<name>_mask`` of the same
+    shape, and recomputes ``<name> = <name>_orig * <name>_mask`` before each forward. Here each such
+    pair becomes ``<name>`` (with the dtype of ``_orig``), so the state loads with ``strict=True``
+    into the model without pruning. Returns (state, the names combined).
+    """
+    out: dict[str, Any] = {}
+    combined: list[str] = []
+    for key, value in state.items():
+        base = key.removesuffix("_orig") if key.endswith("_orig") else key.removesuffix("_mask")
+        if base == key or not _is_pruned_pair(state, base):
+            out[key] = value
+        elif key.endswith("_orig"):
+            mask = state[f"{base}_mask"]
+            out[base] = (value.detach() * mask.detach()).to(value.dtype)
+            combined.append(base)
+    return out, combined
+
+
+def _is_pruned_pair(state: Mapping[str, Any], base: str) -> bool:
+    """``base_orig`` and ``base_mask`` are tensors of one shape, and ``base`` itself is not stored."""
+    orig, mask = state.get(f"{base}_orig"), state.get(f"{base}_mask")
+    return (
+        bool(base)
+        and base not in state
+        and isinstance(orig, torch.Tensor)
+        and isinstance(mask, torch.Tensor)
+        and orig.shape == mask.shape
+    )
 
 
 def standalone_tensors(
@@ -191,11 +258,20 @@ def _safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
 
 
 def _write_atomic(path: Path, produce: Callable[[Path], None]) -> Path:
-    """Write through a temporary name in the same folder, so a failure never leaves half a file."""
+    """Write through a temporary name in the same folder, so a failure never leaves half a file.
+
+    The file gets the mode of a file created the usual way (0644 under umask 022): safetensors writes
+    through a private temporary file of its own (mode 0600) and renames it, so the mode is put back.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        # created here first, as any new file is (umask and default ACLs apply), to learn that mode
+        with open(tmp, "xb") as f:
+            mode = os.fstat(f.fileno()).st_mode & 0o7777
         produce(tmp)
         with open(tmp, "rb+") as f:
+            if os.fstat(f.fileno()).st_mode & 0o7777 != mode:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -205,4 +281,12 @@ def _write_atomic(path: Path, produce: Callable[[Path], None]) -> Path:
     return path
 
 
-__all__ = ["EXPORT_FORMAT", "ExportFormat", "ExportResult", "export_checkpoint", "standalone_tensors"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportFormat",
+    "ExportResult",
+    "export_checkpoint",
+    "standalone_tensors",
+    "step_hyperparams",
+    "unpruned_state",
+]

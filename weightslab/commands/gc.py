@@ -5,6 +5,11 @@ A real run takes the writer lock: opening ``CheckpointManager(root, mode="w")`` 
 the manager, so the commit rule holds: the manifest entry goes first, then the file. What the run
 reports is what disappeared from disk. A dry run opens the root read-only and predicts the same with
 ``CheckpointManager.find_leftovers()`` (the rules ``clean_leftovers()`` applies), touching nothing.
+
+Nothing outside an experiment folder is ever deleted: a root whose model or hp folder is a symlink out
+of its experiment folder is refused as a whole (cleaning leftovers would delete files there), and a
+checkpoint whose manifest entry names anything but a real step file of its experiment is kept and
+reported under ``refused`` (the command then exits 1).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from weightslab.commands.verify import relative_to_root
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.layout import TMP_MARKER, parse_step_file
 from weightslab.components.policy import RetentionPolicy
-from weightslab.errors import ConfigError, ManifestError
+from weightslab.errors import ConfigError, ManifestError, RetentionRefusedError, UnsafePathError
+from weightslab.names import is_hash
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,10 @@ class GcItem:
 
 @dataclass
 class GcResult:
-    """What ``gc`` removed; with ``dry_run`` what it would remove."""
+    """What ``gc`` removed; with ``dry_run`` what it would remove.
+
+    ``refused``: checkpoints retention would drop but whose manifest entry is unsafe (kept, one note each).
+    """
 
     root: Path
     dry_run: bool
@@ -57,6 +66,7 @@ class GcResult:
     skipped: list[str] = field(default_factory=list)
     policies: dict[str, str] = field(default_factory=dict)
     rebuilt: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
 
     @property
     def freed_bytes(self) -> int:
@@ -73,6 +83,7 @@ class GcResult:
             "skipped": list(self.skipped),
             "policies": dict(self.policies),
             "rebuilt": list(self.rebuilt),
+            "refused": list(self.refused),
         }
 
 
@@ -92,11 +103,13 @@ def effective_policy(retention: Mapping[str, Any], overrides: Mapping[str, Any] 
 
 def plan_retention(
     manager: CheckpointManager, overrides: Mapping[str, Any] | None = None
-) -> tuple[dict[str, RetentionPolicy], list[GcItem], list[str]]:
-    """Per experiment: the policy to apply and the checkpoints it drops; plus experiments skipped (why)."""
+) -> tuple[dict[str, RetentionPolicy], list[GcItem], list[str], list[str]]:
+    """Per experiment: the policy to apply and the checkpoints it drops; plus experiments skipped (why)
+    and checkpoints it would drop but must keep, because their manifest entry is refused as unsafe."""
     policies: dict[str, RetentionPolicy] = {}
     items: list[GcItem] = []
     skipped: list[str] = []
+    refused: list[str] = []
     for h in manager.experiments():
         try:
             m = manager.manifest(h)
@@ -110,17 +123,43 @@ def plan_retention(
             entry = m.entry(step)
             if entry is None:  # to_delete only names steps of the records
                 continue
+            try:
+                path = manager.experiment(h).resolve(entry.file)
+            except UnsafePathError as exc:
+                refused.append(f"{h} step {step}: manifest entry {entry.file!r} kept, {exc.reason}")
+                continue
             items.append(
                 GcItem(
                     kind="checkpoint",
                     exp_hash=h,
                     step=step,
-                    path=relative_to_root(manager.experiment(h).resolve(entry.file), manager.root),
+                    path=relative_to_root(path, manager.root),
                     bytes=entry.bytes,
                     reason="retention",
                 )
             )
-    return policies, items, skipped
+    return policies, items, skipped, refused
+
+
+def refuse_escaping_folders(manager: CheckpointManager) -> None:
+    """Raise UnsafePathError when a model or hp folder of the root is a symlink out of its experiment.
+
+    Opening the root for writing removes crash leftovers in those folders, so such a root is refused
+    as a whole, before anything is opened for writing (and for a dry run too, which would list files
+    elsewhere as leftovers).
+    """
+    checkpoints = manager.layout.checkpoints_dir
+    for name in manager.storage.listdir(checkpoints):
+        if not is_hash(name) or not (checkpoints / name).is_dir():
+            continue
+        escaping = manager.experiment(name).escaping_folders()
+        if escaping:
+            folder, real = next(iter(escaping.items()))
+            raise UnsafePathError(
+                relative_to_root(folder, manager.root),
+                f"gc refuses this root: that folder is a symlink to {real}, outside its experiment "
+                "folder, and collecting would delete files there",
+            )
 
 
 def run_gc(
@@ -138,9 +177,10 @@ def run_gc(
     """
     tracker = tracker or NullTracker()
     reader = open_root(root)
+    refuse_escaping_folders(reader)
     if dry_run:
         leftovers, rebuilt = reader.find_leftovers()
-        policies, planned, skipped = plan_retention(reader, overrides)
+        policies, planned, skipped, refused = plan_retention(reader, overrides)
         items = [_leftover(reader, p, _size(p)) for p in leftovers]
         return GcResult(
             root=reader.root,
@@ -149,6 +189,7 @@ def run_gc(
             skipped=[note for note in skipped if note.split(":", 1)[0] not in rebuilt],
             policies={h: describe_policy(p) for h, p in policies.items()},
             rebuilt=rebuilt,
+            refused=refused,
         )
     _, rebuilt = reader.find_leftovers()
     plan_retention(reader, overrides)  # a bad override fails here, before anything is touched
@@ -160,12 +201,16 @@ def run_gc(
         result.items = [_leftover(writer, p, size) for p, size in before.items() if p not in after]
         result.rebuilt = [h for h in rebuilt if writer.has_experiment(h)]
         # planned again under the lock: now nothing else can change the manifests
-        policies, planned, result.skipped = plan_retention(writer, overrides)
+        policies, planned, result.skipped, result.refused = plan_retention(writer, overrides)
         result.policies = {h: describe_policy(p) for h, p in policies.items()}
         by_step = {(i.exp_hash, i.step): i for i in planned}
         tracker.start("collecting", len(policies))
         for h, policy in policies.items():
-            for step in writer.apply_retention(h, policy):
+            try:
+                deleted = writer.apply_retention(h, policy)
+            except RetentionRefusedError as exc:  # the refused entries are in result.refused already
+                deleted = exc.deleted
+            for step in deleted:
                 path = relative_to_root(writer.experiment(h).step_file(step), writer.root)
                 result.items.append(
                     by_step.get((h, step), GcItem("checkpoint", h, path, 0, step, "retention"))
@@ -203,4 +248,4 @@ def _size(path: Path) -> int:
         return 0
 
 
-__all__ = ["GcItem", "GcResult", "effective_policy", "plan_retention", "run_gc"]
+__all__ = ["GcItem", "GcResult", "effective_policy", "plan_retention", "refuse_escaping_folders", "run_gc"]

@@ -1,12 +1,14 @@
 """Records that describe a root: its experiments, their checkpoints, lineage and architecture.
 
 Everything here reads through a :class:`CheckpointManager` (manifests, the journal, the architecture
-text file and the YAML config); nothing unpickles, so it is safe on roots from anywhere.
+text file, the YAML config, and the ``frozen`` record of a step file opened with ``weights_only=True``);
+nothing unpickles, so it is safe on roots from anywhere.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping
@@ -16,7 +18,12 @@ from typing import Any, Literal
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.manifest import Manifest, ParentRef
 from weightslab.components.policy import RetentionPolicy
-from weightslab.errors import ManifestError
+from weightslab.errors import (
+    CheckpointFormatError,
+    CheckpointNotFoundError,
+    ManifestError,
+    UnsafePathError,
+)
 
 Mode = Literal["min", "max"]
 
@@ -158,12 +165,17 @@ class ParameterInfo:
 
 @dataclass
 class ModelArchitecture:
-    """One registered model as recorded in the architecture text file (no unpickling)."""
+    """One registered model as recorded in the architecture text file (no unpickling).
+
+    ``trainable_step``: the checkpoint whose ``frozen`` record the trainable flags come from; None when
+    they are the architecture text's, as at the creation of the experiment.
+    """
 
     name: str
     class_name: str
     text: str = ""
     parameters: list[ParameterInfo] = field(default_factory=list)
+    trainable_step: int | None = None
 
     @property
     def total(self) -> int:
@@ -179,6 +191,7 @@ class ModelArchitecture:
             "class": self.class_name,
             "total_parameters": self.total,
             "trainable_parameters": self.trainable,
+            "trainable_step": self.trainable_step,
             "text": self.text,
             "parameters": [p.to_dict() for p in self.parameters],
         }
@@ -360,14 +373,56 @@ def _creates_cycle(nodes: Mapping[str, LineageNode], exp_hash: str) -> bool:
 
 
 # -- architecture -----------------------------------------------------------------------------------
-def architecture_summary(manager: CheckpointManager, exp_hash: str) -> list[ModelArchitecture]:
-    """The models of an experiment, parsed from ``model/{hash}_architecture.txt`` ([] when absent)."""
+def architecture_summary(
+    manager: CheckpointManager, exp_hash: str, *, trainable_from_checkpoint: bool = True
+) -> list[ModelArchitecture]:
+    """The models of an experiment, parsed from ``model/{hash}_architecture.txt`` ([] when absent).
+
+    That file is written when the experiment is created, but freezing or unfreezing parameters does
+    not start a new experiment. With ``trainable_from_checkpoint`` (the default) the trainable flags
+    come from the ``frozen`` record of the newest checkpoint instead, when it has one; each model's
+    ``trainable_step`` says so.
+    """
     path = manager.experiment(exp_hash).architecture_text
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
-    return parse_architecture_text(text)
+    models = parse_architecture_text(text)
+    latest = latest_frozen(manager, exp_hash) if trainable_from_checkpoint and models else None
+    if latest is not None:
+        step, frozen = latest
+        for model in models:
+            if model.name not in frozen:
+                continue  # a model the step file does not record keeps the text's flags
+            names = frozen[model.name]
+            model.parameters = [
+                dataclasses.replace(p, trainable=p.name not in names) for p in model.parameters
+            ]
+            model.trainable_step = step
+    return models
+
+
+def latest_frozen(manager: CheckpointManager, exp_hash: str) -> tuple[int, dict[str, set[str]]] | None:
+    """(step, {model name: names of its frozen parameters}) from the newest checkpoint, or None.
+
+    The step file is opened with ``weights_only=True`` (no code runs) and memory-mapped, so its
+    tensors are not read; it is not checksummed (this only labels a display). None when there is no
+    checkpoint, it cannot be read, or it has no ``frozen`` record.
+    """
+    try:
+        entry = manager.entry(exp_hash, "latest")
+        data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
+    except (CheckpointNotFoundError, CheckpointFormatError, ManifestError, UnsafePathError, OSError):
+        return None
+    frozen = data.get("frozen")
+    if not isinstance(frozen, Mapping):
+        return None
+    return entry.step, {
+        str(model): {str(n) for n in names}
+        for model, names in frozen.items()
+        if isinstance(names, (list, tuple, set))
+    }
 
 
 def parse_architecture_text(text: str) -> list[ModelArchitecture]:
@@ -442,6 +497,7 @@ __all__ = [
     "experiment_info",
     "experiment_infos",
     "iso_time",
+    "latest_frozen",
     "lineage",
     "parse_architecture_text",
     "policy_from",

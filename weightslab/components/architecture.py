@@ -10,7 +10,13 @@ import torch
 
 
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A deep copy of ``model`` whose parameters and buffers live on the meta device (no weights copied)."""
+    """A copy of ``model`` whose tensors live on the meta device (no weights copied).
+
+    Parameters, buffers and every other tensor a module holds as an attribute are replaced by meta
+    tensors of the same shape and dtype before the structure is copied. The last group matters for
+    ``torch.nn.utils.prune``: a pruned module's ``weight`` is a computed (non-leaf) tensor, which
+    cannot be deep-copied; its pruning hook recomputes it from ``weight_orig * weight_mask``.
+    """
     memo: dict[int, Any] = {}
     for module in model.modules():
         for _name, p in module.named_parameters(recurse=False):
@@ -20,6 +26,9 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
         for _name, b in module.named_buffers(recurse=False):
             if b is not None:
                 memo[id(b)] = torch.empty_like(b, device="meta")
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and id(value) not in memo:
+                memo[id(value)] = torch.empty_like(value.detach(), device="meta")
     return copy.deepcopy(model, memo)
 
 

@@ -17,12 +17,12 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
-from weightslab.canonical import canonicalize
+from weightslab.canonical import canonicalize, plain
 from weightslab.components.change_detector import ChangeDetector, module_diff, module_names
 from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.components.config import CheckpointConfig
@@ -32,7 +32,7 @@ from weightslab.components.manifest import CheckpointEntry, ParentRef
 from weightslab.components.policy import RetentionPolicy
 from weightslab.components.restore import restore_state
 from weightslab.components.snapshot import SnapshotBuffers, capture_rng
-from weightslab.components.validation import check_step, clean_metrics
+from weightslab.components.validation import check_notes, check_step, clean_metrics
 from weightslab.components.writer import BackgroundWriter
 from weightslab.errors import (
     CheckpointCorruptedError,
@@ -40,8 +40,10 @@ from weightslab.errors import (
     CheckpointNotFoundError,
     CheckpointSaveError,
     ConfigError,
+    RetentionRefusedError,
     StepOrderError,
     SystemConfigurationError,
+    UnsafePathError,
     WeightslabError,
 )
 from weightslab.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
@@ -99,6 +101,7 @@ class AutomaticCheckpointSystem:
         self._last_metrics: Mapping[str, Any] | None = None
         self._monitor_seen = False
         self._monitor_warned = False
+        self._notes: tuple[tuple[str, ...], str] = ((), "")  # tags and description of this call
         self._stop_signal: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         if self.config.handle_signals:
@@ -131,12 +134,27 @@ class AutomaticCheckpointSystem:
         return self._failures
 
     # -- the training-loop API ------------------------------------------------------------------
-    def checkpoint_on_step(self, step: int, metrics: Mapping[str, Any] | None = None) -> None:
+    def checkpoint_on_step(
+        self,
+        step: int,
+        metrics: Mapping[str, Any] | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+        description: str | None = None,
+    ) -> None:
         """Call once per training step: saves on the frequency and records detected changes.
 
-        ``metrics`` are recorded with the checkpoints this call saves. Raises CheckpointSaveError
-        only with on_error="raise"; TypeError/ValueError for a bad step or metric.
+        ``metrics``, ``tags`` and ``description`` are recorded with the checkpoints this call saves
+        (to annotate one already saved, use :meth:`tag`). Raises CheckpointSaveError only with
+        on_error="raise"; TypeError/ValueError for a bad step, metric or tag.
         """
+        if tags is not None or description is not None:
+            self._notes = check_notes(tags, description)
+            try:
+                self.checkpoint_on_step(step, metrics)
+            finally:
+                self._notes = ((), "")
+            return
         # The common case (no save, nothing changed) is kept to a few attribute reads.
         with self._lock:
             if self._closed:
@@ -221,6 +239,23 @@ class AutomaticCheckpointSystem:
         label = next((r for r in reasons if r in ("model_change", "config_change")), reasons[-1])
         if not self._record_changes(step, merged, announced=label):
             self._save(step, label, merged)
+
+    def tag(self, step: int, *tags: str, description: str | None = None, exp_hash: str | None = None) -> None:
+        """Add ``tags`` (and set ``description``) on a committed checkpoint of the active experiment
+        (or of ``exp_hash``). Raises CheckpointNotFoundError when that step is not committed."""
+        clean_tags, clean_description = check_notes(tags, description)
+        with self._lock:
+            self._check_open()
+            self.flush()
+            h = exp_hash or self.exp_hash or self.manager.last_active()
+            if h is None:
+                raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
+            self.manager.annotate(
+                h,
+                check_step(step),
+                tags=clean_tags,
+                description=None if description is None else clean_description,
+            )
 
     def flush(self) -> None:
         """Wait for the save in flight; raise or warn (per on_error) about background failures."""
@@ -364,6 +399,7 @@ class AutomaticCheckpointSystem:
                 root=self.root,
                 exp_hash=source_hash,
                 rng=self.config.save_rng,
+                architecture_saved=self.manager.has_architecture(source_hash),
             )
             self.manager.record_retention(source_hash, self.config.retention())
             manifest = self.manager.manifest(source_hash)
@@ -441,7 +477,7 @@ class AutomaticCheckpointSystem:
         for h, entry in candidates:
             try:
                 return self.manager.load_entry(h, entry), entry, h, skipped
-            except (CheckpointCorruptedError, CheckpointFormatError) as exc:
+            except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
                 skipped.append(entry.file)
                 log.warning("weightslab: skipping %s/%s: %s", h, entry.file, exc)
                 self.manager.event("checkpoint_unreadable", exp_hash=h, step=entry.step, error=str(exc))
@@ -720,7 +756,11 @@ class AutomaticCheckpointSystem:
             objs = self.ledger.items(kind)  # type: ignore[arg-type]
             payload[key] = {n: buffers.tree((key, n), o.state_dict()) for n, o in objs.items()}
         payload["rng"] = capture_rng() if self.config.save_rng else {}
-        payload["hyperparams"] = self._full_hyperparams()
+        # the plain form (int keys, tuples, inf) so that resume restores values with their types
+        hyperparams = self.ledger.items("hyperparams")
+        for name, hp in hyperparams.items():
+            canonicalize(hp, name)  # refuses, naming the key, a value changed into something unserialisable
+        payload["hyperparams"] = {name: plain(hp) for name, hp in hyperparams.items()}
         payload["frozen"] = {
             n: [pn for pn, p in m.named_parameters() if not p.requires_grad] for n, m in models.items()
         }
@@ -800,7 +840,7 @@ class AutomaticCheckpointSystem:
         self._submitted.add((exp_hash, step))
         if self._branch_from is not None and self._branch_from[0] == exp_hash:
             self._branch_from = None  # a child now branches from the newest checkpoint, not the resumed one
-        job = partial(self._commit, exp_hash, step, payload, trigger, metrics, event)
+        job = partial(self._commit, exp_hash, step, payload, trigger, metrics, event, self._notes)
         if self._writer is not None:
             self._writer.submit(job)
         else:
@@ -817,13 +857,16 @@ class AutomaticCheckpointSystem:
         trigger: str,
         metrics: dict[str, float | None],
         event: Any,
+        notes: tuple[tuple[str, ...], str] = ((), ""),
     ) -> None:
         """Runs on the writer thread (or inline when async_save=False)."""
         try:
             if event is not None:
                 event.synchronize()
             t0 = time.perf_counter()
-            entry = self.manager.save(exp_hash, step, payload, trigger=trigger, metrics=metrics)
+            entry = self.manager.save(
+                exp_hash, step, payload, trigger=trigger, metrics=metrics, tags=notes[0], description=notes[1]
+            )
             log.info(
                 "weightslab: saved %s step %d (%s, %.1f MB, %.2fs)",
                 exp_hash,
@@ -837,7 +880,12 @@ class AutomaticCheckpointSystem:
             protected = (
                 {self._resumed_from[1]} if self._resumed_from and self._resumed_from[0] == exp_hash else set()
             )
-            deleted = self.manager.apply_retention(exp_hash, self.retention, protected)
+            try:
+                deleted = self.manager.apply_retention(exp_hash, self.retention, protected)
+            except RetentionRefusedError as exc:  # the save committed; only unsafe entries were kept
+                log.error("weightslab: %s", exc)
+                self.manager.event("retention_refused", exp_hash=exp_hash, steps=sorted(exc.refused))
+                deleted = exc.deleted
             if deleted:
                 log.info("weightslab: retention removed %s steps %s", exp_hash, deleted)
         except Exception as exc:
@@ -933,9 +981,18 @@ def _config_kwargs(config: CheckpointConfig) -> dict[str, Any]:
     return {k: getattr(config, k) for k in asdict(config)}
 
 
-def checkpoint_on_step(step: int, metrics: Mapping[str, Any] | None = None) -> None:
+def checkpoint_on_step(
+    step: int,
+    metrics: Mapping[str, Any] | None = None,
+    *,
+    tags: Iterable[str] | None = None,
+    description: str | None = None,
+) -> None:
     """Call once per training step (see :meth:`AutomaticCheckpointSystem.checkpoint_on_step`)."""
-    get_checkpoint_system().checkpoint_on_step(step, metrics)
+    if tags is None and description is None:
+        get_checkpoint_system().checkpoint_on_step(step, metrics)
+    else:
+        get_checkpoint_system().checkpoint_on_step(step, metrics, tags=tags, description=description)
 
 
 def checkpoint_on_model_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:

@@ -34,6 +34,7 @@ from weightslab.components.layout import (
 from weightslab.components.lock import RootLock
 from weightslab.components.manifest import (
     CheckpointEntry,
+    FileRecord,
     Manifest,
     ParentRef,
     PendingReplacement,
@@ -47,9 +48,12 @@ from weightslab.errors import (
     AmbiguousExperimentError,
     CheckpointCorruptedError,
     CheckpointNotFoundError,
+    ConfigFileError,
     ManifestError,
+    RetentionRefusedError,
     RootError,
     UnknownExperimentError,
+    UnsafePathError,
     UntrustedLoadError,
 )
 from weightslab.names import is_hash, validate_hash
@@ -63,7 +67,7 @@ Which = int | Literal["latest", "best"]
 class Problem:
     """One finding of :meth:`CheckpointManager.verify`."""
 
-    kind: Literal["corrupt", "missing", "orphaned", "manifest"]
+    kind: Literal["corrupt", "missing", "orphaned", "manifest", "unreadable", "unsafe"]
     exp_hash: str
     path: str
     step: int | None = None
@@ -139,8 +143,20 @@ class CheckpointManager:
                     "CheckpointManager(root, mode='r') to read, or pass another root_log_dir to train"
                 ) from exc
             raise RootError(f"cannot lock checkpoint root {self.root}: {exc.strerror or exc}") from exc
-        self.journal = Journal(self.layout.events_file, durable=durable)
-        self.clean_leftovers()
+        try:
+            self.journal = Journal(self.layout.events_file, durable=durable)
+            self.clean_leftovers()
+        except BaseException as exc:
+            # the lock must not outlive a failed open: every later open in this process would fail
+            self._lock_file.release()
+            self._lock_file = None
+            if isinstance(exc, OSError) and not isinstance(exc, RootError):
+                where = exc.filename or self.root
+                raise RootError(
+                    f"cannot open checkpoint root {self.root} for writing: {where}: {exc.strerror or exc}; "
+                    "fix its permissions (or move it aside), or open the root with mode='r' to read"
+                ) from exc
+            raise
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -174,7 +190,8 @@ class CheckpointManager:
         """Hashes of the experiments that have a manifest, oldest first."""
         found = []
         for name in self.storage.listdir(self.layout.checkpoints_dir):
-            if is_hash(name) and (self.layout.checkpoints_dir / name / "manifest.json").is_file():
+            # exists(), not is_file(): a manifest that cannot be read is an error to report, not absent
+            if is_hash(name) and (self.layout.checkpoints_dir / name / "manifest.json").exists():
                 found.append(name)
         return sorted(found, key=lambda h: (self._created_or_inf(h), h))
 
@@ -185,7 +202,7 @@ class CheckpointManager:
             return float("inf")
 
     def has_experiment(self, exp_hash: str) -> bool:
-        return self.experiment(exp_hash).manifest.is_file()
+        return self.experiment(exp_hash).manifest.exists()
 
     def resolve_hash(self, prefix: str) -> str:
         """A full hash from a unique prefix, like git; raises Unknown/AmbiguousExperimentError."""
@@ -247,8 +264,9 @@ class CheckpointManager:
                 self.storage.makedirs(d)
             self.storage.write_bytes_atomic(exp.config_yaml, _config_yaml(exp_hash, hyperparams))
             self.storage.write_bytes_atomic(exp.architecture_text, architecture_text(models).encode())
-            if save_architecture and models:
-                self._write_architecture_pickle(exp, models)
+            architecture = (
+                self._write_architecture_pickle(exp, models) if save_architecture and models else None
+            )
             m = Manifest(
                 exp_hash=exp_hash,
                 architecture_hash=architecture_hash,
@@ -256,6 +274,7 @@ class CheckpointManager:
                 created=time.time(),
                 parent=parent,
                 retention=dict(retention),
+                architecture=architecture,
             )
             self._write_manifest(m)
         journal.append(
@@ -281,7 +300,7 @@ class CheckpointManager:
 
     def _write_architecture_pickle(
         self, exp: ExperimentLayout, models: Mapping[str, torch.nn.Module]
-    ) -> None:
+    ) -> FileRecord | None:
         try:
             skeletons = {name: meta_copy(model) for name, model in models.items()}
             buf = io.BytesIO()
@@ -291,8 +310,13 @@ class CheckpointManager:
                 "weightslab: architecture of %s not pickled (%s: %s)", exp.exp_hash, type(exc).__name__, exc
             )
             self.event("architecture_not_saved", exp_hash=exp.exp_hash, error=f"{type(exc).__name__}: {exc}")
-            return
-        self.storage.write_bytes_atomic(exp.architecture_pickle, buf.getvalue())
+            return None
+        written = self.storage.write_bytes_atomic(exp.architecture_pickle, buf.getvalue())
+        return FileRecord(exp.relative(exp.architecture_pickle), written.bytes, written.xxh3_128)
+
+    def has_architecture(self, exp_hash: str) -> bool:
+        """Whether the experiment has an architecture pickle to rebuild its models from."""
+        return self.experiment(validate_hash(exp_hash)).architecture_pickle.is_file()
 
     def load_architecture(self, exp_hash: str, *, trust: bool = False) -> dict[str, torch.nn.Module]:
         """The model structures of an experiment, parameters on the meta device.
@@ -308,15 +332,62 @@ class CheckpointManager:
                 "load_architecture(..., trust=True) only for roots you trust"
             )
         if not path.is_file():
-            raise CheckpointNotFoundError(f"no architecture pickle for {exp_hash} at {path}")
+            raise CheckpointNotFoundError(
+                f"no architecture pickle for {exp_hash} at {path} (the model could not be pickled when "
+                "the experiment was created); build the model in code, as it was at that point"
+            )
+        record = self.manifest(exp_hash).architecture
+        if record is not None:  # older roots did not record it
+            size, digest = self.storage.checksum(path)
+            if (size, digest) != (record.bytes, record.xxh3_128):
+                raise CheckpointCorruptedError(
+                    path, record.xxh3_128, digest, "the architecture pickle changed"
+                )
         data = torch.load(path, weights_only=False, map_location="meta")
         return dict(data["models"])
 
     def read_config(self, exp_hash: str) -> dict[str, Any]:
-        """The hyperparameters of an experiment, from ``hp/{hash}_config.yaml``."""
+        """The hyperparameters of an experiment, from ``hp/{hash}_config.yaml``.
+
+        Read with ``yaml.safe_load`` only: a tag such as ``!!python/object`` is refused, never run.
+        Raises ConfigFileError naming the file when it is missing or unreadable, is not UTF-8 or not
+        safe YAML, or does not hold a mapping.
+        """
         path = self.experiment(exp_hash).config_yaml
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return dict(data.get("hyperparams", {})) if isinstance(data, dict) else {}
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigFileError(path, "the file is missing") from None
+        except OSError as exc:
+            raise ConfigFileError(path, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigFileError(
+                path, f"it is not valid UTF-8 (byte {exc.start} is {raw[exc.start]:#04x})"
+            ) from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.constructor.ConstructorError as exc:
+            raise ConfigFileError(
+                path, f"it holds a YAML tag that safe loading refuses ({exc.problem}); nothing in it was run"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ConfigFileError(path, f"it is not valid YAML ({' '.join(str(exc).split())})") from None
+        except RecursionError:
+            raise ConfigFileError(path, "it is nested too deeply to read") from None
+        if data is None:  # an empty file
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigFileError(path, f"it holds a {type(data).__name__}, expected a mapping")
+        hyperparams = data.get("hyperparams")
+        if hyperparams is None:
+            return {}
+        if not isinstance(hyperparams, dict):
+            raise ConfigFileError(
+                path, f"its hyperparams are a {type(hyperparams).__name__}, expected a mapping of sets"
+            )
+        return dict(hyperparams)
 
     # -- saving ---------------------------------------------------------------------------------
     def save(
@@ -399,6 +470,33 @@ class CheckpointManager:
         self.storage.remove(staging)  # fsyncs the folder; the staging name no longer exists
         return written
 
+    def annotate(
+        self, exp_hash: str, step: int, *, tags: Iterable[str] = (), description: str | None = None
+    ) -> CheckpointEntry:
+        """Add tags to (and, unless None, set the description of) a committed checkpoint."""
+        journal = self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            entry = m.entry(step)
+            if entry is None:
+                raise CheckpointNotFoundError(
+                    f"experiment {exp_hash} has no checkpoint at step {step}; committed steps: {m.steps()}"
+                )
+            updated = dataclasses.replace(
+                entry,
+                tags=tuple(dict.fromkeys((*entry.tags, *tags))),
+                description=entry.description if description is None else description,
+            )
+            self._write_manifest(m.with_entry(updated))
+        journal.append(
+            "checkpoint_tagged",
+            exp_hash=exp_hash,
+            step=step,
+            tags=list(updated.tags),
+            description=updated.description,
+        )
+        return updated
+
     def rewind(self, exp_hash: str, step: int) -> list[int]:
         """Go back to ``step``: the live checkpoints after it are marked abandoned; returns their steps.
 
@@ -425,15 +523,21 @@ class CheckpointManager:
         return abandoned
 
     def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None:
-        """Remove a checkpoint: the manifest entry first, then the file."""
+        """Remove a checkpoint: the manifest entry first, then the file.
+
+        Raises UnsafePathError, changing nothing, when the entry names anything but a real step file
+        of the experiment (``..``, a symlink out of the folder, the manifest, config or architecture).
+        """
         journal = self._require_writer()
         with self._lock:
             m = self.manifest(exp_hash)
             entry = m.entry(step)
             if entry is None:
                 raise CheckpointNotFoundError(f"experiment {exp_hash} has no checkpoint at step {step}")
+            # checked before the entry goes: a refused entry stays, so the refusal is seen again
+            path = self.experiment(exp_hash).resolve(entry.file)
             self._write_manifest(m.without_steps({step}))
-        self.storage.remove(self.experiment(exp_hash).resolve(entry.file))
+        self.storage.remove(path)
         journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
 
     def branch_points(self, exp_hash: str) -> set[int]:
@@ -451,12 +555,25 @@ class CheckpointManager:
     def apply_retention(
         self, exp_hash: str, policy: RetentionPolicy, protected: Iterable[int] = ()
     ) -> list[int]:
-        """Delete what ``policy`` does not keep (branch points and ``protected`` always kept)."""
+        """Delete what ``policy`` does not keep (branch points and ``protected`` always kept); returns the steps.
+
+        A checkpoint whose manifest entry is refused as unsafe (see :meth:`delete`) is kept; the others
+        are deleted, then RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
+        """
         entries = self.manifest(exp_hash).checkpoints
         doomed = policy.to_delete(entries, set(protected) | self.branch_points(exp_hash))
+        deleted: list[int] = []
+        refused: dict[int, UnsafePathError] = {}
         for step in doomed:
-            self.delete(exp_hash, step)
-        return doomed
+            try:
+                self.delete(exp_hash, step)
+            except UnsafePathError as exc:
+                refused[step] = exc
+            else:
+                deleted.append(step)
+        if refused:
+            raise RetentionRefusedError(exp_hash, deleted, refused)
+        return deleted
 
     # -- reading --------------------------------------------------------------------------------
     def checkpoints(self, exp_hash: str) -> list[CheckpointEntry]:
@@ -572,7 +689,11 @@ class CheckpointManager:
 
         ``on_entry`` is called after each checkpoint is checked (for progress bars).
         Problems: "corrupt", "missing", "orphaned" (a step or temp file without an entry; not reported
-        while another process holds the root for writing, since it may be a write in flight), "manifest".
+        while another process holds the root for writing, since it may be a write in flight), "manifest",
+        "unreadable" (a file that exists but cannot be read: permissions, a folder in its place),
+        "unsafe" (an entry naming anything but a real step file of the experiment, or a model or hp
+        folder that a symlink leads out of the experiment folder). Each is reported and the check
+        goes on with the next file.
         """
         report = VerifyReport()
         writer_elsewhere = self.mode == "r" and RootLock(self.layout.lock_file, self.root).held_elsewhere()
@@ -585,6 +706,9 @@ class CheckpointManager:
             except ManifestError as exc:
                 report.problems.append(Problem("manifest", h, str(exp.manifest), None, exc.reason))
                 continue
+            except OSError as exc:  # it exists (experiments() saw it) but cannot be opened
+                report.problems.append(Problem("unreadable", h, str(exp.manifest), None, _os_detail(exc)))
+                continue
             listed = set()
             for entry in m.checkpoints:
                 report.checked += 1
@@ -592,17 +716,43 @@ class CheckpointManager:
                 try:
                     self.verify_entry(h, entry)
                     report.ok += 1
+                except UnsafePathError as exc:
+                    report.problems.append(
+                        Problem("unsafe", h, str(exp.dir / entry.file), entry.step, f"refused: {exc.reason}")
+                    )
                 except CheckpointCorruptedError as exc:
                     missing = exc.actual == "<missing>"
                     detail = "file missing" if missing else _corrupt_detail(exc, entry.bytes)
                     report.problems.append(
                         Problem("missing" if missing else "corrupt", h, exc.path, entry.step, detail)
                     )
+                except OSError as exc:  # FileNotFoundError became "missing" above; this is the rest
+                    report.problems.append(
+                        Problem("unreadable", h, str(exp.dir / entry.file), entry.step, _os_detail(exc))
+                    )
                 if on_entry is not None:
                     on_entry(entry)
-            if writer_elsewhere:
-                continue  # a temp or unlisted step file may be a write in flight, not a leftover
-            for name in self.storage.listdir(exp.model_dir):
+            escaping = exp.escaping_folders()
+            for folder, real in escaping.items():
+                report.problems.append(
+                    Problem(
+                        "unsafe",
+                        h,
+                        str(folder),
+                        None,
+                        f"a symlink leads it to {real}, outside the experiment folder; gc refuses the root",
+                    )
+                )
+            if writer_elsewhere or exp.model_dir in escaping:
+                # a temp or unlisted step file may be a write in flight, not a leftover; and the files of
+                # a folder elsewhere are not this experiment's leftovers
+                continue
+            try:
+                names = self.storage.listdir(exp.model_dir)
+            except OSError as exc:
+                report.problems.append(Problem("unreadable", h, str(exp.model_dir), None, _os_detail(exc)))
+                continue
+            for name in names:
                 parsed = parse_step_file(name)
                 if TMP_MARKER in name:
                     detail = "interrupted write"
@@ -645,6 +795,11 @@ def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], No
 def _config_yaml(exp_hash: str, hyperparams: Mapping[str, Any]) -> bytes:
     doc = {"format": "weightslab.config/1", "exp_hash": exp_hash, "hyperparams": dict(hyperparams)}
     return yaml.safe_dump(doc, sort_keys=True, allow_unicode=True).encode()
+
+
+def _os_detail(exc: OSError) -> str:
+    """``cannot be read (PermissionError: Permission denied)``: a verify detail (the path has its own column)."""
+    return f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
 
 
 def _corrupt_detail(exc: CheckpointCorruptedError, expected_bytes: int) -> str:

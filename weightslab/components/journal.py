@@ -7,6 +7,8 @@ torn last line; readers skip lines that do not parse.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -50,9 +52,9 @@ class Journal:
         line = (json.dumps(record, allow_nan=False, sort_keys=False) + "\n").encode()
         with self._lock:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
                 try:
-                    os.write(fd, line)
+                    _append_line(fd, line)
                     if self.durable:
                         os.fsync(fd)
                 finally:
@@ -63,6 +65,31 @@ class Journal:
                 self.failures += 1
                 log.error("weightslab: could not append %r to %s: %s", event, self.path, exc)
         return record
+
+
+def _append_line(fd: int, line: bytes) -> None:
+    """Append ``line`` whole or not at all.
+
+    On a full disk ``os.write`` may write part of a line; a later event would then be glued to the
+    half line and both lost to the readers. So: start on a fresh line when the file does not end
+    with a newline (a torn write of an earlier process), write in a loop, and on failure cut the file
+    back to where this line started.
+    """
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        line = b"\n" + line
+    written = 0
+    try:
+        while written < len(line):
+            n = os.write(fd, line[written:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "short write to the journal")
+            written += n
+    except OSError:
+        if written:
+            with contextlib.suppress(OSError):  # at worst a torn line stays, which readers skip
+                os.ftruncate(fd, start)
+        raise
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

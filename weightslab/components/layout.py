@@ -1,15 +1,18 @@
 """Where things live under a checkpoint root (on-disk format version 1).
 
-Pure path arithmetic: nothing here touches the disk.
+Path arithmetic. Only :meth:`ExperimentLayout.resolve` and :meth:`ExperimentLayout.escaping_folders`
+look at the disk, to resolve symlinks: a root received from elsewhere must not lead a read or a
+delete out of its experiment folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from weightslab.errors import InvalidNameError
+from weightslab.errors import UnsafePathError
 from weightslab.names import validate_hash
 
 CHECKPOINT_FORMAT = "weightslab.checkpoint/1"
@@ -101,8 +104,69 @@ class ExperimentLayout:
         return path.relative_to(self.dir).as_posix()
 
     def resolve(self, relative: str) -> Path:
-        """The inverse of :meth:`relative`; refuses anything that would leave the experiment directory."""
+        """The step file a manifest entry's ``file`` names (the inverse of :meth:`relative`).
+
+        Refuses, with UnsafePathError (an InvalidNameError) naming the entry, anything but a step file
+        of this experiment, ``model/{hash}_step_{step}.pt``, that is really in this experiment's model
+        folder: ``..`` and absolute paths, the manifest, config and architecture files, and a path that
+        a symlink (the file's or a folder's) leads elsewhere. Every read and every delete of a
+        checkpoint goes through here, so a hand-edited root cannot make them touch another file.
+        """
+        if not isinstance(relative, str):
+            raise UnsafePathError(relative, "a manifest file path must be a string", where=self.manifest)
         parts = relative.split("/")
         if relative.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in relative:
-            raise InvalidNameError(relative, "a manifest file path must stay inside its experiment directory")
-        return self.dir.joinpath(*parts)
+            raise UnsafePathError(
+                relative,
+                "a manifest file path must stay inside its experiment directory",
+                where=self.manifest,
+            )
+        path = self.dir.joinpath(*parts)
+        # real paths, symlinks resolved on both sides (a root under a symlinked /tmp is fine)
+        real = Path(os.path.realpath(path))
+        home = Path(os.path.realpath(self.dir))
+        if not real.is_relative_to(home):
+            raise UnsafePathError(
+                relative,
+                f"a symlink leads it to {real}, outside the experiment folder {self.dir}",
+                where=self.manifest,
+            )
+        parsed = parse_step_file(parts[-1])
+        if len(parts) != 2 or parts[0] != "model" or parsed is None or parsed[0] != self.exp_hash:
+            raise UnsafePathError(
+                relative,
+                f"only a step file model/{self.exp_hash}_step_<step>.pt may be a checkpoint's file, "
+                f"this names {self._what(path)}",
+                where=self.manifest,
+            )
+        if real != home / "model" / parts[1]:
+            raise UnsafePathError(
+                relative,
+                f"a symlink leads it to {real}; a step file must be a real file in {self.model_dir}",
+                where=self.manifest,
+            )
+        return path
+
+    def escaping_folders(self) -> dict[Path, Path]:
+        """The model and hp folders that a symlink leads out of this experiment folder: {folder: real path}.
+
+        Crash-leftover cleaning deletes files in these folders, so a writer must not open a root where
+        one leads elsewhere. The data folder is not checked: weightslab never deletes in it.
+        """
+        home = Path(os.path.realpath(self.dir))
+        out: dict[Path, Path] = {}
+        for folder in (self.model_dir, self.hp_dir):
+            real = Path(os.path.realpath(folder))
+            if real != home / folder.name:
+                out[folder] = real
+        return out
+
+    def _what(self, path: Path) -> str:
+        """What a refused entry points at, for the error message."""
+        known = {
+            self.manifest: "the manifest itself",
+            self.config_yaml: "the config YAML",
+            self.architecture_pickle: "the architecture pickle",
+            self.architecture_text: "the architecture text",
+        }
+        return known.get(path, f"a file that is not a step file of experiment {self.exp_hash}")

@@ -1,6 +1,10 @@
 """One writer per root: an exclusive, non-blocking ``flock`` on ``logs/writer.lock``.
 
-The kernel drops the lock when the process dies, so a crash never leaves a stale lock behind.
+The kernel drops the lock when the process dies, so a crash never leaves a stale lock behind. A
+``fork()`` child (a DataLoader worker, a multiprocessing pool) would share the locked descriptor and
+keep the lock alive after the trainer is killed, so children close their copy at once (closing, not
+unlocking: the parent's lock stays). Exec'd children never get it: Python's descriptors are not
+inheritable.
 """
 
 from __future__ import annotations
@@ -9,9 +13,23 @@ import contextlib
 import fcntl
 import os
 import socket
+import weakref
 from pathlib import Path
 
 from weightslab.errors import RootLockedError
+
+_HELD: weakref.WeakSet[RootLock] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RootLock:
@@ -33,6 +51,7 @@ class RootLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(self)
 
     def held_elsewhere(self) -> bool:
         """True when another open file description holds the lock (a writer is running)."""
@@ -56,6 +75,7 @@ class RootLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD.discard(self)
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         with contextlib.suppress(OSError):

@@ -52,6 +52,18 @@ class ParentRef:
 
 
 @dataclass(frozen=True)
+class FileRecord:
+    """A file of the experiment other than a step file, with its size and checksum."""
+
+    file: str
+    bytes: int
+    xxh3_128: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "bytes": self.bytes, "xxh3_128": self.xxh3_128}
+
+
+@dataclass(frozen=True)
 class PendingReplacement:
     """A replacement of a committed step file that is under way (the file may hold either version)."""
 
@@ -120,6 +132,7 @@ class Manifest:
     retention: dict[str, Any] = field(default_factory=dict)
     checkpoints: list[CheckpointEntry] = field(default_factory=list)
     format: str = MANIFEST_FORMAT
+    architecture: FileRecord | None = None  # the architecture pickle, checked before it is unpickled
 
     def entry(self, step: int) -> CheckpointEntry | None:
         for e in self.checkpoints:
@@ -179,6 +192,7 @@ class Manifest:
             retention=dict(self.retention),
             checkpoints=checkpoints,
             format=self.format,
+            architecture=self.architecture,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,6 +204,7 @@ class Manifest:
             "hyperparams_hash": self.hyperparams_hash,
             "created": self.created,
             "retention": dict(self.retention),
+            "architecture": None if self.architecture is None else self.architecture.to_dict(),
             "checkpoints": [e.to_dict() for e in self.checkpoints],
         }
 
@@ -228,6 +243,7 @@ class Manifest:
                 parent=parent,
                 retention=dict(raw.get("retention") or {}),
                 checkpoints=sorted(entries, key=lambda e: e.step),
+                architecture=_file_record(raw.get("architecture")),
             )
         except ManifestError:
             raise
@@ -251,6 +267,12 @@ def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
         seq=int(e.get("seq", 0)),
         abandoned=bool(e.get("abandoned", False)),
     )
+
+
+def _file_record(raw: Any) -> FileRecord | None:
+    if raw is None:
+        return None
+    return FileRecord(file=str(raw["file"]), bytes=int(raw["bytes"]), xxh3_128=str(raw["xxh3_128"]))
 
 
 def commit_order(entry: CheckpointEntry) -> tuple[bool, int, int]:

@@ -41,9 +41,20 @@ def find_leftovers(manager: CheckpointManager) -> tuple[list[Path], list[str]]:
         if not is_hash(name) or not (manager.layout.checkpoints_dir / name).is_dir():
             continue
         exp = manager.experiment(name)
+        escaping = exp.escaping_folders()
+        if escaping:
+            # cleaning deletes files in these folders: never follow a symlink out of the experiment
+            log.error(
+                "weightslab: %s is left as it is: %s",
+                name,
+                "; ".join(f"{folder} is a symlink to {real}" for folder, real in escaping.items()),
+            )
+            continue
         has_steps = any(parse_step_file(f) for f in manager.storage.listdir(exp.model_dir))
         try:
-            m: Manifest | None = manager.manifest(name) if exp.manifest.is_file() else None
+            # exists(), not is_file(): a manifest that cannot be read (permissions, not a file) is an
+            # error for the user to fix, never a reason to rebuild it over
+            m: Manifest | None = manager.manifest(name) if exp.manifest.exists() else None
             # step files are written only once the manifest exists: it was lost, not never written
             broken = m is None and has_steps
         except ManifestError:

@@ -1,11 +1,24 @@
-"""Resume's last step: put a loaded step dict back into the registered objects."""
+"""Resume's last step: put a loaded step dict back into the registered objects, all or nothing.
+
+Every object is checked against the checkpoint before anything is changed: models (keys and shapes,
+what a strict load checks), optimizers (groups, and each state tensor's shape against the parameter
+it belongs to, so a reordered model is an error here rather than a shape error in the next
+``optimizer.step()``). The small objects (schedulers, other stateful objects, hyperparameters) are
+backed up and applied first; if one of them refuses its state, those already applied are put back
+and nothing else is touched.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from weightslab.components.snapshot import restore_rng
 from weightslab.errors import ArchitectureMismatchError
@@ -13,56 +26,192 @@ from weightslab.ledger import Ledger
 
 log = logging.getLogger("weightslab")
 
+_SMALL = (("scheduler", "schedulers"), ("stateful", "extra"))
+
 
 def restore_state(
-    ledger: Ledger, data: Mapping[str, Any], *, where: str, root: Path, exp_hash: str, rng: bool = True
+    ledger: Ledger,
+    data: Mapping[str, Any],
+    *,
+    where: str,
+    root: Path,
+    exp_hash: str,
+    rng: bool = True,
+    architecture_saved: bool = True,
 ) -> None:
-    """Load a step dict into every registered object, in place.
+    """Load a step dict into every registered object, in place, or change nothing.
 
     Models (strict), which parameters were frozen, optimizers, schedulers, other stateful objects,
     the registered hyperparameter mappings and (with ``rng``) the RNG states. ``where`` names the
-    checkpoint in messages. Raises ArchitectureMismatchError, saying how to rebuild the model, when a
+    checkpoint in messages; ``architecture_saved`` says whether the experiment has an architecture
+    pickle to recommend. Registered objects the checkpoint lacks are warned about by name. Raises
+    ArchitectureMismatchError, naming the object and parameter and saying how to fix it, when a
     registered object does not fit the checkpoint.
     """
     models = ledger.items("model")
+    _report_missing(ledger, data, where)
     for name, sd in data.get("models", {}).items():
-        model = models.get(name)
-        if model is None:
-            log.warning("weightslab: %s holds model %r, which is not registered; not restored", where, name)
-            continue
-        try:
-            model.load_state_dict(sd, strict=True)
-        except RuntimeError as exc:
-            raise ArchitectureMismatchError(
-                f"registered model {name!r} does not match {where}: {str(exc).splitlines()[0]} ... "
-                "The checkpoint was saved after a model change. Rebuild the model from it: "
-                f"arch = CheckpointManager({str(root)!r}, mode='r').load_architecture({exp_hash!r}, "
-                f"trust=True); model = arch[{name!r}].to_empty(device='cpu'); register it and resume() again"
-            ) from exc
-    for name in data.get("frozen", {}):
+        if name in models:
+            _check_model(
+                name, models[name], sd, where, _rebuild_hint(root, exp_hash, name, architecture_saved)
+            )
+    optimizers = ledger.items("optimizer")
+    names = _parameter_names(models)
+    for name, state in data.get("optimizers", {}).items():
+        if name in optimizers:
+            _check_optimizer(name, optimizers[name], state, names, where)
+
+    undo: list[Callable[[], object]] = []
+    try:
+        for kind, key in _SMALL:
+            live = ledger.items(kind)  # type: ignore[arg-type]
+            for name, state in data.get(key, {}).items():
+                obj = live.get(name)
+                if obj is None:
+                    continue
+                backup = copy.deepcopy(obj.state_dict())
+                try:
+                    obj.load_state_dict(state)
+                except Exception as exc:
+                    raise ArchitectureMismatchError(
+                        f"registered {kind} {name!r} does not accept its state from {where}: "
+                        f"{type(exc).__name__}: {exc}; nothing was restored"
+                    ) from exc
+                undo.append(partial(obj.load_state_dict, backup))
+        hyperparams = ledger.items("hyperparams")
+        for name, values in data.get("hyperparams", {}).items():
+            if name in hyperparams:
+                before = copy.deepcopy(hyperparams[name])
+                ledger.update_hyperparams(name, values)
+                undo.append(partial(_put_back, ledger, name, before))
+    except BaseException:
+        for step in reversed(undo):
+            step()
+        raise
+    # checked above: these loads fit
+    for name, sd in data.get("models", {}).items():
+        if name in models:
+            models[name].load_state_dict(sd, strict=True)
+    for name, frozen_names in data.get("frozen", {}).items():
         model = models.get(name)
         if model is not None:
-            frozen = set(data["frozen"][name])
+            frozen = set(frozen_names)
             for pname, p in model.named_parameters():
                 p.requires_grad_(pname not in frozen)
-    for kind, key in (("optimizer", "optimizers"), ("scheduler", "schedulers"), ("stateful", "extra")):
+    for name, state in data.get("optimizers", {}).items():
+        if name in optimizers:
+            optimizers[name].load_state_dict(state)
+    if rng and data.get("rng"):
+        restore_rng(data["rng"])
+
+
+def _put_back(ledger: Ledger, name: str, before: Any) -> None:
+    ledger.update_hyperparams(name, before if isinstance(before, Mapping) else vars(before))
+
+
+def _report_missing(ledger: Ledger, data: Mapping[str, Any], where: str) -> None:
+    """Warn about registered objects the checkpoint has no state for, and state with no object."""
+    sections = (("model", "models"), ("optimizer", "optimizers"), *_SMALL)
+    for kind, key in sections:
         live = ledger.items(kind)  # type: ignore[arg-type]
-        for name, state in data.get(key, {}).items():
-            obj = live.get(name)
-            if obj is None:
+        saved = data.get(key, {})
+        for name in live:
+            if name not in saved:
+                message = (
+                    f"weightslab: {where} holds no state for registered {kind} {name!r}; it keeps its "
+                    "current (fresh) state. Register it under the name it had when the run saved "
+                    f"({', '.join(map(repr, saved)) or 'none saved'})"
+                )
+                log.warning(message)
+                warnings.warn(message, stacklevel=4)
+        for name in saved:
+            if name not in live:
                 log.warning(
                     "weightslab: %s holds %s %r, which is not registered; not restored", where, kind, name
                 )
-                continue
-            try:
-                obj.load_state_dict(state)
-            except (ValueError, RuntimeError, KeyError) as exc:
-                raise ArchitectureMismatchError(
-                    f"registered {kind} {name!r} does not match {where}: {exc}; build it over the same "
-                    "parameters as the checkpointed model (after restoring the model's architecture)"
-                ) from exc
-    for name, values in data.get("hyperparams", {}).items():
-        if name in ledger.items("hyperparams"):
-            ledger.update_hyperparams(name, values)
-    if rng and data.get("rng"):
-        restore_rng(data["rng"])
+
+
+def _rebuild_hint(root: Path, exp_hash: str, name: str, architecture_saved: bool) -> str:
+    if architecture_saved:
+        return (
+            "The checkpoint was saved after a model change. Rebuild the model from it: "
+            f"arch = CheckpointManager({str(root)!r}, mode='r').load_architecture({exp_hash!r}, "
+            f"trust=True); model = arch[{name!r}].to_empty(device='cpu'); register it and resume() again"
+        )
+    return (
+        "The checkpoint was saved after a model change and its experiment has no architecture file; "
+        f"build model {name!r} as it was at that point (`weightslab show {root} {exp_hash[:8]}` lists "
+        "its layers and shapes), register it and resume() again"
+    )
+
+
+def _check_model(name: str, model: torch.nn.Module, sd: Mapping[str, Any], where: str, hint: str) -> None:
+    live = model.state_dict()
+    missing = [k for k in live if k not in sd]
+    unexpected = [k for k in sd if k not in live]
+    wrong = [
+        f"{k}: checkpoint {tuple(sd[k].shape)}, model {tuple(v.shape)}"
+        for k, v in live.items()
+        if k in sd
+        and isinstance(v, torch.Tensor)
+        and isinstance(sd[k], torch.Tensor)
+        and v.shape != sd[k].shape
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if wrong:
+        parts.append("shapes differ: " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
+    if missing:
+        parts.append(f"missing from the checkpoint: {', '.join(missing[:5])}")
+    if unexpected:
+        parts.append(f"not in the model: {', '.join(unexpected[:5])}")
+    raise ArchitectureMismatchError(
+        f"registered model {name!r} does not match {where} ({'; '.join(parts)}); nothing was restored. {hint}"
+    )
+
+
+def _parameter_names(models: Mapping[str, torch.nn.Module]) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for mname, model in models.items():
+        for pname, p in model.named_parameters():
+            names.setdefault(id(p), f"{mname}.{pname}")
+    return names
+
+
+def _check_optimizer(
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    state: Mapping[str, Any],
+    names: Mapping[int, str],
+    where: str,
+) -> None:
+    """What ``load_state_dict`` does not check: each state tensor's shape against its parameter."""
+    groups = state.get("param_groups", [])
+    live_groups = optimizer.param_groups
+    fix = (
+        "build the optimizer over the model's parameters in the order the run used (after restoring the "
+        "model's architecture); nothing was restored"
+    )
+    if len(groups) != len(live_groups):
+        raise ArchitectureMismatchError(
+            f"registered optimizer {name!r} has {len(live_groups)} parameter groups, {where} has "
+            f"{len(groups)}; {fix}"
+        )
+    saved_state = state.get("state", {})
+    for i, (saved, live) in enumerate(zip(groups, live_groups, strict=True)):
+        ids, params = list(saved.get("params", [])), live["params"]
+        if len(ids) != len(params):
+            raise ArchitectureMismatchError(
+                f"registered optimizer {name!r} group {i} has {len(params)} parameters, {where} has "
+                f"{len(ids)}; {fix}"
+            )
+        for pid, p in zip(ids, params, strict=True):
+            for key, value in saved_state.get(pid, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    pname = names.get(id(p), f"group {i} parameter {params.index(p)}")
+                    raise ArchitectureMismatchError(
+                        f"registered optimizer {name!r}: its state {key!r} for parameter {pname} has shape "
+                        f"{tuple(value.shape)} in {where}, but the parameter has shape {tuple(p.shape)} "
+                        f"(the parameters are in another order or have other shapes); {fix}"
+                    )
