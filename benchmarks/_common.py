@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
 
 
 def parse_args(description: str, repeats: int = 5) -> argparse.Namespace:

@@ -18,7 +18,7 @@ import time
 import torch
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
 
 from _common import machine, median, print_table
 

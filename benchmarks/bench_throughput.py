@@ -20,7 +20,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.components.storage import fsync
+from weightslab.storage.local import fsync
 
 from _common import (
     build_state,

@@ -106,7 +106,7 @@ def train(root: Path, stop_at: int | None) -> None:
 
 
 def report(root: Path) -> None:
-    from weightslab import console
+    from weightslab.cli import console
 
     print(f"\nCheckpoint root: {root}")
     console.print_summary(root)  # the same table as `weightslab ls ROOT`

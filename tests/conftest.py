@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from weightslab.components import auto_checkpoint
-from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-from weightslab.components.config import CheckpointConfig
-from weightslab.ledger import Ledger, get_ledger
+from weightslab.registry.ledger import Ledger, get_ledger
+from weightslab.system import automatic as auto_checkpoint
+from weightslab.system.automatic import AutomaticCheckpointSystem
+from weightslab.system.config import CheckpointConfig
 
 
 @pytest.fixture(autouse=True)

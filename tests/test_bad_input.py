@@ -20,8 +20,6 @@ import pytest
 import torch
 
 from weightslab.components import AutomaticCheckpointSystem, CheckpointManager, get_checkpoint_system
-from weightslab.components.checkpoint_manager import load_step_file
-from weightslab.components.config import CheckpointConfig
 from weightslab.errors import (
     AmbiguousExperimentError,
     ArchitectureMismatchError,
@@ -37,7 +35,9 @@ from weightslab.errors import (
     UnknownExperimentError,
     UntrustedLoadError,
 )
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
+from weightslab.store.manager import load_step_file
+from weightslab.system.config import CheckpointConfig
 
 from .conftest import mlp
 

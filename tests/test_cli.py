@@ -24,13 +24,13 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from weightslab.cli import main
-from weightslab.commands.export import standalone_tensors
-from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.policy import CheckpointRecord, RetentionPolicy
-from weightslab.ledger import Ledger
+from weightslab.cli.main import main
+from weightslab.inspect.export import standalone_tensors
+from weightslab.policy.retention import CheckpointRecord, RetentionPolicy
+from weightslab.registry.ledger import Ledger
+from weightslab.store.manager import CheckpointManager
+from weightslab.system.automatic import AutomaticCheckpointSystem
+from weightslab.system.config import CheckpointConfig
 
 # -- roots made by real training loops ----------------------------------------------------------------
 
@@ -668,7 +668,7 @@ def test_help_on_every_subcommand_and_version(capsys: pytest.CaptureFixture[str]
 
 
 def test_analyze_is_mounted_when_the_analysis_package_is_present(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("weightslab.analysis.cli")
+    pytest.importorskip("weightslab.cli.analyze")
     assert main(["--help"]) == 0
     assert "analyze" in capsys.readouterr().out
     assert main(["analyze", "--help"]) == 0

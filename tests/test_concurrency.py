@@ -25,10 +25,10 @@ import pytest
 import torch
 
 from weightslab.components import AutomaticCheckpointSystem, CheckpointManager, ExperimentHashGenerator
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.storage import LocalStorage
 from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError, WeightslabError
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
+from weightslab.storage.local import LocalStorage
+from weightslab.system.config import CheckpointConfig
 
 from .conftest import mlp
 

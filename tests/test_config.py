@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from weightslab.components.config import CheckpointConfig
 from weightslab.errors import ConfigError
+from weightslab.system.config import CheckpointConfig
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""weightslab.console from Python: tables, checkpoints, lineage, logging and progress on real roots."""
+"""weightslab.cli.console from Python: tables, checkpoints, lineage, logging and progress on real roots."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch
 from rich.console import Console
 from rich.logging import RichHandler
 
-from weightslab import console as wl_console
-from weightslab.commands.overview import lineage, parse_architecture_text
-from weightslab.commands.verify import verify_root
-from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-from weightslab.components.checkpoint_manager import CheckpointManager, architecture_text
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.policy import RetentionPolicy
-from weightslab.ledger import Ledger
+from weightslab.cli import console as wl_console
+from weightslab.inspect.overview import lineage, parse_architecture_text
+from weightslab.inspect.verify import verify_root
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.registry.ledger import Ledger
+from weightslab.store.manager import CheckpointManager, architecture_text
+from weightslab.system.automatic import AutomaticCheckpointSystem
+from weightslab.system.config import CheckpointConfig
 
 from .test_cli import LineageRoot, build_lineage_root, squash
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.utils.prune as prune
 
 from weightslab.components import ExperimentHashGenerator
-from weightslab.components.experiment_hash import ExperimentIdentity
+from weightslab.system.identity import ExperimentIdentity
 
 from .conftest import mlp
 

@@ -25,10 +25,10 @@ import torch
 import xxhash
 
 from weightslab.components import AutomaticCheckpointSystem, CheckpointManager, get_checkpoint_system
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.storage import HashingWriter, LocalStorage, WrittenFile
 from weightslab.errors import CheckpointCorruptedError, ManifestError, RootError
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
+from weightslab.storage.local import HashingWriter, LocalStorage, WrittenFile
+from weightslab.system.config import CheckpointConfig
 
 from .conftest import mlp, train_step
 
@@ -338,9 +338,9 @@ import errno, gc, json, os, sys, warnings
 from pathlib import Path
 import torch
 from weightslab.components import AutomaticCheckpointSystem, CheckpointManager
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.storage import LocalStorage
-from weightslab.ledger import Ledger
+from weightslab.system.config import CheckpointConfig
+from weightslab.storage.local import LocalStorage
+from weightslab.registry.ledger import Ledger
 
 root, fs, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 filler = fs / "filler"

@@ -21,11 +21,11 @@ import torch
 from torch.nn.utils import prune
 
 from weightslab.components import CheckpointManager
-from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.journal import Journal, read_events
 from weightslab.errors import ArchitectureMismatchError, HyperparamsError, RootError, RootLockedError
-from weightslab.ledger import Ledger
+from weightslab.format.journal import Journal, read_events
+from weightslab.registry.ledger import Ledger
+from weightslab.system.automatic import AutomaticCheckpointSystem
+from weightslab.system.config import CheckpointConfig
 
 from .conftest import mlp
 from .test_faults import RealSmallDisk, mount_tmpfs
@@ -279,8 +279,8 @@ def test_the_rebuild_recipe_is_offered_only_when_it_can_work(tmp_path: Path) -> 
 FORKING_TRAINER = textwrap.dedent(
     """
     import os, sys, time, torch
-    from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-    from weightslab.ledger import Ledger
+    from weightslab.system.automatic import AutomaticCheckpointSystem
+    from weightslab.registry.ledger import Ledger
     ledger = Ledger(); ledger.register_model("model", torch.nn.Linear(2, 2))
     system = AutomaticCheckpointSystem(root_log_dir=sys.argv[1], checkpoint_frequency=1, ledger=ledger)
     system.checkpoint_on_step(1); system.flush()

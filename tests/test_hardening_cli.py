@@ -23,13 +23,13 @@ import yaml
 from safetensors.torch import load_file
 from torch.nn.utils import prune
 
-from weightslab.commands.overview import parse_architecture_text
-from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.policy import RetentionPolicy
 from weightslab.errors import RetentionRefusedError, UnsafePathError
-from weightslab.ledger import Ledger
+from weightslab.inspect.overview import parse_architecture_text
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.registry.ledger import Ledger
+from weightslab.store.manager import CheckpointManager
+from weightslab.system.automatic import AutomaticCheckpointSystem
+from weightslab.system.config import CheckpointConfig
 
 from .test_cli import _ENV, ok_json, ok_text, squash, wl, wl_many
 

@@ -11,7 +11,7 @@ import torch
 
 import weightslab as wl
 from weightslab.errors import HyperparamsError, InvalidNameError
-from weightslab.ledger import Ledger, LedgerEvent
+from weightslab.registry.ledger import Ledger, LedgerEvent
 
 
 def test_register_with_and_without_a_name(ledger: Ledger) -> None:

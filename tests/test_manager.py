@@ -15,8 +15,6 @@ import torch
 import xxhash
 
 from weightslab.components import CheckpointManager
-from weightslab.components.layout import CHECKPOINT_FORMAT
-from weightslab.components.policy import RetentionPolicy
 from weightslab.errors import (
     AmbiguousExperimentError,
     CheckpointCorruptedError,
@@ -27,6 +25,8 @@ from weightslab.errors import (
     UnknownExperimentError,
     UntrustedLoadError,
 )
+from weightslab.format.layout import CHECKPOINT_FORMAT
+from weightslab.policy.retention import RetentionPolicy
 
 from .conftest import mlp
 
@@ -166,7 +166,7 @@ def test_truncated_and_missing_files_are_detected(mgr: CheckpointManager) -> Non
 
 
 def test_a_file_from_another_format_is_refused(mgr: CheckpointManager, tmp_path: Path) -> None:
-    from weightslab.components.checkpoint_manager import load_step_file
+    from weightslab.store.manager import load_step_file
 
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {"w": torch.ones(1)}}, other)
@@ -184,7 +184,7 @@ def test_delete_removes_the_entry_then_the_file(mgr: CheckpointManager) -> None:
 
 
 def test_retention_keeps_branch_points(mgr: CheckpointManager) -> None:
-    from weightslab.components.manifest import ParentRef
+    from weightslab.format.manifest import ParentRef
 
     new_experiment(mgr, H1)
     for step in (10, 20, 30, 40):
@@ -270,8 +270,8 @@ def test_replacing_a_committed_step_is_crash_safe(mgr: CheckpointManager) -> Non
 
 
 def test_interrupted_replacement_settles_on_open(tmp_path: Path) -> None:
-    from weightslab.components.manifest import PendingReplacement
-    from weightslab.components.storage import LocalStorage
+    from weightslab.format.manifest import PendingReplacement
+    from weightslab.storage.local import LocalStorage
 
     root = tmp_path / "root"
     with CheckpointManager(root) as mgr:
@@ -281,7 +281,7 @@ def test_interrupted_replacement_settles_on_open(tmp_path: Path) -> None:
         path = mgr.experiment(H1).step_file(10)
         written = LocalStorage().write_atomic(path, lambda w: torch.save(payload(10, 5.0), w))  # type: ignore[arg-type]
         m = mgr.manifest(H1)
-        from weightslab.components.checkpoint_manager import _with_pending
+        from weightslab.store.manager import _with_pending
 
         mgr._write_manifest(
             m.with_entry(_with_pending(old, PendingReplacement(written.bytes, written.xxh3_128)))

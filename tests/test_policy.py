@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from weightslab.components.policy import CheckpointRecord, RetentionPolicy, is_save_step
+from weightslab.policy.retention import CheckpointRecord, RetentionPolicy, is_save_step
 
 
 def recs(*pairs: tuple[int, float | None]) -> list[CheckpointRecord]:

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from weightslab.components import AutomaticCheckpointSystem, CheckpointManager, get_checkpoint_system
-from weightslab.components.config import CheckpointConfig
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
+from weightslab.system.config import CheckpointConfig
 
 from .conftest import mlp, train_step
 from .crash_worker import TOTAL_STEPS

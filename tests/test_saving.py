@@ -13,10 +13,10 @@ import torch
 import xxhash
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.components.serialize import save_state
-from weightslab.components.snapshot import SnapshotBuffers
-from weightslab.components.storage import HashingWriter, LocalStorage
-from weightslab.ledger import Ledger
+from weightslab.format.stepfile import save_state
+from weightslab.registry.ledger import Ledger
+from weightslab.storage.local import HashingWriter, LocalStorage
+from weightslab.system.snapshot import SnapshotBuffers
 
 from .conftest import mlp, train_step
 

@@ -19,13 +19,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from weightslab import console as wl_console
-from weightslab.commands.overview import checkpoint_infos, experiment_infos
+from weightslab.cli import console as wl_console
 from weightslab.components import CheckpointManager
-from weightslab.components.auto_checkpoint import AutomaticCheckpointSystem
-from weightslab.components.config import CheckpointConfig
 from weightslab.errors import ConfigError
-from weightslab.ledger import Ledger
+from weightslab.inspect.overview import checkpoint_infos, experiment_infos
+from weightslab.registry.ledger import Ledger
+from weightslab.system.automatic import AutomaticCheckpointSystem
+from weightslab.system.config import CheckpointConfig
 
 from .conftest import mlp
 from .loop_worker import FREEZE_AT, LR_AT, PRUNE_AT, SNAPSHOT_STEPS, TOTAL

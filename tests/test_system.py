@@ -31,7 +31,7 @@ from weightslab.errors import (
     RootLockedError,
     SystemConfigurationError,
 )
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
 
 from .conftest import mlp, train_step
 

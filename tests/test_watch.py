@@ -20,9 +20,8 @@ import yaml
 from watchdog.utils import BaseThread
 
 from weightslab.components import AutomaticCheckpointSystem, CheckpointManager
-from weightslab.components.config import CheckpointConfig
-from weightslab.ledger import Ledger, LedgerEvent
-from weightslab.watch import (
+from weightslab.registry.ledger import Ledger, LedgerEvent
+from weightslab.registry.watch import (
     HyperparamsWatcher,
     Rejection,
     apply_lr_changes,
@@ -30,6 +29,7 @@ from weightslab.watch import (
     render_yaml,
     write_back,
 )
+from weightslab.system.config import CheckpointConfig
 
 # Only a guard against a hang: edits arrive in about 0.1 s (see the live-config guide); a loaded
 # machine is slower, and the tests wait for the event itself, not for a time window.

@@ -13,7 +13,7 @@ from weightslab.components import (
     checkpoint_on_step,
     get_checkpoint_system,
 )
-from weightslab.ledger import (
+from weightslab.registry.ledger import (
     Ledger,
     LedgerEvent,
     clear_ledger,
@@ -39,7 +39,7 @@ from weightslab.ledger import (
     unregister_optimizer,
     unregister_scheduler,
 )
-from weightslab.watch import apply_lr_changes
+from weightslab.registry.watch import apply_lr_changes
 
 __version__ = "0.1.0"
 

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from weightslab.components import AutomaticCheckpointSystem, CheckpointConfig
-from weightslab.components.layout import RootLayout
-from weightslab.components.manifest import read_manifest
-from weightslab.ledger import Ledger
+from weightslab.format.layout import RootLayout
+from weightslab.format.manifest import read_manifest
+from weightslab.registry.ledger import Ledger
 
 from ..hubserver import HubServer
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from weightslab.analysis.cli import add_analyze_parser, run_analyze
+from weightslab.cli.analyze import add_analyze_parser, run_analyze
 
 from ..hubserver import HubServer
 from .analysis_runs import LocalRun, PublishedRun
@@ -34,7 +34,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_on_a_local_root(local_run: LocalRun, tmp_path: Path) -> None:
-    argv = ["-m", "weightslab.analysis.cli", "analyze", str(local_run.root), "--out", "out", "--workers", "2"]
+    argv = ["-m", "weightslab.cli.analyze", "analyze", str(local_run.root), "--out", "out", "--workers", "2"]
     result = _run(*argv, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -48,7 +48,7 @@ def test_cli_on_a_local_root(local_run: LocalRun, tmp_path: Path) -> None:
 
 
 def test_cli_analyses_a_local_roots_weights_by_default(local_run: LocalRun, tmp_path: Path) -> None:
-    argv = ["-m", "weightslab.analysis.cli", "analyze", str(local_run.root), "--out", "out"]
+    argv = ["-m", "weightslab.cli.analyze", "analyze", str(local_run.root), "--out", "out"]
     result = _run(*argv, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "out" / "summary.json").read_text())["rows"]
@@ -89,7 +89,7 @@ def test_cli_on_a_hub_repo_with_weights(
     hub: HubServer, published: dict[str, PublishedRun], tmp_path: Path
 ) -> None:
     run = published["pythia"]
-    argv = ["-m", "weightslab.analysis.cli", "analyze", run.repo_id, "--include-weights"]
+    argv = ["-m", "weightslab.cli.analyze", "analyze", run.repo_id, "--include-weights"]
     argv += ["--endpoint", hub.endpoint, "--cache-dir", str(tmp_path / "cache")]
     result = _run(*argv, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

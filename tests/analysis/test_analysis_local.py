@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from weightslab.analysis import list_local_checkpoints, process_all_checkpoints, process_single_checkpoint
-from weightslab.components.layout import RootLayout
 from weightslab.errors import CheckpointNotFoundError
+from weightslab.format.layout import RootLayout
 
 from .analysis_runs import LocalRun
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from weightslab.analysis import analyze_optimizer_checkpoint
-from weightslab.components.layout import CHECKPOINT_FORMAT
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError
+from weightslab.format.layout import CHECKPOINT_FORMAT
 
 from .analysis_runs import Snapshot, train
 

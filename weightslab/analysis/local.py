@@ -29,8 +29,6 @@ from weightslab.analysis.models import (
 )
 from weightslab.analysis.optimizer import locate_optimizer_state, summarize_optimizer_state
 from weightslab.analysis.weights import analyze_state_dict
-from weightslab.components.layout import CHECKPOINT_FORMAT, RootLayout
-from weightslab.components.manifest import CheckpointEntry, read_manifest
 from weightslab.errors import (
     AnalysisSourceError,
     CheckpointCorruptedError,
@@ -38,7 +36,9 @@ from weightslab.errors import (
     CheckpointNotFoundError,
     ManifestError,
 )
-from weightslab.names import is_hash
+from weightslab.format.layout import CHECKPOINT_FORMAT, RootLayout
+from weightslab.format.manifest import CheckpointEntry, read_manifest
+from weightslab.util.names import is_hash
 
 _HASH_CHUNK = 8 << 20
 

@@ -26,8 +26,8 @@ from weightslab.analysis.models import (
     StateEntryInfo,
 )
 from weightslab.analysis.stats import RunningStats, dtype_name
-from weightslab.components.layout import CHECKPOINT_FORMAT
 from weightslab.errors import CheckpointFormatError
+from weightslab.format.layout import CHECKPOINT_FORMAT
 
 _WRAPPER_OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim")
 _WRAPPER_SCHEDULER_KEYS = ("lr_scheduler", "scheduler", "lr_scheduler_state_dict", "scheduler_state_dict")

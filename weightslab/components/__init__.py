@@ -1,6 +1,9 @@
 """The checkpointing components: the automatic system, the manager of one root, and hashing."""
 
-from weightslab.components.auto_checkpoint import (
+from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.store.manager import CheckpointManager, VerifyReport
+from weightslab.system.automatic import (
     AutomaticCheckpointSystem,
     checkpoint_on_config_change,
     checkpoint_on_model_change,
@@ -8,11 +11,8 @@ from weightslab.components.auto_checkpoint import (
     checkpoint_on_step,
     get_checkpoint_system,
 )
-from weightslab.components.checkpoint_manager import CheckpointManager, VerifyReport
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.experiment_hash import ExperimentHashGenerator, ExperimentIdentity
-from weightslab.components.manifest import CheckpointEntry, Manifest, ParentRef
-from weightslab.components.policy import RetentionPolicy
+from weightslab.system.config import CheckpointConfig
+from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
 
 __all__ = [
     "AutomaticCheckpointSystem",

@@ -38,8 +38,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from weightslab.commands import open_root
-from weightslab.commands.overview import (
+from weightslab.errors import ConfigFileError
+from weightslab.format.manifest import ParentRef
+from weightslab.inspect import open_root
+from weightslab.inspect.overview import (
     CheckpointInfo,
     ExperimentInfo,
     LineageNode,
@@ -52,11 +54,9 @@ from weightslab.commands.overview import (
     lineage,
     policy_from,
 )
-from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.components.manifest import ParentRef
-from weightslab.components.policy import RetentionPolicy
-from weightslab.errors import ConfigFileError
-from weightslab.names import is_hash
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.store.manager import CheckpointManager
+from weightslab.util.names import is_hash
 
 Source = CheckpointManager | str | os.PathLike[str]
 PIPE_WIDTH = 100
@@ -72,7 +72,7 @@ def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
 
 
 class RichTracker:
-    """A :class:`weightslab.commands.Tracker` drawn as a transient rich progress bar.
+    """A :class:`weightslab.inspect.Tracker` drawn as a transient rich progress bar.
 
     Shows nothing when ``console`` is not a terminal (pipes, files, CI logs). Use as a context manager.
     """

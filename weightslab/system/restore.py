@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from weightslab.components.snapshot import restore_rng
 from weightslab.errors import ArchitectureMismatchError
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
+from weightslab.system.snapshot import restore_rng
 
 log = logging.getLogger("weightslab")
 

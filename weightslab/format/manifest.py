@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from weightslab.components.layout import MANIFEST_FORMAT, validate_hash
 from weightslab.errors import ManifestError
+from weightslab.format.layout import MANIFEST_FORMAT, validate_hash
 
 
 @dataclass(frozen=True)

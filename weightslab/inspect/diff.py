@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 import torch
 
-from weightslab.commands.overview import architecture_summary
-from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ConfigFileError, UnsafePathError
+from weightslab.inspect.overview import architecture_summary
+from weightslab.store.manager import CheckpointManager
 
 # {model name: {layer: {tensor name: (shape, dtype)}}}
 Tensors = dict[str, dict[str, dict[str, tuple[tuple[int, ...], str]]]]

@@ -24,23 +24,24 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from weightslab import __version__, cli_render, console
-from weightslab.commands import open_root
-from weightslab.commands.diff import diff_experiments
-from weightslab.commands.export import export_checkpoint
-from weightslab.commands.gc import run_gc
-from weightslab.commands.overview import (
+from weightslab import __version__
+from weightslab.cli import console
+from weightslab.cli import render as cli_render
+from weightslab.errors import ConfigFileError, WeightslabError
+from weightslab.inspect import open_root
+from weightslab.inspect.diff import diff_experiments
+from weightslab.inspect.export import export_checkpoint
+from weightslab.inspect.gc import run_gc
+from weightslab.inspect.overview import (
     architecture_summary,
     checkpoint_infos,
     experiment_info,
     experiment_infos,
     lineage,
 )
-from weightslab.commands.verify import report_dict, verify_root
-from weightslab.errors import ConfigFileError, WeightslabError
+from weightslab.inspect.verify import report_dict, verify_root
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -146,16 +147,13 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
 
 
 def _add_analyze(sub: Any, *, real: bool) -> None:
-    """Mount ``analyze`` from weightslab.analysis when it is installed.
+    """Mount ``analyze`` (weightslab.analysis).
 
     Importing it pulls in pandas and huggingface_hub, so the real parser is built only when the
     command is ``analyze``; otherwise a placeholder lists it in ``weightslab --help``.
     """
-    # find_spec would import weightslab.analysis (and pandas) just to look: check for the file instead
-    if not (Path(__file__).parent / "analysis" / "cli.py").is_file():
-        return
     if real:
-        from weightslab.analysis.cli import add_analyze_parser  # heavy: only for analyze
+        from weightslab.cli.analyze import add_analyze_parser  # heavy: only for analyze
 
         add_analyze_parser(sub)
         return
@@ -287,7 +285,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from weightslab.analysis.cli import run_analyze
+    from weightslab.cli.analyze import run_analyze
 
     return int(run_analyze(args))
 

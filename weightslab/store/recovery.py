@@ -1,6 +1,6 @@
 """Crash recovery for a checkpoint root: leftovers, lost or broken manifests, interrupted replacements.
 
-Functions over a :class:`~weightslab.components.checkpoint_manager.CheckpointManager`, which exposes
+Functions over a :class:`~weightslab.store.manager.CheckpointManager`, which exposes
 them as methods; a writer runs :func:`clean_leftovers` when it opens a root. Every rule about what a crash can leave behind lives here.
 """
 
@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weightslab.components.journal import read_events
-from weightslab.components.layout import TMP_MARKER, parse_step_file
-from weightslab.components.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
-from weightslab.components.serialize import load_step_file
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ManifestError
-from weightslab.names import is_hash
+from weightslab.format.journal import read_events
+from weightslab.format.layout import TMP_MARKER, parse_step_file
+from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
+from weightslab.format.stepfile import load_step_file
+from weightslab.util.names import is_hash
 
 if TYPE_CHECKING:
-    from weightslab.components.checkpoint_manager import CheckpointManager
+    from weightslab.store.manager import CheckpointManager
 
 log = logging.getLogger("weightslab")
 

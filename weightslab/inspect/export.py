@@ -30,11 +30,11 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from weightslab.canonical import canonicalize
-from weightslab.commands import NullTracker, Tracker
-from weightslab.components.checkpoint_manager import CheckpointManager, load_step_file
 from weightslab.errors import HyperparamsError
-from weightslab.names import validate_name
+from weightslab.inspect import NullTracker, Tracker
+from weightslab.store.manager import CheckpointManager, load_step_file
+from weightslab.util.canonical import canonicalize
+from weightslab.util.names import validate_name
 
 ExportFormat = Literal["safetensors", "pt"]
 EXPORT_FORMAT = "weightslab.export/1"

@@ -1,7 +1,7 @@
 """How the ``weightslab`` command prints the results of verify, diff, gc and export.
 
 The pictures shared with Python users (experiments, checkpoints, lineage) live in
-:mod:`weightslab.console`; these are the command's own reports, in the same style.
+:mod:`weightslab.cli.console`; these are the command's own reports, in the same style.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from weightslab.commands.diff import ExperimentDiff, LayerChange
-from weightslab.commands.export import ExportResult
-from weightslab.commands.gc import GcResult
-from weightslab.components.checkpoint_manager import VerifyReport
-from weightslab.console import format_size, format_value, make_console, new_table, plural
+from weightslab.cli.console import format_size, format_value, make_console, new_table, plural
+from weightslab.inspect.diff import ExperimentDiff, LayerChange
+from weightslab.inspect.export import ExportResult
+from weightslab.inspect.gc import GcResult
+from weightslab.store.manager import VerifyReport
 
 
 def print_verify(report: VerifyReport, root: Path, *, console: Console | None = None) -> None:

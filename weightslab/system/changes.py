@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from weightslab.ledger import Ledger
+from weightslab.registry.ledger import Ledger
 
 _structure_counter = itertools.count(1)
 _structure_version = 0

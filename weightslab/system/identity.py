@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import xxhash
 
-from weightslab.canonical import canonical_json, canonicalize, strip_prefixes
+from weightslab.util.canonical import canonical_json, canonicalize, strip_prefixes
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 import xxhash
 
-from weightslab.components.layout import TMP_MARKER
+from weightslab.format.layout import TMP_MARKER
 
 READ_CHUNK = 8 << 20
 

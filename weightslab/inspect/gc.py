@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from weightslab.commands import NullTracker, Tracker, open_root
-from weightslab.commands.overview import describe_policy, policy_from
-from weightslab.commands.verify import relative_to_root
-from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.components.layout import TMP_MARKER, parse_step_file
-from weightslab.components.policy import RetentionPolicy
 from weightslab.errors import ConfigError, ManifestError, RetentionRefusedError, UnsafePathError
-from weightslab.names import is_hash
+from weightslab.format.layout import TMP_MARKER, parse_step_file
+from weightslab.inspect import NullTracker, Tracker, open_root
+from weightslab.inspect.overview import describe_policy, policy_from
+from weightslab.inspect.verify import relative_to_root
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.store.manager import CheckpointManager
+from weightslab.util.names import is_hash
 
 
 @dataclass(frozen=True)

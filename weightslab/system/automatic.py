@@ -22,18 +22,6 @@ from dataclasses import asdict
 from functools import partial
 from typing import Any, Literal
 
-from weightslab.canonical import canonicalize, plain
-from weightslab.components.change_detector import ChangeDetector, module_diff, module_names
-from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.components.config import CheckpointConfig
-from weightslab.components.experiment_hash import ExperimentHashGenerator, ExperimentIdentity
-from weightslab.components.layout import CHECKPOINT_FORMAT
-from weightslab.components.manifest import CheckpointEntry, ParentRef
-from weightslab.components.policy import RetentionPolicy
-from weightslab.components.restore import restore_state
-from weightslab.components.snapshot import SnapshotBuffers, capture_rng
-from weightslab.components.validation import check_notes, check_step, clean_metrics
-from weightslab.components.writer import BackgroundWriter
 from weightslab.errors import (
     CheckpointCorruptedError,
     CheckpointFormatError,
@@ -46,7 +34,19 @@ from weightslab.errors import (
     UnsafePathError,
     WeightslabError,
 )
-from weightslab.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
+from weightslab.format.layout import CHECKPOINT_FORMAT
+from weightslab.format.manifest import CheckpointEntry, ParentRef
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.registry.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
+from weightslab.store.manager import CheckpointManager
+from weightslab.system.changes import ChangeDetector, module_diff, module_names
+from weightslab.system.config import CheckpointConfig
+from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
+from weightslab.system.restore import restore_state
+from weightslab.system.snapshot import SnapshotBuffers, capture_rng
+from weightslab.system.validation import check_notes, check_step, clean_metrics
+from weightslab.system.writer import BackgroundWriter
+from weightslab.util.canonical import canonicalize, plain
 
 log = logging.getLogger("weightslab")
 
@@ -57,7 +57,7 @@ class AutomaticCheckpointSystem:
     """Saves registered training state on a step frequency and on every change.
 
     Build it through :func:`get_checkpoint_system` (one per process) or directly with an own
-    :class:`~weightslab.ledger.Ledger` for isolated use. Raises RootLockedError when another writer
+    :class:`~weightslab.registry.ledger.Ledger` for isolated use. Raises RootLockedError when another writer
     holds the root, ConfigError for invalid options.
     """
 
@@ -267,7 +267,7 @@ class AutomaticCheckpointSystem:
     # -- looking at the root ---------------------------------------------------------------------
     def summary(self, *, console: Any = None) -> None:
         """Print the experiments of this root (hash, parent and reason, checkpoints, best metric, size)."""
-        from weightslab import console as rich_console  # console -> commands -> components
+        from weightslab.cli import console as rich_console  # console -> commands -> components
 
         self.flush()
         rich_console.print_summary(
@@ -280,7 +280,7 @@ class AutomaticCheckpointSystem:
 
     def print_checkpoints(self, exp_hash: str | None = None, *, console: Any = None) -> None:
         """Print one experiment's checkpoints (default: the active one) and why each is kept."""
-        from weightslab import console as rich_console
+        from weightslab.cli import console as rich_console
 
         self.flush()
         h = exp_hash or self.exp_hash or self.manager.last_active()
@@ -293,7 +293,7 @@ class AutomaticCheckpointSystem:
 
     def print_tree(self, *, console: Any = None) -> None:
         """Print the lineage tree: how experiments branched, with step and reason on each edge."""
-        from weightslab import console as rich_console
+        from weightslab.cli import console as rich_console
 
         self.flush()
         rich_console.print_tree(self.manager, active=self.exp_hash, console=console)

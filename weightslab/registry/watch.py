@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from weightslab.canonical import canonicalize
-from weightslab.components.storage import LocalStorage
 from weightslab.errors import HyperparamsError
-from weightslab.ledger import Ledger, LedgerEvent, get_ledger
+from weightslab.registry.ledger import Ledger, LedgerEvent, get_ledger
+from weightslab.storage.local import LocalStorage
+from weightslab.util.canonical import canonicalize
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEvent, FileSystemEventHandler

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from weightslab.components.layout import CHECKPOINT_FORMAT
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError
+from weightslab.format.layout import CHECKPOINT_FORMAT
 
 try:  # private in torch; guarded so that weightslab keeps working if it moves
     from torch.serialization import DEFAULT_PROTOCOL, _get_storage_alignment, _save

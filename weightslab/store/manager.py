@@ -1,7 +1,7 @@
 """CheckpointManager: save, load, list, verify and delete the checkpoints of one root.
 
 The manager does I/O and keeps the commit rule; it never decides when to save or what to keep
-(that is :mod:`weightslab.components.policy` and the automatic system). Commit rule: a checkpoint
+(that is :mod:`weightslab.policy.retention` and the automatic system). Commit rule: a checkpoint
 exists when, and only when, its manifest entry exists, and the entry is written only after the step
 file is durable. Files without an entry are crash leftovers: never loaded, cleaned up by a writer.
 """
@@ -22,28 +22,6 @@ from typing import Any, Literal
 import torch
 import yaml
 
-from weightslab.components import recovery
-from weightslab.components.architecture import architecture_text, meta_copy
-from weightslab.components.journal import Journal, last_active_experiment, read_events
-from weightslab.components.layout import (
-    TMP_MARKER,
-    ExperimentLayout,
-    RootLayout,
-    parse_step_file,
-)
-from weightslab.components.lock import RootLock
-from weightslab.components.manifest import (
-    CheckpointEntry,
-    FileRecord,
-    Manifest,
-    ParentRef,
-    PendingReplacement,
-    read_manifest,
-)
-from weightslab.components.policy import RetentionPolicy
-from weightslab.components.recovery import _with_pending
-from weightslab.components.serialize import load_step_file, save_state
-from weightslab.components.storage import HashingWriter, LocalStorage
 from weightslab.errors import (
     AmbiguousExperimentError,
     CheckpointCorruptedError,
@@ -56,7 +34,29 @@ from weightslab.errors import (
     UnsafePathError,
     UntrustedLoadError,
 )
-from weightslab.names import is_hash, validate_hash
+from weightslab.format.architecture import architecture_text, meta_copy
+from weightslab.format.journal import Journal, last_active_experiment, read_events
+from weightslab.format.layout import (
+    TMP_MARKER,
+    ExperimentLayout,
+    RootLayout,
+    parse_step_file,
+)
+from weightslab.format.manifest import (
+    CheckpointEntry,
+    FileRecord,
+    Manifest,
+    ParentRef,
+    PendingReplacement,
+    read_manifest,
+)
+from weightslab.format.stepfile import load_step_file, save_state
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.storage.local import HashingWriter, LocalStorage
+from weightslab.store import recovery
+from weightslab.store.lock import RootLock
+from weightslab.store.recovery import _with_pending
+from weightslab.util.names import is_hash, validate_hash
 
 log = logging.getLogger("weightslab")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightslab.errors import UnsafePathError
-from weightslab.names import validate_hash
+from weightslab.util.names import validate_hash
 
 CHECKPOINT_FORMAT = "weightslab.checkpoint/1"
 MANIFEST_FORMAT = "weightslab.manifest/1"

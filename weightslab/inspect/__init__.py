@@ -2,8 +2,8 @@
 
 Each module computes plain records (dataclasses with ``to_dict()`` for ``--json``) from a root:
 :mod:`overview` (experiments, checkpoints, lineage, architecture), :mod:`verify`, :mod:`gc`,
-:mod:`export` and :mod:`diff`. :mod:`weightslab.console` renders them with ``rich`` and
-:mod:`weightslab.cli` parses the command line. Long operations report through a :class:`Tracker`,
+:mod:`export` and :mod:`diff`. :mod:`weightslab.cli.console` renders them with ``rich`` and
+:mod:`weightslab.cli.main` parses the command line. Long operations report through a :class:`Tracker`,
 so they stay free of any display code.
 """
 
@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from weightslab.components.checkpoint_manager import CheckpointManager
 from weightslab.errors import RootError
+from weightslab.store.manager import CheckpointManager
 
 
 class Tracker(Protocol):

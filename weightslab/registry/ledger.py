@@ -20,9 +20,9 @@ from typing import Any, Literal, TypeVar, overload
 import torch
 import yaml
 
-from weightslab.canonical import canonicalize, replace_mapping, restore_like
 from weightslab.errors import HyperparamsError
-from weightslab.names import validate_name
+from weightslab.util.canonical import canonicalize, replace_mapping, restore_like
+from weightslab.util.names import validate_name
 
 log = logging.getLogger("weightslab")
 
@@ -297,7 +297,7 @@ class Ledger:
                 self._sources.pop(name, None)
         self.register("hyperparams", name, hp)
         if watch and source is not None:
-            from weightslab.watch import HyperparamsWatcher  # watchdog is imported only when used
+            from weightslab.registry.watch import HyperparamsWatcher  # watchdog is imported only when used
 
             watcher = HyperparamsWatcher(self, name, source.resolve(), check_types=check_types)
             watcher.start()
@@ -320,7 +320,7 @@ class Ledger:
             self.stop_watcher(name)
 
     def watcher(self, name: str) -> Any:
-        """The :class:`~weightslab.watch.HyperparamsWatcher` of set ``name``, or None."""
+        """The :class:`~weightslab.registry.watch.HyperparamsWatcher` of set ``name``, or None."""
         with self._lock:
             return self._watchers.get(name)
 
@@ -359,7 +359,7 @@ class Ledger:
             watcher = self._watchers.get(name)
         failure: OSError | None = None
         if source is not None:
-            from weightslab.watch import write_back  # file and memory must agree
+            from weightslab.registry.watch import write_back  # file and memory must agree
 
             try:
                 write_back(source, hp, watcher)

@@ -1,7 +1,7 @@
 """``weightslab analyze REPO_OR_ROOT``: analyse every checkpoint of a Hub repository or a local root.
 
-``weightslab.cli`` mounts it with :func:`add_analyze_parser` and :func:`run_analyze`;
-``python -m weightslab.analysis.cli analyze ...`` runs it on its own.
+``weightslab.cli.main`` mounts it with :func:`add_analyze_parser` and :func:`run_analyze`;
+``python -m weightslab.cli.analyze analyze ...`` runs it on its own.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m weightslab.analysis.cli``."""
+    """Entry point of ``python -m weightslab.cli.analyze``."""
     parser = argparse.ArgumentParser(prog="weightslab", description="weightslab checkpoint analysis")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_analyze_parser(subparsers)

@@ -15,15 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from weightslab.components.checkpoint_manager import CheckpointManager
-from weightslab.components.manifest import Manifest, ParentRef
-from weightslab.components.policy import RetentionPolicy
 from weightslab.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     ManifestError,
     UnsafePathError,
 )
+from weightslab.format.manifest import Manifest, ParentRef
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.store.manager import CheckpointManager
 
 Mode = Literal["min", "max"]
 

@@ -10,9 +10,9 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from weightslab.commands import NullTracker, Tracker
-from weightslab.components.checkpoint_manager import CheckpointManager, VerifyReport
 from weightslab.errors import ManifestError
+from weightslab.inspect import NullTracker, Tracker
+from weightslab.store.manager import CheckpointManager, VerifyReport
 
 
 def verify_root(
