@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from weightslab.registry.ledger import Ledger, get_ledger
-from weightslab.system import automatic as auto_checkpoint
+from weightslab.system import api as system_api
 from weightslab.system.automatic import AutomaticCheckpointSystem
 from weightslab.system.config import CheckpointConfig
 
@@ -20,7 +20,7 @@ from weightslab.system.config import CheckpointConfig
 def _isolate_globals() -> Iterator[None]:
     """No test leaks a global system or global registrations into the next."""
     yield
-    system = auto_checkpoint._SYSTEM
+    system = system_api._SYSTEM
     if system is not None and not system.closed:
         system.close()
     get_ledger().clear()

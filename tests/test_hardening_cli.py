@@ -223,7 +223,13 @@ def test_a_step_file_symlinked_elsewhere_is_kept_by_gc_and_reported(tmp_path: Pa
 
 @pytest.mark.parametrize(
     "target",
-    ["manifest.json", "hp/{h}_config.yaml", "model/{h}_architecture.pkl", "model/{h}_architecture.txt"],
+    [
+        "manifest.json",
+        "hp/{h}_config.yaml",
+        "model/{h}_architecture.pkl",
+        "model/{h}_architecture.txt",
+        "model/{h}_architecture.json",
+    ],
 )
 def test_manifest_entries_naming_the_manifest_config_or_architecture_are_refused(
     tmp_path: Path, target: str
@@ -237,7 +243,7 @@ def test_manifest_entries_naming_the_manifest_config_or_architecture_are_refused
         exp / "hp" / f"{h}_config.yaml",
         *sorted((exp / "model").glob(f"{h}_architecture.*")),
     ]
-    assert len(protected) == 4  # the pickle and the text were both written
+    assert len(protected) == 5  # the pickle, the summary record and the text were all written
     edit_manifest(
         run.root, h, lambda raw: prepend_entries(raw, [fake_entry(0, file, exp / file)], KEEP_LAST_1)
     )
@@ -250,7 +256,10 @@ def test_manifest_entries_naming_the_manifest_config_or_architecture_are_refused
     assert (problem["kind"], problem["step"], problem["path"]) == ("unsafe", 0, f"checkpoints/{h}/{file}")
     assert "only a step file" in problem["detail"]
     what = {"manifest.json": "the manifest itself", "hp": "the config YAML"}.get(
-        file.split("/")[0], "the architecture pickle" if file.endswith(".pkl") else "the architecture text"
+        file.split("/")[0],
+        {".pkl": "the architecture pickle", ".json": "the architecture summary"}.get(
+            Path(file).suffix, "the architecture text"
+        ),
     )
     assert what in problem["detail"]
 

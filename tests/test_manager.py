@@ -70,6 +70,7 @@ def test_layout_and_file_names_are_exact(mgr: CheckpointManager) -> None:
     assert files == [
         f"checkpoints/{H1}/hp/{H1}_config.yaml",
         f"checkpoints/{H1}/manifest.json",
+        f"checkpoints/{H1}/model/{H1}_architecture.json",
         f"checkpoints/{H1}/model/{H1}_architecture.pkl",
         f"checkpoints/{H1}/model/{H1}_architecture.txt",
         f"checkpoints/{H1}/model/{H1}_step_000100.pt",

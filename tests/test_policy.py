@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from weightslab.policy.retention import CheckpointRecord, RetentionPolicy, is_save_step
+from weightslab.policy.retention import (
+    CheckpointRecord,
+    KeepBest,
+    KeepEvery,
+    KeepLast,
+    RetentionPolicy,
+    union,
+)
+from weightslab.policy.save import EveryNSteps
 
 
 def recs(*pairs: tuple[int, float | None]) -> list[CheckpointRecord]:
@@ -15,8 +23,26 @@ def recs(*pairs: tuple[int, float | None]) -> list[CheckpointRecord]:
     ("step", "freq", "expected"),
     [(0, 10, False), (10, 10, True), (15, 10, False), (20, 10, True), (1, 1, True), (0, 1, False)],
 )
-def test_is_save_step(step: int, freq: int, expected: bool) -> None:
-    assert is_save_step(step, freq) is expected
+def test_every_n_steps(step: int, freq: int, expected: bool) -> None:
+    assert EveryNSteps(freq).should_save(step) is expected
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_every_n_steps_refuses_a_bad_n(bad: object) -> None:
+    with pytest.raises(ValueError, match="n >= 1"):
+        EveryNSteps(bad)  # type: ignore[arg-type]
+
+
+def test_small_policies_combine_as_a_union() -> None:
+    records = recs((10, 0.9), (20, 0.1), (30, 0.5), (40, 0.8))
+    assert KeepLast(1).keep(records) == {40: ["last"]}
+    assert KeepBest(1, "loss").keep(records) == {20: ["best"]}
+    assert KeepBest(1, "acc").keep(records) == {s: ["awaiting_monitor"] for s in (10, 20, 30, 40)}
+    assert KeepEvery(20).keep(records) == {20: ["every"], 40: ["every"]}
+    merged = union([KeepLast(1).keep(records), KeepEvery(20).keep(records)])
+    assert merged == {40: ["last", "every"], 20: ["every"]}
+    combined = RetentionPolicy(keep_last=1, keep_best=1, monitor="loss", keep_every=20)
+    assert combined.reasons(records) == {20: ["best", "every"], 40: ["last", "every", "newest"]}
 
 
 def test_no_policy_keeps_everything() -> None:

@@ -163,3 +163,33 @@ def test_close_reports_a_background_failure(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="a checkpoint save failed: FileNotFoundError"):
         system.close()
     assert system.closed
+
+
+def test_the_torch_save_fallback_writes_a_file_that_loads_and_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without torch's private zip writer (a future torch moved it), plain torch.save is used."""
+    import weightslab.format.stepfile as stepfile
+    from weightslab.store.manager import CheckpointManager
+
+    monkeypatch.setattr(stepfile, "FAST_PATH", False)  # our own switch; torch is left as it is
+    called = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (called.append(1), real_save(*a, **k))[1])
+    state = {"format": "weightslab.checkpoint/1", "exp_hash": "0" * 16, "step": 3, "w": torch.arange(6.0)}
+    with CheckpointManager(tmp_path / "root") as mgr:
+        mgr.create_experiment(
+            exp_hash="0" * 16,
+            architecture_hash="a",
+            hyperparams_hash="b",
+            parent=None,
+            retention={},
+            hyperparams={},
+            models={},
+        )
+        entry = mgr.save("0" * 16, 3, state, trigger="step")
+        assert called, "the fallback path was not taken"
+        path = mgr.verify_entry("0" * 16, entry)
+        assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(6.0))
+        assert torch.equal(mgr.load("0" * 16, 3)["w"], torch.arange(6.0))
+        assert mgr.verify().healthy

@@ -3,7 +3,9 @@
 A checkpoint is committed when its entry is in its experiment's ``manifest.json``; other files under
 ``checkpoints/`` are leftovers and are ignored. Branches are named ``<exp_hash[:8]>-step<step>`` (the
 full hash when two experiments share the prefix). A step file is verified against its manifest
-checksum before it is analysed, so a damaged file is reported instead of analysed.
+checksum before it is analysed, so a damaged file is reported instead of analysed. The root is read
+through a read-only :class:`~weightslab.store.manager.CheckpointManager`, so the on-disk format (and
+its checksum rule) is read in one place.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import xxhash
 import yaml
 
 from weightslab.analysis.branches import local_branch_name
@@ -35,17 +36,17 @@ from weightslab.errors import (
     CheckpointFormatError,
     CheckpointNotFoundError,
     ManifestError,
+    RootError,
 )
-from weightslab.format.layout import CHECKPOINT_FORMAT, RootLayout
-from weightslab.format.manifest import CheckpointEntry, read_manifest
-from weightslab.util.names import is_hash
-
-_HASH_CHUNK = 8 << 20
+from weightslab.format.layout import CHECKPOINT_FORMAT
+from weightslab.format.manifest import CheckpointEntry
+from weightslab.storage.local import LocalStorage
+from weightslab.store.manager import CheckpointManager
 
 
 def is_local_source(source: str | Path) -> bool:
     """Whether ``source`` names a local directory (a weightslab root) rather than a Hub repo id."""
-    return Path(source).expanduser().is_dir()
+    return LocalStorage(durable=False).is_dir(Path(source).expanduser())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,13 +77,15 @@ def list_local_checkpoints(root: str | Path) -> LocalListing:
     Raises:
         AnalysisSourceError: ``root`` has no ``checkpoints/`` directory (it is not a weightslab root).
     """
-    layout = RootLayout(Path(root).expanduser())
-    if not layout.checkpoints_dir.is_dir():
+    path = Path(root).expanduser()
+    try:
+        manager = CheckpointManager(path, mode="r")
+    except RootError:
         raise AnalysisSourceError(
-            f"{layout.root} is not a weightslab root: it has no checkpoints/ directory; pass the "
+            f"{path} is not a weightslab root: it has no checkpoints/ directory; pass the "
             "root_log_dir your training used (the folder holding checkpoints/ and logs/)"
-        )
-    hashes = sorted(p.name for p in layout.checkpoints_dir.iterdir() if p.is_dir() and is_hash(p.name))
+        ) from None
+    hashes = sorted(manager.experiments())
     prefix_counts: dict[str, int] = {}
     for h in hashes:
         prefix_counts[h[:8]] = prefix_counts.get(h[:8], 0) + 1
@@ -90,13 +93,11 @@ def list_local_checkpoints(root: str | Path) -> LocalListing:
     found: list[LocalCheckpoint] = []
     problems: dict[str, str] = {}
     for exp_hash in hashes:
-        exp = layout.experiment(exp_hash)
+        exp = manager.experiment(exp_hash)
         hash_chars = 8 if prefix_counts[exp_hash[:8]] == 1 else 16
-        if not exp.manifest.is_file():
-            continue  # an experiment that has not committed a checkpoint yet
         try:
-            manifest = read_manifest(exp.manifest)
-        except ManifestError as exc:
+            manifest = manager.manifest(exp_hash)
+        except (ManifestError, OSError) as exc:
             problems[f"{exp_hash[:hash_chars]}-manifest"] = f"{type(exc).__name__}: {exc}"
             continue
         for entry in manifest.checkpoints:
@@ -109,7 +110,7 @@ def list_local_checkpoints(root: str | Path) -> LocalListing:
                 continue
             found.append(
                 LocalCheckpoint(
-                    root=layout.root,
+                    root=manager.root,
                     exp_hash=exp_hash,
                     branch=local_branch_name(exp_hash, entry.step, hash_chars=hash_chars),
                     entry=entry,
@@ -146,22 +147,16 @@ def verify_step_file(checkpoint: LocalCheckpoint) -> None:
         CheckpointNotFoundError: the file is missing.
         CheckpointCorruptedError: the size or checksum does not match.
     """
-    entry, path = checkpoint.entry, checkpoint.path
-    if not path.is_file():
+    manager = CheckpointManager(checkpoint.root, mode="r")
+    try:
+        manager.verify_entry(checkpoint.exp_hash, checkpoint.entry)
+    except CheckpointCorruptedError as exc:
+        if exc.actual != "<missing>":
+            raise
         raise CheckpointNotFoundError(
-            f"step file {path} listed in the manifest of {checkpoint.exp_hash} is missing; "
+            f"step file {checkpoint.path} listed in the manifest of {checkpoint.exp_hash} is missing; "
             "run `weightslab verify ROOT` to list every damaged checkpoint"
-        )
-    digest = xxhash.xxh3_128()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    actual = digest.hexdigest()
-    accepted = {entry.xxh3_128}
-    if entry.pending is not None:  # a replacement was under way: either version is a valid file
-        accepted.add(entry.pending.xxh3_128)
-    if actual not in accepted:
-        raise CheckpointCorruptedError(path, entry.xxh3_128, actual)
+        ) from None
 
 
 def analyze_local_checkpoint(
@@ -185,7 +180,8 @@ def analyze_local_checkpoint(
     start = time.perf_counter()
     if verify:
         verify_step_file(checkpoint)
-    obj = load_torch_file(checkpoint.path, what="step file")
+    storage = LocalStorage(durable=False)
+    obj = load_torch_file(storage.local_file(checkpoint.path), what="step file")
     if not isinstance(obj, Mapping) or obj.get("format") != CHECKPOINT_FORMAT:
         found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointFormatError(
@@ -197,7 +193,9 @@ def analyze_local_checkpoint(
     optimizers = obj.get("optimizers") if isinstance(obj.get("optimizers"), Mapping) else {}
     models = obj.get("models") if isinstance(obj.get("models"), Mapping) else {}
     config_file = (
-        checkpoint.config_yaml.relative_to(exp_dir).as_posix() if checkpoint.config_yaml.is_file() else None
+        checkpoint.config_yaml.relative_to(exp_dir).as_posix()
+        if storage.is_file(checkpoint.config_yaml)
+        else None
     )
     errors: list[str] = []
     optimizer = OptimizerAnalysis()
@@ -222,7 +220,7 @@ def analyze_local_checkpoint(
             errors.append(f"optimizer: {optimizer.error}")
     if include_config:
         try:
-            config = _local_config(obj.get("hyperparams"), checkpoint.config_yaml) or config
+            config = _local_config(obj.get("hyperparams"), checkpoint.config_yaml, storage) or config
         except Exception as exc:
             config = ConfigAnalysis(error=f"{type(exc).__name__}: {exc}")
             errors.append(f"config: {config.error}")
@@ -269,13 +267,13 @@ def _merged_models(models: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _local_config(hyperparams: Any, config_yaml: Path) -> ConfigAnalysis | None:
+def _local_config(hyperparams: Any, config_yaml: Path, storage: LocalStorage) -> ConfigAnalysis | None:
     """The hyperparameters of the step file (else of ``hp/<hash>_config.yaml``) as a ConfigAnalysis."""
     source = "step file hyperparams"
     if not isinstance(hyperparams, Mapping) or not hyperparams:
-        if not config_yaml.is_file():
+        if not storage.is_file(config_yaml):
             return None
-        hyperparams = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
+        hyperparams = yaml.safe_load(storage.read_bytes(config_yaml).decode("utf-8"))
         source = str(config_yaml)
         if not isinstance(hyperparams, Mapping):
             raise CheckpointFormatError(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,17 +30,15 @@ from weightslab.cli import console
 from weightslab.cli import render as cli_render
 from weightslab.errors import ConfigFileError, WeightslabError
 from weightslab.inspect import open_root
+from weightslab.inspect.checkpoints import checkpoint_infos
 from weightslab.inspect.diff import diff_experiments
+from weightslab.inspect.experiments import experiment_info, experiment_infos
 from weightslab.inspect.export import export_checkpoint
 from weightslab.inspect.gc import run_gc
-from weightslab.inspect.overview import (
-    architecture_summary,
-    checkpoint_infos,
-    experiment_info,
-    experiment_infos,
-    lineage,
-)
+from weightslab.inspect.lineage import lineage
+from weightslab.inspect.overview import architecture_summary
 from weightslab.inspect.verify import report_dict, verify_root
+from weightslab.util.jsonsafe import to_jsonable
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_ERROR = 0, 1, 2
 
@@ -50,6 +47,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # -- parser -----------------------------------------------------------------------------------------
 def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
+    # Long on purpose: one declarative block per subcommand, so the whole command surface reads in one place.
     """The argument parser; ``analyze=True`` mounts the real ``analyze`` subcommand (imports pandas)."""
     parser = argparse.ArgumentParser(
         prog="weightslab",
@@ -293,17 +291,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 # -- output and errors ------------------------------------------------------------------------------
 def _print_json(data: Any) -> None:
     """Plain JSON on stdout: no colour, non-finite numbers as null, anything else by str()."""
-    sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False, default=str) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, allow_nan=False, default=str) + "\n")
 
 
 def _error(message: object) -> int:

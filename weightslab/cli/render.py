@@ -13,11 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from weightslab.cli.console import format_size, format_value, make_console, new_table, plural
+from weightslab.cli.formatting import format_size, format_value, new_table, plural
+from weightslab.cli.output import make_console
 from weightslab.inspect.diff import ExperimentDiff, LayerChange
 from weightslab.inspect.export import ExportResult
 from weightslab.inspect.gc import GcResult
-from weightslab.store.manager import VerifyReport
+from weightslab.inspect.verify import VerifyReport
 
 
 def print_verify(report: VerifyReport, root: Path, *, console: Console | None = None) -> None:

@@ -3,14 +3,14 @@
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager, VerifyReport
-from weightslab.system.automatic import (
-    AutomaticCheckpointSystem,
+from weightslab.system.api import (
     checkpoint_on_config_change,
     checkpoint_on_model_change,
     checkpoint_on_state_change,
     checkpoint_on_step,
     get_checkpoint_system,
 )
+from weightslab.system.automatic import AutomaticCheckpointSystem
 from weightslab.system.config import CheckpointConfig
 from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
 

@@ -13,13 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from weightslab.errors import UnsafePathError
+from weightslab.storage.base import TMP_MARKER
 from weightslab.util.names import validate_hash
 
 CHECKPOINT_FORMAT = "weightslab.checkpoint/1"
 MANIFEST_FORMAT = "weightslab.manifest/1"
 
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "MANIFEST_FORMAT",
+    "TMP_MARKER",
+    "ExperimentLayout",
+    "RootLayout",
+    "parse_step_file",
+]
+
 _STEP_FILE_RE = re.compile(r"^(?P<hash>[0-9a-f]{16})_step_(?P<step>\d{6,})\.pt$")
-TMP_MARKER = ".tmp-"
 
 
 def parse_step_file(name: str) -> tuple[str, int] | None:
@@ -96,6 +105,10 @@ class ExperimentLayout:
         return self.model_dir / f"{self.exp_hash}_architecture.txt"
 
     @property
+    def architecture_json(self) -> Path:
+        return self.model_dir / f"{self.exp_hash}_architecture.json"
+
+    @property
     def config_yaml(self) -> Path:
         return self.hp_dir / f"{self.exp_hash}_config.yaml"
 
@@ -168,5 +181,6 @@ class ExperimentLayout:
             self.config_yaml: "the config YAML",
             self.architecture_pickle: "the architecture pickle",
             self.architecture_text: "the architecture text",
+            self.architecture_json: "the architecture summary",
         }
         return known.get(path, f"a file that is not a step file of experiment {self.exp_hash}")

@@ -14,6 +14,8 @@ from typing import Any
 
 from weightslab.errors import ManifestError
 from weightslab.format.layout import MANIFEST_FORMAT, validate_hash
+from weightslab.storage.base import Storage
+from weightslab.storage.local import LocalStorage
 
 
 @dataclass(frozen=True)
@@ -280,10 +282,11 @@ def commit_order(entry: CheckpointEntry) -> tuple[bool, int, int]:
     return (not entry.abandoned, entry.seq, entry.step)
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Read and validate one manifest file."""
+def read_manifest(path: Path, storage: Storage | None = None) -> Manifest:
+    """Read and validate one manifest file (through ``storage``, a local one by default)."""
+    storage = storage if storage is not None else LocalStorage(durable=False)
     try:
-        data = path.read_bytes()
+        data = storage.read_bytes(path)
     except FileNotFoundError as exc:
         raise ManifestError(path, "file not found") from exc
     return Manifest.from_json(data, path)

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from weightslab.errors import RootError
 from weightslab.store.manager import CheckpointManager
 
 
@@ -40,9 +39,7 @@ class NullTracker:
 def open_root(root: str | os.PathLike[str]) -> CheckpointManager:
     """Open ``root`` read-only; raises RootError naming the path when it is missing or not a root."""
     path = Path(root).expanduser()
-    if not path.exists():
-        raise RootError(f"no such root: {path} does not exist; pass the root_log_dir of a training run")
-    return CheckpointManager(path, mode="r")
+    return CheckpointManager(path, mode="r")  # raises RootError for a missing path or a non-root
 
 
 __all__ = ["NullTracker", "Tracker", "open_root"]

@@ -19,6 +19,7 @@ import torch
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ConfigFileError, UnsafePathError
 from weightslab.inspect.overview import architecture_summary
 from weightslab.store.manager import CheckpointManager
+from weightslab.util.flatten import flatten
 
 # {model name: {layer: {tensor name: (shape, dtype)}}}
 Tensors = dict[str, dict[str, dict[str, tuple[tuple[int, ...], str]]]]
@@ -117,16 +118,6 @@ def diff_experiments(manager: CheckpointManager, a: str, b: str) -> ExperimentDi
         tensors_a, tensors_b = _tensors_from_text(manager, a), _tensors_from_text(manager, b)
         source = "architecture text"
     return ExperimentDiff(a, b, hp, diff_layers(tensors_a, tensors_b), source, errors)
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted keys; lists and scalars are leaves."""
-    if isinstance(value, Mapping) and (value or not prefix):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
 
 
 def diff_hyperparams(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[HyperparamChange]:

@@ -69,6 +69,8 @@ class ExportResult:
         }
 
 
+# Over 60 lines on purpose: one straight sequence (resolve, verify, load, write each file, record); the
+# steps share the open checkpoint and the list of files written, which splitting would pass around.
 def export_checkpoint(
     manager: CheckpointManager,
     exp_hash: str,

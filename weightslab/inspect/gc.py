@@ -24,7 +24,7 @@ from typing import Any, Literal
 from weightslab.errors import ConfigError, ManifestError, RetentionRefusedError, UnsafePathError
 from weightslab.format.layout import TMP_MARKER, parse_step_file
 from weightslab.inspect import NullTracker, Tracker, open_root
-from weightslab.inspect.overview import describe_policy, policy_from
+from weightslab.inspect.experiments import describe_policy, policy_from
 from weightslab.inspect.verify import relative_to_root
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager
@@ -150,7 +150,7 @@ def refuse_escaping_folders(manager: CheckpointManager) -> None:
     """
     checkpoints = manager.layout.checkpoints_dir
     for name in manager.storage.listdir(checkpoints):
-        if not is_hash(name) or not (checkpoints / name).is_dir():
+        if not is_hash(name) or not manager.storage.is_dir(checkpoints / name):
             continue
         escaping = manager.experiment(name).escaping_folders()
         if escaping:
@@ -181,7 +181,7 @@ def run_gc(
     if dry_run:
         leftovers, rebuilt = reader.find_leftovers()
         policies, planned, skipped, refused = plan_retention(reader, overrides)
-        items = [_leftover(reader, p, _size(p)) for p in leftovers]
+        items = [_leftover(reader, p, _size(reader, p)) for p in leftovers]
         return GcResult(
             root=reader.root,
             dry_run=True,
@@ -194,9 +194,9 @@ def run_gc(
     _, rebuilt = reader.find_leftovers()
     plan_retention(reader, overrides)  # a bad override fails here, before anything is touched
     # what opening the writer cleans is reported from the disk itself: the files that disappeared
-    before = _files(reader.root)
+    before = _files(reader)
     with CheckpointManager(reader.root, mode="w") as writer:  # cleans leftovers on opening
-        after = _files(writer.root)
+        after = _files(writer)
         result = GcResult(root=writer.root, dry_run=False)
         result.items = [_leftover(writer, p, size) for p, size in before.items() if p not in after]
         result.rebuilt = [h for h in rebuilt if writer.has_experiment(h)]
@@ -231,19 +231,18 @@ def _leftover(manager: CheckpointManager, path: Path, size: int) -> GcItem:
     )
 
 
-def _files(root: Path) -> dict[Path, int]:
-    """Every file under ``root/checkpoints`` with its size."""
+def _files(manager: CheckpointManager) -> dict[Path, int]:
+    """Every file under the root's ``checkpoints/`` with its size."""
     out = {}
-    for path in (root / "checkpoints").rglob("*"):
+    for path in manager.storage.files_under(manager.layout.checkpoints_dir):
         with contextlib.suppress(FileNotFoundError):
-            if path.is_file():
-                out[path] = path.stat().st_size
+            out[path] = manager.storage.size(path)
     return out
 
 
-def _size(path: Path) -> int:
+def _size(manager: CheckpointManager, path: Path) -> int:
     try:
-        return path.stat().st_size
+        return manager.storage.size(path)
     except FileNotFoundError:
         return 0
 

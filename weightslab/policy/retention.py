@@ -1,4 +1,9 @@
-"""Pure decisions: should this step save, and which checkpoints to keep. No I/O here."""
+"""Which checkpoints to keep: small keep-policies combined as a union. No I/O here.
+
+Each of :class:`KeepLast`, :class:`KeepBest` and :class:`KeepEvery` says, for the records of one
+experiment in commit order, which steps it keeps and why. :class:`RetentionPolicy` is the public
+combination the store, the CLI and the automatic system use: a step is kept if any part keeps it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 KeepReason = Literal["last", "best", "every", "newest", "protected", "awaiting_monitor"]
-
-
-def is_save_step(step: int, frequency: int) -> bool:
-    """True at every positive multiple of ``frequency``."""
-    return step > 0 and step % frequency == 0
+Kept = dict[int, list[KeepReason]]
 
 
 class Recorded(Protocol):
@@ -36,7 +37,11 @@ class Recorded(Protocol):
 
 @dataclass(frozen=True)
 class CheckpointRecord:
-    """A checkpoint known only by its step and metrics (for planning without a manifest)."""
+    """The test and planning record: a checkpoint known only by its step and metrics.
+
+    Production code passes manifest entries; this stands in for them where there is no manifest
+    (tests, and planning what a policy would delete).
+    """
 
     step: int
     metrics: Mapping[str, float | None] = field(default_factory=dict)
@@ -44,10 +49,88 @@ class CheckpointRecord:
     abandoned: bool = False
 
     def metric(self, name: str) -> float | None:
+        """The metric as a finite float, or None when missing or not a finite number."""
         value = self.metrics.get(name)
         if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
             return None
         return float(value)
+
+
+class KeepPolicy(Protocol):
+    """One keep-rule: the steps of ``ordered`` (commit order, oldest first) it keeps, with why."""
+
+    def keep(self, ordered: Sequence[Recorded]) -> Kept: ...
+
+
+@dataclass(frozen=True)
+class KeepAll:
+    """Keeps every checkpoint (what a retention with no rule set does)."""
+
+    def keep(self, ordered: Sequence[Recorded]) -> Kept:
+        """Every step, as "last"."""
+        return {r.step: ["last"] for r in ordered}
+
+
+@dataclass(frozen=True)
+class KeepLast:
+    """Keeps the ``n`` newest checkpoints by commit order."""
+
+    n: int
+
+    def keep(self, ordered: Sequence[Recorded]) -> Kept:
+        """The last ``n`` steps of ``ordered`` (``n=0`` slices as ``[-0:]``: all, as it always has)."""
+        return {r.step: ["last"] for r in ordered[-self.n :]}
+
+
+@dataclass(frozen=True)
+class KeepBest:
+    """Keeps the ``k`` best checkpoints by ``monitor``; everything while no record reports it."""
+
+    k: int
+    monitor: str | None
+    mode: Literal["min", "max"] = "min"
+
+    def ranked(self, records: Sequence[Recorded], k: int | None = None) -> list[int]:
+        """Steps of the best ``k`` records by ``monitor`` (ties: the later step wins), best first."""
+        if not self.monitor:
+            return []
+        scored = [(r.metric(self.monitor), r.step) for r in records]
+        valid = [(v, s) for v, s in scored if v is not None]
+        sign = 1.0 if self.mode == "min" else -1.0
+        valid.sort(key=lambda vs: (sign * vs[0], -vs[1]))
+        return [s for _, s in valid[: self.k if k is None else k]]
+
+    def keep(self, ordered: Sequence[Recorded]) -> Kept:
+        """The best ``k``; all steps as "awaiting_monitor" until the monitor appears (a typo deletes nothing)."""
+        best = self.ranked(ordered)
+        if self.k and self.monitor and not best:
+            return {r.step: ["awaiting_monitor"] for r in ordered}
+        return {s: ["best"] for s in best}
+
+
+@dataclass(frozen=True)
+class KeepEvery:
+    """Keeps every checkpoint whose step is a multiple of ``n``."""
+
+    n: int
+
+    def keep(self, ordered: Sequence[Recorded]) -> Kept:
+        """Steps divisible by ``n``."""
+        return {r.step: ["every"] for r in ordered if r.step % self.n == 0}
+
+
+def union(parts: Iterable[Kept]) -> Kept:
+    """Merge keep-results: a step kept by several parts lists every reason, in the parts' order."""
+    out: Kept = {}
+    for kept in parts:
+        for step, reasons in kept.items():
+            out.setdefault(step, []).extend(reasons)
+    return out
+
+
+def commit_order(records: Sequence[Recorded]) -> list[Recorded]:
+    """Oldest first: abandoned checkpoints before every live one, then by ``seq``, then step."""
+    return sorted(records, key=lambda r: (not r.abandoned, r.seq, r.step))
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -68,17 +151,24 @@ class RetentionPolicy:
 
     @property
     def keeps_all(self) -> bool:
+        """True when no rule is set: nothing is ever deleted."""
         return self.keep_last is None and not self.keep_best and self.keep_every is None
+
+    def parts(self) -> list[KeepPolicy]:
+        """The small policies this combination is the union of, in the order reasons are listed."""
+        if self.keeps_all:
+            return [KeepAll()]
+        parts: list[KeepPolicy] = []
+        if self.keep_last is not None:
+            parts.append(KeepLast(self.keep_last))
+        parts.append(KeepBest(self.keep_best, self.monitor, self.mode))
+        if self.keep_every is not None:
+            parts.append(KeepEvery(self.keep_every))
+        return parts
 
     def best(self, records: Sequence[Recorded], k: int | None = None) -> list[int]:
         """Steps of the best ``k`` records by ``monitor`` (ties: the later step wins), best first."""
-        if not self.monitor:
-            return []
-        scored = [(r.metric(self.monitor), r.step) for r in records]
-        valid = [(v, s) for v, s in scored if v is not None]
-        sign = 1.0 if self.mode == "min" else -1.0
-        valid.sort(key=lambda vs: (sign * vs[0], -vs[1]))
-        return [s for _, s in valid[: self.keep_best if k is None else k]]
+        return KeepBest(self.keep_best, self.monitor, self.mode).ranked(records, k)
 
     def reasons(
         self, records: Sequence[Recorded], protected: Iterable[int] = ()
@@ -86,36 +176,15 @@ class RetentionPolicy:
         """Why each kept step is kept; steps absent from the result are to be deleted."""
         if not records:
             return {}
-        ordered = sorted(records, key=lambda r: (not r.abandoned, r.seq, r.step))
-        steps = [r.step for r in ordered]
-        out: dict[int, list[KeepReason]] = {}
-
-        def keep(step: int, why: KeepReason) -> None:
-            out.setdefault(step, []).append(why)
-
-        if self.keeps_all:
-            for s in steps:
-                keep(s, "last")
-        if self.keep_last is not None:
-            for s in steps[-self.keep_last :]:
-                keep(s, "last")
-        best = self.best(records)
-        if self.keep_best and self.monitor and not best:
-            for s in steps:
-                keep(s, "awaiting_monitor")
-        for s in best:
-            keep(s, "best")
-        if self.keep_every is not None:
-            for s in steps:
-                if s % self.keep_every == 0:
-                    keep(s, "every")
+        ordered = commit_order(records)
+        out = union(part.keep(ordered) for part in self.parts())
         live = [r.step for r in ordered if not r.abandoned]
         if live:
-            keep(live[-1], "newest")
-        present = set(steps)
+            out.setdefault(live[-1], []).append("newest")
+        present = {r.step for r in ordered}
         for s in protected:
             if s in present:
-                keep(s, "protected")
+                out.setdefault(s, []).append("protected")
         return dict(sorted(out.items()))
 
     def to_delete(self, records: Sequence[Recorded], protected: Iterable[int] = ()) -> list[int]:

@@ -1,6 +1,7 @@
-"""Bytes to durable storage.
+"""The local backend of the storage seam: a POSIX file system.
 
-The manager talks to a :class:`Storage`; it never calls ``os`` itself. :class:`LocalStorage` writes
+The layers above talk to a :class:`~weightslab.storage.base.Storage`; they never call ``os``
+themselves. :class:`LocalStorage` writes
 atomically: a temporary file in the destination folder, flush, fsync, rename over the destination,
 then fsync of the folder, so a crash leaves either the old file or the new one, never half of one.
 The xxh3_128 checksum is computed on the bytes as they are written (no second read).
@@ -9,97 +10,19 @@ The xxh3_128 checksum is computed on the bytes as they are written (no second re
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 import xxhash
 
-from weightslab.format.layout import TMP_MARKER
+from weightslab.storage.base import TMP_MARKER, HashingWriter, WrittenFile
+from weightslab.storage.local_lock import RootLock
 
 READ_CHUNK = 8 << 20
-
-
-@dataclass(frozen=True)
-class WrittenFile:
-    """What a durable write produced."""
-
-    path: Path
-    bytes: int
-    xxh3_128: str
-
-
-class HashingWriter:
-    """A binary file-like object that writes through to ``raw`` and hashes what passes.
-
-    A write error is sticky and never raised from ``write``: torch's zip writer calls ``write`` from
-    C++, and an exception unwinding through it makes its destructor write again and abort the whole
-    process. The first error is kept in :attr:`error`, later writes are dropped, and the caller
-    raises it once the serialiser has returned (``write_atomic`` does).
-    """
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._hash = xxhash.xxh3_128()
-        self.bytes = 0
-        self.error: OSError | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data)
-        if self.error is None:
-            try:
-                self._raw.write(view)
-            except OSError as exc:
-                self.error = exc
-        self._hash.update(view)
-        self.bytes += view.nbytes
-        return view.nbytes
-
-    def flush(self) -> None:
-        if self.error is None:
-            try:
-                self._raw.flush()
-            except OSError as exc:
-                self.error = exc
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-    # torch.save checks for these on file-like objects
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self.bytes
-
-
-class Storage(Protocol):
-    """The few operations the manager needs from a storage backend."""
-
-    def write_atomic(self, path: Path, produce: Callable[[HashingWriter], None]) -> WrittenFile: ...
-
-    def read_bytes(self, path: Path) -> bytes: ...
-
-    def checksum(self, path: Path) -> tuple[int, str]: ...
-
-    def exists(self, path: Path) -> bool: ...
-
-    def listdir(self, path: Path) -> list[str]: ...
-
-    def remove(self, path: Path) -> None: ...
-
-    def makedirs(self, path: Path) -> None: ...
 
 
 def fsync(path: str | os.PathLike[str]) -> None:
@@ -112,6 +35,7 @@ def fsync(path: str | os.PathLike[str]) -> None:
 
 
 def tmp_path_for(path: Path) -> Path:
+    """A unique temporary name beside ``path`` (same folder, so the final rename stays atomic)."""
     return path.with_name(f".{path.name}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
@@ -144,13 +68,84 @@ class LocalStorage:
         return WrittenFile(path=path, bytes=writer.bytes, xxh3_128=writer.hexdigest())
 
     def write_bytes_atomic(self, path: Path, data: bytes) -> WrittenFile:
+        """:meth:`write_atomic` of bytes already in memory."""
+
         def produce(writer: HashingWriter) -> None:
             writer.write(data)
 
         return self.write_atomic(path, produce)
 
+    def create_exclusive(self, path: Path, data: bytes) -> bool:
+        """Create ``path`` with ``data`` unless it exists (``O_CREAT | O_EXCL``); False when it did.
+
+        The name is taken atomically by the kernel; if writing the content then fails, the file is
+        removed again so that no half record is left behind under the name.
+        """
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(fd)
+        if self.durable:
+            fsync(path.parent)
+        return True
+
+    def append_line(self, path: Path, line: bytes) -> None:
+        """Append ``line`` whole or not at all (see :func:`append_whole_line`), fsynced when durable."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            append_whole_line(fd, line)
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def replace(self, source: Path, target: Path) -> None:
+        """Rename ``source`` over ``target``; the folder is fsynced so the rename survives a crash."""
+        os.replace(source, target)
+        if self.durable:
+            fsync(target.parent)
+
+    def remove_dir(self, path: Path) -> None:
+        """Remove an empty folder; OSError (ENOTEMPTY) when it holds anything."""
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(path)
+
+    def lock(self, root: Path, path: Path) -> RootLock:
+        """An flock on ``path``: the kernel drops it when the process dies (no stale locks)."""
+        return RootLock(path, root)
+
     def read_bytes(self, path: Path) -> bytes:
         return path.read_bytes()
+
+    def local_file(self, path: Path) -> Path:
+        """``path`` itself: it is already a local file (the caller opens it and sees any error)."""
+        return path
+
+    def files_under(self, path: Path) -> Iterator[Path]:
+        for folder, _dirs, names in os.walk(path):
+            for name in sorted(names):
+                yield Path(folder) / name
+
+    def is_file(self, path: Path) -> bool:
+        return path.is_file()
+
+    def is_dir(self, path: Path) -> bool:
+        return path.is_dir()
+
+    def mtime(self, path: Path) -> float:
+        return path.stat().st_mtime
 
     def checksum(self, path: Path) -> tuple[int, str]:
         """(size, xxh3_128) of the file as it is on disk now."""
@@ -192,3 +187,31 @@ class LocalStorage:
 
     def size(self, path: Path) -> int:
         return path.stat().st_size
+
+
+def append_whole_line(fd: int, line: bytes) -> None:
+    """Append ``line`` to the file open at ``fd`` whole or not at all.
+
+    On a full disk ``os.write`` may write part of a line; a later event would then be glued to the
+    half line and both lost to the readers. So: start on a fresh line when the file does not end
+    with a newline (a torn write of an earlier process), write in a loop, and on failure cut the file
+    back to where this line started.
+    """
+    start = os.fstat(fd).st_size
+    if start and os.pread(fd, 1, start - 1) != b"\n":
+        line = b"\n" + line
+    written = 0
+    try:
+        while written < len(line):
+            n = os.write(fd, line[written:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "short write to the journal")
+            written += n
+    except OSError:
+        if written:
+            with contextlib.suppress(OSError):  # at worst a torn line stays, which readers skip
+                os.ftruncate(fd, start)
+        raise
+
+
+__all__ = ["HashingWriter", "LocalStorage", "WrittenFile", "append_whole_line", "fsync", "tmp_path_for"]

@@ -10,82 +10,44 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import io
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 
 from weightslab.errors import (
     AmbiguousExperimentError,
-    CheckpointCorruptedError,
     CheckpointNotFoundError,
-    ConfigFileError,
-    ManifestError,
-    RetentionRefusedError,
     RootError,
     UnknownExperimentError,
     UnsafePathError,
     UntrustedLoadError,
 )
-from weightslab.format.architecture import architecture_text, meta_copy
+from weightslab.format.architecture import architecture_text
 from weightslab.format.journal import Journal, last_active_experiment, read_events
-from weightslab.format.layout import (
-    TMP_MARKER,
-    ExperimentLayout,
-    RootLayout,
-    parse_step_file,
-)
+from weightslab.format.layout import TMP_MARKER, ExperimentLayout, RootLayout
 from weightslab.format.manifest import (
     CheckpointEntry,
-    FileRecord,
     Manifest,
     ParentRef,
     PendingReplacement,
-    read_manifest,
 )
 from weightslab.format.stepfile import load_step_file, save_state
 from weightslab.policy.retention import RetentionPolicy
-from weightslab.storage.local import HashingWriter, LocalStorage
-from weightslab.store import recovery
-from weightslab.store.lock import RootLock
-from weightslab.store.recovery import _with_pending
+from weightslab.storage.base import HashingWriter, Storage, WriterLock, WrittenFile
+from weightslab.storage.local import LocalStorage
+from weightslab.store import experiment_files, retention
+from weightslab.store.manifests import ManifestStore
+from weightslab.store.recovery import Recovery, _with_pending
+from weightslab.store.verify import Problem, VerifyReport, verify_entry, verify_root
 from weightslab.util.names import is_hash, validate_hash
 
 log = logging.getLogger("weightslab")
 
 Which = int | Literal["latest", "best"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of :meth:`CheckpointManager.verify`."""
-
-    kind: Literal["corrupt", "missing", "orphaned", "manifest", "unreadable", "unsafe"]
-    exp_hash: str
-    path: str
-    step: int | None = None
-    detail: str = ""
-
-
-@dataclass
-class VerifyReport:
-    """What :meth:`CheckpointManager.verify` checked and found."""
-
-    checked: int = 0
-    ok: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    writer_active: bool = False  # orphans are not reported while another process writes the root
-
-    @property
-    def healthy(self) -> bool:
-        return not self.problems
 
 
 class CheckpointManager:
@@ -101,25 +63,30 @@ class CheckpointManager:
         *,
         mode: Literal["r", "w"] = "w",
         durable: bool = True,
-        storage: LocalStorage | None = None,
+        storage: Storage | None = None,
     ) -> None:
         if mode not in ("r", "w"):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
         self.root = Path(root).expanduser().absolute()
         self.mode = mode
         self.layout = RootLayout(self.root)
-        self.storage = storage or LocalStorage(durable=durable)
-        self._lock = threading.RLock()
-        self._manifests: dict[str, Manifest] = {}
-        self._lock_file: RootLock | None = None
-        if self.root.exists() and not self.root.is_dir():
+        self._storage: Storage = storage or LocalStorage(durable=durable)
+        self.journal: Journal | None = None
+        self.manifests = ManifestStore(self.layout, lambda: self._storage, caching=mode == "w")
+        self._lock = self.manifests.lock  # one lock orders every manifest change
+        self.recovery = Recovery(self.layout, lambda: self._storage, self.manifests, lambda: self.journal)
+        self._lock_file: WriterLock | None = None
+        if self.storage.exists(self.root) and not self.storage.is_dir(self.root):
             raise RootError(f"checkpoint root {self.root} is a file, not a folder; pass a folder path")
         if mode == "r":
-            if not self.layout.checkpoints_dir.is_dir():
+            if not self.storage.exists(self.root):
+                raise RootError(
+                    f"no such root: {self.root} does not exist; pass the root_log_dir of a training run"
+                )
+            if not self.storage.is_dir(self.layout.checkpoints_dir):
                 raise RootError(
                     f"{self.root} is not a weightslab root (no checkpoints/ folder); check the path"
                 )
-            self.journal: Journal | None = None
             return
         try:
             for d in (self.layout.data_dir, self.layout.logs_dir, self.layout.checkpoints_dir):
@@ -133,7 +100,7 @@ class CheckpointManager:
             raise RootError(
                 f"cannot create checkpoint root {self.root}: {exc.strerror or exc}{hint}"
             ) from exc
-        self._lock_file = RootLock(self.layout.lock_file, self.root)
+        self._lock_file = self.storage.lock(self.root, self.layout.lock_file)
         try:
             self._lock_file.acquire()
         except OSError as exc:
@@ -144,7 +111,7 @@ class CheckpointManager:
                 ) from exc
             raise RootError(f"cannot lock checkpoint root {self.root}: {exc.strerror or exc}") from exc
         try:
-            self.journal = Journal(self.layout.events_file, durable=durable)
+            self.journal = Journal(self.layout.events_file, storage=self.storage)
             self.clean_leftovers()
         except BaseException as exc:
             # the lock must not outlive a failed open: every later open in this process would fail
@@ -159,12 +126,24 @@ class CheckpointManager:
             raise
 
     # -- lifecycle ------------------------------------------------------------------------------
+    @property
+    def storage(self) -> Storage:
+        """Where every byte of the root goes; assigning another one re-points the journal too."""
+        return self._storage
+
+    @storage.setter
+    def storage(self, storage: Storage) -> None:
+        self._storage = storage
+        if self.journal is not None:
+            self.journal.storage = storage
+
     def close(self) -> None:
         """Release the writer lock; the manager can still read afterwards."""
         if self._lock_file is not None:
             self._lock_file.release()
             self._lock_file = None
         self.mode = "r"
+        self.manifests.set_caching(False)  # a reader re-reads: another writer may open the root now
 
     def __enter__(self) -> CheckpointManager:
         return self
@@ -188,21 +167,10 @@ class CheckpointManager:
 
     def experiments(self) -> list[str]:
         """Hashes of the experiments that have a manifest, oldest first."""
-        found = []
-        for name in self.storage.listdir(self.layout.checkpoints_dir):
-            # exists(), not is_file(): a manifest that cannot be read is an error to report, not absent
-            if is_hash(name) and (self.layout.checkpoints_dir / name / "manifest.json").exists():
-                found.append(name)
-        return sorted(found, key=lambda h: (self._created_or_inf(h), h))
-
-    def _created_or_inf(self, exp_hash: str) -> float:
-        try:
-            return self.manifest(exp_hash).created
-        except ManifestError:
-            return float("inf")
+        return self.manifests.experiments()
 
     def has_experiment(self, exp_hash: str) -> bool:
-        return self.experiment(exp_hash).manifest.exists()
+        return self.manifests.has(exp_hash)
 
     def resolve_hash(self, prefix: str) -> str:
         """A full hash from a unique prefix, like git; raises Unknown/AmbiguousExperimentError."""
@@ -221,22 +189,11 @@ class CheckpointManager:
 
     def manifest(self, exp_hash: str) -> Manifest:
         """The manifest of one experiment (cached by a writer, re-read by a reader)."""
-        with self._lock:
-            if self.mode == "w" and exp_hash in self._manifests:
-                return self._manifests[exp_hash]
-            m = read_manifest(self.experiment(exp_hash).manifest)
-            if m.exp_hash != exp_hash:
-                raise ManifestError(
-                    self.experiment(exp_hash).manifest, f"exp_hash is {m.exp_hash}, folder is {exp_hash}"
-                )
-            if self.mode == "w":
-                self._manifests[exp_hash] = m
-            return m
+        return self.manifests.read(exp_hash)
 
     def _write_manifest(self, m: Manifest) -> None:
-        path = self.experiment(m.exp_hash).manifest
-        self.storage.write_bytes_atomic(path, m.to_json())
-        self._manifests[m.exp_hash] = m
+        """Commit ``m`` (the crash tests stop the process here, so every commit passes through)."""
+        self.manifests.write(m)
 
     def create_experiment(
         self,
@@ -262,10 +219,16 @@ class CheckpointManager:
             exp = self.experiment(exp_hash)
             for d in (exp.model_dir, exp.hp_dir, exp.data_dir):
                 self.storage.makedirs(d)
-            self.storage.write_bytes_atomic(exp.config_yaml, _config_yaml(exp_hash, hyperparams))
-            self.storage.write_bytes_atomic(exp.architecture_text, architecture_text(models).encode())
+            self.storage.write_bytes_atomic(
+                exp.config_yaml, experiment_files.config_yaml(exp_hash, hyperparams)
+            )
+            experiment_files.write_architecture_summary(self.storage, exp, models)
             architecture = (
-                self._write_architecture_pickle(exp, models) if save_architecture and models else None
+                experiment_files.write_architecture_pickle(
+                    self.storage, exp, models, lambda exc: self._architecture_not_saved(exp_hash, exc)
+                )
+                if save_architecture and models
+                else None
             )
             m = Manifest(
                 exp_hash=exp_hash,
@@ -298,25 +261,13 @@ class CheckpointManager:
                 updated.retention = dict(retention)
                 self._write_manifest(updated)
 
-    def _write_architecture_pickle(
-        self, exp: ExperimentLayout, models: Mapping[str, torch.nn.Module]
-    ) -> FileRecord | None:
-        try:
-            skeletons = {name: meta_copy(model) for name, model in models.items()}
-            buf = io.BytesIO()
-            torch.save({"format": "weightslab.architecture/1", "models": skeletons}, buf)
-        except Exception as exc:  # an unpicklable model loses only this convenience file
-            log.warning(
-                "weightslab: architecture of %s not pickled (%s: %s)", exp.exp_hash, type(exc).__name__, exc
-            )
-            self.event("architecture_not_saved", exp_hash=exp.exp_hash, error=f"{type(exc).__name__}: {exc}")
-            return None
-        written = self.storage.write_bytes_atomic(exp.architecture_pickle, buf.getvalue())
-        return FileRecord(exp.relative(exp.architecture_pickle), written.bytes, written.xxh3_128)
+    def _architecture_not_saved(self, exp_hash: str, exc: Exception) -> None:
+        log.warning("weightslab: architecture of %s not pickled (%s: %s)", exp_hash, type(exc).__name__, exc)
+        self.event("architecture_not_saved", exp_hash=exp_hash, error=f"{type(exc).__name__}: {exc}")
 
     def has_architecture(self, exp_hash: str) -> bool:
         """Whether the experiment has an architecture pickle to rebuild its models from."""
-        return self.experiment(validate_hash(exp_hash)).architecture_pickle.is_file()
+        return self.storage.is_file(self.experiment(validate_hash(exp_hash)).architecture_pickle)
 
     def load_architecture(self, exp_hash: str, *, trust: bool = False) -> dict[str, torch.nn.Module]:
         """The model structures of an experiment, parameters on the meta device.
@@ -331,20 +282,24 @@ class CheckpointManager:
                 f"{path} is a pickle of Python objects and loading it can run code; call "
                 "load_architecture(..., trust=True) only for roots you trust"
             )
-        if not path.is_file():
+        if not self.storage.is_file(path):
             raise CheckpointNotFoundError(
                 f"no architecture pickle for {exp_hash} at {path} (the model could not be pickled when "
                 "the experiment was created); build the model in code, as it was at that point"
             )
-        record = self.manifest(exp_hash).architecture
-        if record is not None:  # older roots did not record it
-            size, digest = self.storage.checksum(path)
-            if (size, digest) != (record.bytes, record.xxh3_128):
-                raise CheckpointCorruptedError(
-                    path, record.xxh3_128, digest, "the architecture pickle changed"
-                )
-        data = torch.load(path, weights_only=False, map_location="meta")
-        return dict(data["models"])
+        return experiment_files.load_architecture_pickle(
+            self.storage, self.experiment(exp_hash), self.manifest(exp_hash).architecture
+        )
+
+    def architecture_summary(self, exp_hash: str) -> dict[str, Any] | None:
+        """The record of ``model/{hash}_architecture.json`` (format ``weightslab.architecture-summary/1``).
+
+        None for roots written before it existed, or when it cannot be read: a display then says
+        "not recorded". The ``.txt`` beside it is rendered from the same record, for people only.
+        """
+        return experiment_files.read_architecture_summary(
+            self.storage, self.experiment(validate_hash(exp_hash))
+        )
 
     def read_config(self, exp_hash: str) -> dict[str, Any]:
         """The hyperparameters of an experiment, from ``hp/{hash}_config.yaml``.
@@ -353,41 +308,7 @@ class CheckpointManager:
         Raises ConfigFileError naming the file when it is missing or unreadable, is not UTF-8 or not
         safe YAML, or does not hold a mapping.
         """
-        path = self.experiment(exp_hash).config_yaml
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise ConfigFileError(path, "the file is missing") from None
-        except OSError as exc:
-            raise ConfigFileError(path, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigFileError(
-                path, f"it is not valid UTF-8 (byte {exc.start} is {raw[exc.start]:#04x})"
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.constructor.ConstructorError as exc:
-            raise ConfigFileError(
-                path, f"it holds a YAML tag that safe loading refuses ({exc.problem}); nothing in it was run"
-            ) from None
-        except yaml.YAMLError as exc:
-            raise ConfigFileError(path, f"it is not valid YAML ({' '.join(str(exc).split())})") from None
-        except RecursionError:
-            raise ConfigFileError(path, "it is nested too deeply to read") from None
-        if data is None:  # an empty file
-            return {}
-        if not isinstance(data, dict):
-            raise ConfigFileError(path, f"it holds a {type(data).__name__}, expected a mapping")
-        hyperparams = data.get("hyperparams")
-        if hyperparams is None:
-            return {}
-        if not isinstance(hyperparams, dict):
-            raise ConfigFileError(
-                path, f"its hyperparams are a {type(hyperparams).__name__}, expected a mapping of sets"
-            )
-        return dict(hyperparams)
+        return experiment_files.read_config(self.storage, self.experiment(exp_hash))
 
     # -- saving ---------------------------------------------------------------------------------
     def save(
@@ -456,7 +377,8 @@ class CheckpointManager:
         m: Manifest,
         old: CheckpointEntry,
         produce: Callable[[HashingWriter], None],
-    ) -> Any:
+    ) -> WrittenFile:
+        """Replace the committed step file of ``old`` crash-safely; returns what was written."""
         # 1. the new bytes, durable, beside the old file
         staging = exp.model_dir / f".{exp.step_file_name(old.step)}{TMP_MARKER}replace"
         written = self.storage.write_atomic(staging, produce)
@@ -466,8 +388,7 @@ class CheckpointManager:
             cur = self.manifest(exp.exp_hash)
             self._write_manifest(cur.with_entry(_with_pending(old, pending)))
         # 3. swap; the caller commits the new entry (which drops the pending mark)
-        staging.replace(exp.step_file(old.step))
-        self.storage.remove(staging)  # fsyncs the folder; the staging name no longer exists
+        self.storage.replace(staging, exp.step_file(old.step))  # fsyncs the folder
         return written
 
     def annotate(
@@ -542,15 +463,7 @@ class CheckpointManager:
 
     def branch_points(self, exp_hash: str) -> set[int]:
         """Checkpoints of ``exp_hash`` that a child experiment continued from (its ``parent.checkpoint``)."""
-        points = set()
-        for h in self.experiments():
-            try:
-                parent = self.manifest(h).parent
-            except ManifestError:
-                continue
-            if parent is not None and parent.exp_hash == exp_hash and parent.checkpoint is not None:
-                points.add(parent.checkpoint)
-        return points
+        return retention.branch_points(self.manifests, exp_hash)
 
     def apply_retention(
         self, exp_hash: str, policy: RetentionPolicy, protected: Iterable[int] = ()
@@ -560,20 +473,7 @@ class CheckpointManager:
         A checkpoint whose manifest entry is refused as unsafe (see :meth:`delete`) is kept; the others
         are deleted, then RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
         """
-        entries = self.manifest(exp_hash).checkpoints
-        doomed = policy.to_delete(entries, set(protected) | self.branch_points(exp_hash))
-        deleted: list[int] = []
-        refused: dict[int, UnsafePathError] = {}
-        for step in doomed:
-            try:
-                self.delete(exp_hash, step)
-            except UnsafePathError as exc:
-                refused[step] = exc
-            else:
-                deleted.append(step)
-        if refused:
-            raise RetentionRefusedError(exp_hash, deleted, refused)
-        return deleted
+        return retention.apply_retention(self.manifests, self.delete, exp_hash, policy, protected)
 
     # -- reading --------------------------------------------------------------------------------
     def checkpoints(self, exp_hash: str) -> list[CheckpointEntry]:
@@ -581,14 +481,14 @@ class CheckpointManager:
 
     def last_active(self) -> str | None:
         """The experiment that was active last, from the journal (falls back to the newest manifest)."""
-        active = last_active_experiment(self.layout.events_file)
+        active = last_active_experiment(self.layout.events_file, self.storage)
         if active is not None and self.has_experiment(active):
             return active
         exps = self.experiments()
         return exps[-1] if exps else None
 
     def events(self) -> list[dict[str, Any]]:
-        return list(read_events(self.layout.events_file))
+        return list(read_events(self.layout.events_file, self.storage))
 
     def entry(
         self,
@@ -625,25 +525,7 @@ class CheckpointManager:
 
     def verify_entry(self, exp_hash: str, entry: CheckpointEntry) -> Path:
         """Check the size and xxh3_128 of a step file; returns its path or raises CheckpointCorruptedError."""
-        path = self.experiment(exp_hash).resolve(entry.file)
-        accepted = {(entry.bytes, entry.xxh3_128)}
-        if entry.pending is not None:
-            accepted.add((entry.pending.bytes, entry.pending.xxh3_128))
-        try:
-            size = self.storage.size(path)
-        except FileNotFoundError:
-            raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
-        if size not in {b for b, _ in accepted}:
-            raise CheckpointCorruptedError(
-                path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
-            )
-        try:
-            size, digest = self.storage.checksum(path)
-        except FileNotFoundError:  # deleted between the two looks (a writer's retention)
-            raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
-        if (size, digest) not in accepted:
-            raise CheckpointCorruptedError(path, entry.xxh3_128, digest)
-        return path
+        return verify_entry(self.storage, self.experiment(exp_hash), entry)
 
     def load(
         self,
@@ -679,7 +561,7 @@ class CheckpointManager:
         mmap: bool = True,
     ) -> dict[str, Any]:
         path = self.verify_entry(exp_hash, entry) if verify else self.experiment(exp_hash).resolve(entry.file)
-        return load_step_file(path, map_location=map_location, mmap=mmap)
+        return load_step_file(path, map_location=map_location, mmap=mmap, storage=self.storage)
 
     # -- health ---------------------------------------------------------------------------------
     def verify(
@@ -695,94 +577,49 @@ class CheckpointManager:
         folder that a symlink leads out of the experiment folder). Each is reported and the check
         goes on with the next file.
         """
-        report = VerifyReport()
-        writer_elsewhere = self.mode == "r" and RootLock(self.layout.lock_file, self.root).held_elsewhere()
-        report.writer_active = writer_elsewhere
+        writer_elsewhere = (
+            self.mode == "r" and self.storage.lock(self.root, self.layout.lock_file).held_elsewhere()
+        )
         hashes = [exp_hash] if exp_hash is not None else self.experiments()
-        for h in hashes:
-            exp = self.experiment(h)
-            try:
-                m = self.manifest(h)
-            except ManifestError as exc:
-                report.problems.append(Problem("manifest", h, str(exp.manifest), None, exc.reason))
-                continue
-            except OSError as exc:  # it exists (experiments() saw it) but cannot be opened
-                report.problems.append(Problem("unreadable", h, str(exp.manifest), None, _os_detail(exc)))
-                continue
-            listed = set()
-            for entry in m.checkpoints:
-                report.checked += 1
-                listed.add(entry.file)
-                try:
-                    self.verify_entry(h, entry)
-                    report.ok += 1
-                except UnsafePathError as exc:
-                    report.problems.append(
-                        Problem("unsafe", h, str(exp.dir / entry.file), entry.step, f"refused: {exc.reason}")
-                    )
-                except CheckpointCorruptedError as exc:
-                    missing = exc.actual == "<missing>"
-                    detail = "file missing" if missing else _corrupt_detail(exc, entry.bytes)
-                    report.problems.append(
-                        Problem("missing" if missing else "corrupt", h, exc.path, entry.step, detail)
-                    )
-                except OSError as exc:  # FileNotFoundError became "missing" above; this is the rest
-                    report.problems.append(
-                        Problem("unreadable", h, str(exp.dir / entry.file), entry.step, _os_detail(exc))
-                    )
-                if on_entry is not None:
-                    on_entry(entry)
-            escaping = exp.escaping_folders()
-            for folder, real in escaping.items():
-                report.problems.append(
-                    Problem(
-                        "unsafe",
-                        h,
-                        str(folder),
-                        None,
-                        f"a symlink leads it to {real}, outside the experiment folder; gc refuses the root",
-                    )
-                )
-            if writer_elsewhere or exp.model_dir in escaping:
-                # a temp or unlisted step file may be a write in flight, not a leftover; and the files of
-                # a folder elsewhere are not this experiment's leftovers
-                continue
-            try:
-                names = self.storage.listdir(exp.model_dir)
-            except OSError as exc:
-                report.problems.append(Problem("unreadable", h, str(exp.model_dir), None, _os_detail(exc)))
-                continue
-            for name in names:
-                parsed = parse_step_file(name)
-                if TMP_MARKER in name:
-                    detail = "interrupted write"
-                elif parsed and f"model/{name}" not in listed:
-                    detail = "no manifest entry"
-                else:
-                    continue
-                report.problems.append(
-                    Problem("orphaned", h, str(exp.model_dir / name), parsed and parsed[1], detail)
-                )
-        return report
+        return verify_root(self.manifests, hashes, writer_elsewhere=writer_elsewhere, on_entry=on_entry)
 
     def find_leftovers(self) -> tuple[list[Path], list[str]]:
         """What a writer cleans on opening, found without touching anything: (files, manifests to rebuild)."""
-        return recovery.find_leftovers(self)
+        return self.recovery.find_leftovers()
 
     def clean_leftovers(self) -> list[Path]:
         """Rebuild lost or broken manifests, finish interrupted replacements, remove crash leftovers."""
-        return recovery.clean_leftovers(self)
+        self._require_writer()
+        return self.recovery.clean_leftovers()
 
     def rebuild_manifest(self, exp_hash: str) -> Manifest:
         """Rebuild a lost or broken manifest from the step files that load and match (the broken one is kept)."""
-        return recovery.rebuild_manifest(self, exp_hash)
+        self._require_writer()
+        return self.recovery.rebuild_manifest(exp_hash)
 
     def size_on_disk(self, exp_hash: str) -> int:
+        """Bytes of every file in the experiment folder (step files, manifest, config, architecture)."""
         total = 0
-        for path in self.experiment(exp_hash).dir.rglob("*"):
-            if path.is_file():
-                total += path.stat().st_size
+        for path in self.storage.files_under(self.experiment(exp_hash).dir):
+            try:
+                total += self.storage.size(path)
+            except FileNotFoundError:  # removed meanwhile (a writer's retention)
+                continue
         return total
+
+    def read_bytes(self, exp_hash: str, relative: str) -> bytes:
+        """The bytes of a file of an experiment, ``relative`` to its folder (``hp/{hash}_config.yaml``).
+
+        For the commands above the storage seam (show, export) that display such files; ``..`` and
+        absolute paths are refused with UnsafePathError.
+        """
+        exp = self.experiment(validate_hash(exp_hash))
+        parts = relative.split("/")
+        if relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise UnsafePathError(
+                relative, "a file of an experiment must be named inside its folder", where=exp.dir
+            )
+        return self.storage.read_bytes(exp.dir.joinpath(*parts))
 
 
 def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
@@ -792,21 +629,12 @@ def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], No
     return produce
 
 
-def _config_yaml(exp_hash: str, hyperparams: Mapping[str, Any]) -> bytes:
-    doc = {"format": "weightslab.config/1", "exp_hash": exp_hash, "hyperparams": dict(hyperparams)}
-    return yaml.safe_dump(doc, sort_keys=True, allow_unicode=True).encode()
-
-
-def _os_detail(exc: OSError) -> str:
-    """``cannot be read (PermissionError: Permission denied)``: a verify detail (the path has its own column)."""
-    return f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
-
-
-def _corrupt_detail(exc: CheckpointCorruptedError, expected_bytes: int) -> str:
-    if exc.actual == "<not computed>":  # the size alone already differs
-        try:
-            size = Path(exc.path).stat().st_size
-        except OSError:
-            return "size differs from the manifest"
-        return f"size {size} bytes, expected {expected_bytes}"
-    return "checksum mismatch"
+__all__ = [
+    "CheckpointManager",
+    "Problem",
+    "VerifyReport",
+    "Which",
+    "_with_pending",
+    "architecture_text",
+    "load_step_file",
+]

@@ -1,56 +1,56 @@
-"""The automatic checkpoint system: one per process, fed by the ledger.
+"""The automatic checkpoint system: the orchestration of one writer per root, fed by the ledger.
 
-It decides (with :mod:`policy`) when to save, detects model, config and freeze changes (with
-:mod:`change_detector`), snapshots state on the training thread (with :mod:`snapshot`), and hands
-the bytes to the :class:`CheckpointManager` through the background writer. Everything it does runs
-under one lock, so the training thread, event triggers and other threads may call it at once.
+It decides (with :mod:`weightslab.policy`) when to save, asks the :class:`ExperimentTracker` which
+experiment the state belongs to (with the change detector of :mod:`.changes`), builds the step dict
+on the training thread (:mod:`.payload`), and hands it to the :class:`Committer` on the background
+writer. Resume search lives in :mod:`.resume`, signals in :mod:`.preemption`, the on_error policy in
+:mod:`.errors_policy`, and the process-wide singleton in :mod:`.api`. Everything here runs under one
+lock, so the training thread, event triggers and other threads may call it at once.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import difflib
 import logging
 import os
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 from weightslab.errors import (
-    CheckpointCorruptedError,
-    CheckpointFormatError,
     CheckpointNotFoundError,
     CheckpointSaveError,
     ConfigError,
-    RetentionRefusedError,
     StepOrderError,
     SystemConfigurationError,
-    UnsafePathError,
     WeightslabError,
 )
-from weightslab.format.layout import CHECKPOINT_FORMAT
-from weightslab.format.manifest import CheckpointEntry, ParentRef
 from weightslab.policy.retention import RetentionPolicy
-from weightslab.registry.ledger import Ledger, LedgerEvent, changed_keys, get_ledger
+from weightslab.policy.save import EveryNSteps
+from weightslab.registry.ledger import Ledger, LedgerEvent, get_ledger
 from weightslab.store.manager import CheckpointManager
-from weightslab.system.changes import ChangeDetector, module_diff, module_names
+from weightslab.system import resume as resume_search
+from weightslab.system.changes import ChangeDetector
+from weightslab.system.commit import CommitJob, Committer, ResumeProtection
 from weightslab.system.config import CheckpointConfig
-from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
+from weightslab.system.errors_policy import ErrorPolicy
+from weightslab.system.experiments import ExperimentTracker
+from weightslab.system.identity import ExperimentIdentity
+from weightslab.system.payload import build_payload
+from weightslab.system.preemption import SignalTrap
 from weightslab.system.restore import restore_state
-from weightslab.system.snapshot import SnapshotBuffers, capture_rng
+from weightslab.system.resume import ResumeMode
+from weightslab.system.snapshot import SnapshotBuffers
 from weightslab.system.validation import check_notes, check_step, clean_metrics
 from weightslab.system.writer import BackgroundWriter
-from weightslab.util.canonical import canonicalize, plain
 
 log = logging.getLogger("weightslab")
 
-ResumeMode = Literal["latest", "best"] | int
+__all__ = ["AutomaticCheckpointSystem", "ResumeMode"]
 
 
 class AutomaticCheckpointSystem:
@@ -74,24 +74,22 @@ class AutomaticCheckpointSystem:
         self.config = config or CheckpointConfig.from_kwargs(**options)
         self.ledger = ledger or get_ledger()
         self.manager = CheckpointManager(self.config.root, mode="w", durable=self.config.durable)
-        self.hasher = ExperimentHashGenerator(self.config.exclude_hyperparams)
         self.retention = RetentionPolicy(**self.config.retention())
         self._lock = threading.RLock()
         self._writer = BackgroundWriter() if self.config.async_save else None
         self._buffers = SnapshotBuffers(copy_cpu=self.config.async_save)
         self._clock = clock  # the `created` stamp of step files (injectable for reproducible files)
+        self._errors = ErrorPolicy(self.manager, self.config.on_error)
         self._detector = ChangeDetector(self.ledger)
-        self._identity: ExperimentIdentity | None = None
-        self._hp_canonical: dict[str, Any] = {}
-        self._arch_modules: dict[str, set[str]] = {}
+        self._exp = ExperimentTracker(self.manager, self.ledger, self.config, self._detector, self._errors)
+        self.hasher = self._exp.hasher
+        self._protection = ResumeProtection()
+        self._committer = Committer(self.manager, self.retention, self._protection, self._errors)
+        # bound once: the save decision runs on every step
+        self._should_save = EveryNSteps(self.config.checkpoint_frequency).should_save
         self._submitted: set[tuple[str, int]] = set()
-        self._branch_from: tuple[str, int] | None = None
-        self._unopened: tuple[ExperimentIdentity, ParentRef | None] | None = None
-        self._resumed_from: tuple[str, int] | None = None
         self._last_step: int | None = None
         self._closed = False
-        self._failures = 0
-        self._frequency = self.config.checkpoint_frequency
         self._detect = self.config.detect_changes
         self._resume_floor: int | None = None
         self._warned_backwards = False
@@ -102,10 +100,10 @@ class AutomaticCheckpointSystem:
         self._monitor_seen = False
         self._monitor_warned = False
         self._notes: tuple[tuple[str, ...], str] = ((), "")  # tags and description of this call
-        self._stop_signal: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = SignalTrap()
+        self._on_close: list[Callable[[AutomaticCheckpointSystem], None]] = []
         if self.config.handle_signals:
-            self._install_signal_handlers()
+            self._signals.install()
         self.manager.event("system_opened", pid=os.getpid(), config=_config_record(self.config))
         self._unlisten = self.ledger.add_listener(self._on_ledger_event)
         atexit.register(self._close_at_exit)
@@ -122,7 +120,7 @@ class AutomaticCheckpointSystem:
     @property
     def exp_hash(self) -> str | None:
         """The hash of the active experiment (None before the first step or resume)."""
-        return None if self._identity is None else self._identity.exp_hash
+        return None if self._exp.identity is None else self._exp.identity.exp_hash
 
     @property
     def last_step(self) -> int | None:
@@ -131,7 +129,7 @@ class AutomaticCheckpointSystem:
     @property
     def failures(self) -> int:
         """Saves that failed since this system opened."""
-        return self._failures
+        return self._errors.failures
 
     # -- the training-loop API ------------------------------------------------------------------
     def checkpoint_on_step(
@@ -148,6 +146,8 @@ class AutomaticCheckpointSystem:
         (to annotate one already saved, use :meth:`tag`). Raises CheckpointSaveError only with
         on_error="raise"; TypeError/ValueError for a bad step, metric or tag.
         """
+        # Over 60 lines on purpose: the common case (no save, nothing changed) is kept inline, to a
+        # few attribute reads, because it runs on every training step (benchmarks/bench_step_overhead).
         if tags is not None or description is not None:
             self._notes = check_notes(tags, description)
             try:
@@ -155,7 +155,6 @@ class AutomaticCheckpointSystem:
             finally:
                 self._notes = ((), "")
             return
-        # The common case (no save, nothing changed) is kept to a few attribute reads.
         with self._lock:
             if self._closed:
                 self._check_open()
@@ -168,9 +167,9 @@ class AutomaticCheckpointSystem:
                     self._check_backwards(step)
             elif self._last_step is not None and step < self._last_step:
                 self._check_backwards(step)
-            if self._stop_signal is not None:
+            if self._signals.signal is not None:
                 self._preempt(step, metrics)
-            if self._identity is None:
+            if self._exp.identity is None:
                 self._begin(step)
             if self._pending:
                 pending, self._pending = self._pending, []
@@ -180,12 +179,12 @@ class AutomaticCheckpointSystem:
             self._last_step = step
             self._last_metrics = metrics
             self._resume_floor = None
-            if step % self._frequency == 0 and step > 0:
+            if self._should_save(step):
                 clean = clean_metrics(metrics)
                 # the full hash is recomputed before every save, whatever the cheap check said
                 self._record_changes(step, clean, announced=None)
-                assert self._identity is not None
-                if (self._identity.exp_hash, step) not in self._submitted:
+                assert self._exp.identity is not None
+                if (self._exp.identity.exp_hash, step) not in self._submitted:
                     self._save(step, "step", clean)
 
     def checkpoint_on_model_change(
@@ -221,7 +220,7 @@ class AutomaticCheckpointSystem:
                 self._pending.append((reason, clean))
                 return
             step = check_step(step)
-            if self._identity is None:
+            if self._exp.identity is None:
                 self._begin(step)
             self._save_announced(step, [(reason, clean)], {})
             self._last_step = step
@@ -286,7 +285,7 @@ class AutomaticCheckpointSystem:
         h = exp_hash or self.exp_hash or self.manager.last_active()
         if h is None:
             raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
-        protected = {self._resumed_from[1]} if self._resumed_from and self._resumed_from[0] == h else ()
+        protected = self._protection.protected(h) or ()
         rich_console.print_checkpoints(
             self.manager, h, retention=self.retention, protected=protected, console=console
         )
@@ -298,9 +297,9 @@ class AutomaticCheckpointSystem:
         self.flush()
         rich_console.print_tree(self.manager, active=self.exp_hash, console=console)
 
+    # -- closing ----------------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush pending saves, release the root's lock and the singleton slot. Idempotent."""
-        global _SYSTEM
+        """Flush pending saves, release the root's lock, the torch hooks and the singleton slot. Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -310,27 +309,27 @@ class AutomaticCheckpointSystem:
             except CheckpointSaveError as exc:  # on_error="raise": still release the root, then raise
                 final_error = exc
             self._closed = True
-            self._restore_signal_handlers()
+            self._signals.restore()
             self._unlisten()
             self.ledger.stop_watchers()
+            self._detector.close()
             errors: list[BaseException] = []
             if self._writer is not None:
                 self._writer.close()
                 errors = self._writer.take_errors()
             self.manager.event("system_closed", exp_hash=self.exp_hash, last_step=self._last_step)
             self.manager.close()
-            with _SYSTEM_LOCK:
-                if _SYSTEM is self:
-                    _SYSTEM = None
+            for release in self._on_close:
+                release(self)
             atexit.unregister(self._close_at_exit)
             if final_error is not None:
                 raise final_error
-            self._report(errors)
+            self._errors.report(errors)
 
     def _save_at_close(self) -> None:
         """Save pending announcements, then the last step seen if it is newer than the newest checkpoint."""
         step = self._last_step
-        if step is None or self._identity is None:
+        if step is None or self._exp.identity is None:
             if self._pending:
                 log.warning(
                     "weightslab: %s announced but no step was ever seen; nothing to save",
@@ -345,7 +344,7 @@ class AutomaticCheckpointSystem:
             return
         if self._writer is not None:
             self._writer.wait()
-        exp_hash = self._identity.exp_hash
+        exp_hash = self._exp.identity.exp_hash
         if (exp_hash, step) in self._submitted or not self.manager.has_experiment(exp_hash):
             return
         latest = self.manager.manifest(exp_hash).latest()
@@ -386,38 +385,18 @@ class AutomaticCheckpointSystem:
                 self.manager.event("resume_fresh")
                 log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
                 return 0
-            if mode == "latest" and not self._chain_has_checkpoints(exp_hash):
+            if mode == "latest" and not resume_search.chain_has_checkpoints(self.manager, exp_hash):
                 # killed before its first checkpoint was committed: nothing to restore
                 self.manager.event("resume_fresh", exp_hash=exp_hash)
                 log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
                 return 0
-            data, entry, source_hash, skipped = self._load_for_resume(exp_hash, mode)
-            restore_state(
-                self.ledger,
-                data,
-                where=f"checkpoint {source_hash} step {entry.step}",
-                root=self.root,
-                exp_hash=source_hash,
-                rng=self.config.save_rng,
-                architecture_saved=self.manager.has_architecture(source_hash),
+            tried = resume_search.candidates(
+                self.manager, exp_hash, mode, self.retention, self.config.monitor
             )
-            self.manager.record_retention(source_hash, self.config.retention())
-            manifest = self.manager.manifest(source_hash)
-            self._identity = ExperimentIdentity(
-                source_hash, manifest.architecture_hash, manifest.hyperparams_hash
+            data, entry, source_hash, skipped = resume_search.load_first(
+                self.manager, exp_hash, tried, strict=isinstance(mode, int), root=self.root
             )
-            self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
-            self._arch_modules = module_names(self.ledger.items("model"))
-            self._detector.rebaseline()
-            self._branch_from = self._resumed_from = (source_hash, entry.step)
-            # later steps of this experiment belong to the future this resume abandons (or were damaged):
-            # the continued run saves them again
-            self._submitted = {(source_hash, e.step) for e in manifest.checkpoints if e.step <= entry.step}
-            self._last_step = entry.step
-            self._last_metrics = dict(entry.metrics)
-            self._resume_floor = entry.step
-            self._monitor_seen = False
-            self._rewind(source_hash, entry.step, f"resume({mode!r})")
+            self._adopt_resumed(data, entry, source_hash, f"resume({mode!r})")
             self.manager.event(
                 "resumed",
                 exp_hash=source_hash,
@@ -429,106 +408,53 @@ class AutomaticCheckpointSystem:
             log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
             return entry.step + 1
 
-    def _chain_has_checkpoints(self, exp_hash: str) -> bool:
-        """Whether the experiment or any ancestor up to its branch point has a committed checkpoint."""
-        h: str | None = exp_hash
-        seen: set[str] = set()
-        while h is not None and h not in seen and self.manager.has_experiment(h):
-            seen.add(h)
-            m = self.manager.manifest(h)
-            if m.checkpoints:
-                return True
-            h = m.parent.exp_hash if m.parent else None
-        return False
-
-    def _load_for_resume(
-        self, exp_hash: str, mode: ResumeMode
-    ) -> tuple[dict[str, Any], CheckpointEntry, str, list[str]]:
-        candidates: list[tuple[str, CheckpointEntry]] = []
-        if mode == "latest":
-            h: str | None = exp_hash
-            upto: int | None = None
-            seen = set()
-            while h is not None and h not in seen and self.manager.has_experiment(h):
-                seen.add(h)
-                m = self.manager.manifest(h)
-                if upto is None:  # the live run of the active experiment, newest commit first
-                    candidates += [(h, e) for e in reversed(m.live())]
-                else:  # an ancestor: the checkpoint the branch continued from, and older ones
-                    candidates += [(h, e) for e in reversed(m.checkpoints) if e.step <= upto]
-                h, upto = (m.parent.exp_hash, m.parent.checkpoint) if m.parent else (None, None)
-                if h is not None and upto is None:
-                    break  # the branch started before its parent had any checkpoint
-        elif mode == "best":
-            if not self.config.monitor:
-                raise ConfigError(
-                    "resume('best') needs monitor=<metric name> in the checkpoint system's options"
-                )
-            m = self.manager.manifest(exp_hash)
-            order = self.retention.best(m.checkpoints, len(m.checkpoints))
-            candidates = [(exp_hash, e) for s in order if (e := m.entry(s)) is not None]
-            if not candidates:
-                raise CheckpointNotFoundError(
-                    f"no checkpoint of {exp_hash} recorded metric {self.config.monitor!r}; resume('latest') instead"
-                )
-        else:
-            candidates = [(exp_hash, self.manager.entry(exp_hash, check_step(mode)))]
-        skipped: list[str] = []
-        for h, entry in candidates:
-            try:
-                return self.manager.load_entry(h, entry), entry, h, skipped
-            except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
-                skipped.append(entry.file)
-                log.warning("weightslab: skipping %s/%s: %s", h, entry.file, exc)
-                self.manager.event("checkpoint_unreadable", exp_hash=h, step=entry.step, error=str(exc))
-                if isinstance(mode, int):
-                    raise
-        raise CheckpointNotFoundError(
-            f"no checkpoint of experiment {exp_hash} in {self.root} verifies (tried {len(skipped)}: "
-            f"{', '.join(skipped) or 'none'}); run `weightslab verify {self.root}` for details"
+    def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
+        """Restore ``data`` into the ledger and continue ``source_hash`` from ``entry``."""
+        restore_state(
+            self.ledger,
+            data,
+            where=f"checkpoint {source_hash} step {entry.step}",
+            root=self.root,
+            exp_hash=source_hash,
+            rng=self.config.save_rng,
+            architecture_saved=self.manager.has_architecture(source_hash),
         )
+        self.manager.record_retention(source_hash, self.config.retention())
+        manifest = self.manager.manifest(source_hash)
+        self._exp.adopt(
+            ExperimentIdentity(source_hash, manifest.architecture_hash, manifest.hyperparams_hash)
+        )
+        self._exp.branch_from = (source_hash, entry.step)
+        self._protection.protect(source_hash, entry.step)
+        # later steps of this experiment belong to the future this resume abandons (or were damaged):
+        # the continued run saves them again
+        self._submitted = {(source_hash, e.step) for e in manifest.checkpoints if e.step <= entry.step}
+        self._last_step = entry.step
+        self._last_metrics = dict(entry.metrics)
+        self._resume_floor = entry.step
+        self._monitor_seen = False
+        self._rewind(source_hash, entry.step, why)
 
     # -- preemption and step order --------------------------------------------------------------
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            raise ConfigError(
-                "handle_signals=True must be set from the main thread (Python delivers signals there); "
-                "build the checkpoint system in the main thread or leave handle_signals off"
-            )
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _restore_signal_handlers(self) -> None:
-        for sig, previous in self._previous_handlers.items():
-            with contextlib.suppress(ValueError, TypeError):  # not the main thread, or at shutdown
-                signal.signal(sig, previous)
-        self._previous_handlers = {}
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # Only a flag here: saving inside a signal handler could interrupt a save already running.
-        if self._stop_signal is not None:
-            os._exit(128 + signum)  # a second signal: the user insists
-        self._stop_signal = signum
-
     def _preempt(self, step: int, metrics: Mapping[str, Any] | None) -> None:
         """The step boundary after SIGTERM/SIGINT: checkpoint, flush, close, exit 128 + signal."""
-        signum = self._stop_signal
+        signum = self._signals.signal
         assert signum is not None
         name = signal.Signals(signum).name
         clean = clean_metrics(metrics)
-        if self._identity is None:
+        if self._exp.identity is None:
             self._begin(step)
         if self._pending:  # announced changes are saved first, at this step, with their trigger
             pending, self._pending = self._pending, []
             self._save_announced(step, pending, clean)
         else:
             self._record_changes(step, clean, announced=None)
-        assert self._identity is not None
-        if (self._identity.exp_hash, step) not in self._submitted:
+        assert self._exp.identity is not None
+        if (self._exp.identity.exp_hash, step) not in self._submitted:
             self._save(step, "preempted", clean)
         if self._writer is not None:
             self._writer.wait()
-        self.manager.event("preempted", signal=name, step=step, exp_hash=self._identity.exp_hash)
+        self.manager.event("preempted", signal=name, step=step, exp_hash=self._exp.identity.exp_hash)
         log.warning("weightslab: %s received; checkpointed step %d and exiting", name, step)
         self._last_step = step
         self.close()
@@ -548,10 +474,11 @@ class AutomaticCheckpointSystem:
                 step,
                 self._last_step,
             )
-        if self._identity is not None and self.manager.has_experiment(self._identity.exp_hash):
+        identity = self._exp.identity
+        if identity is not None and self.manager.has_experiment(identity.exp_hash):
             if self._writer is not None:
                 self._writer.wait()  # a save of the abandoned future must not commit after the rewind
-            self._rewind(self._identity.exp_hash, step - 1, "the step counter went back")
+            self._rewind(identity.exp_hash, step - 1, "the step counter went back")
 
     def _rewind(self, exp_hash: str, step: int, why: str) -> None:
         """Mark the live checkpoints after ``step`` abandoned (manifest and journal), warning once."""
@@ -560,8 +487,8 @@ class AutomaticCheckpointSystem:
         try:
             abandoned = self.manager.rewind(exp_hash, step)
         except (OSError, WeightslabError) as exc:
-            self._failed(exc, exp_hash, max(step, 0), what="recording the rewind of")
-            self._report([exc])
+            self._errors.failed(exc, exp_hash, max(step, 0), what="recording the rewind of")
+            self._errors.report([exc])
             return
         if abandoned and not self._warned_rewind:
             self._warned_rewind = True
@@ -574,7 +501,7 @@ class AutomaticCheckpointSystem:
                 abandoned,
             )
 
-    # -- internals ------------------------------------------------------------------------------
+    # -- changes and saving -----------------------------------------------------------------------
     def _on_ledger_event(self, event: LedgerEvent) -> None:
         """Journal what the ledger hears from outside the training loop (file edits, rejections)."""
         if self._closed or event.kind != "hyperparams":
@@ -594,65 +521,19 @@ class AutomaticCheckpointSystem:
                 "this checkpoint system is closed; call get_checkpoint_system(root_log_dir=...) for a new one"
             )
 
-    def _identity_now(self) -> ExperimentIdentity:
-        return self.hasher.identity(self.ledger.items("model"), self.ledger.items("hyperparams"))
-
     def _begin(self, step: int) -> None:
-        """The first step: the configuration active now is the first experiment (setup is not a change)."""
-        ident = self._identity_now()
-        created = self._try_open(ident, None, step)
-        if created is False:
-            latest = self.manager.manifest(ident.exp_hash).latest()
-            self.manager.event("experiment_activated", exp_hash=ident.exp_hash, step=step, reason="start")
-            if latest is not None and latest.step >= step:
-                log.warning(
-                    "weightslab: experiment %s already has checkpoints up to step %d and this run did not "
-                    "resume(); saves at the same steps will replace them",
-                    ident.exp_hash,
-                    latest.step,
-                )
-                self._rewind(ident.exp_hash, step - 1, "the step counter restarted")
-        self._identity = ident
-        self._hp_canonical = self.hasher.hyperparams(self.ledger.items("hyperparams"))
-        self._arch_modules = module_names(self.ledger.items("model"))
-        self._detector.rebaseline()
+        self._exp.begin(step, self._rewind)
 
-    def _try_open(self, ident: ExperimentIdentity, parent: ParentRef | None, step: int) -> bool | None:
-        """Open the experiment folder; True if created, False if it existed, None if it failed.
-
-        A failure (a full or read-only disk) is reported like a failed save and does not stop training:
-        the experiment becomes active anyway and the next save of it tries to open it again.
-        """
-        try:
-            _, created = self._open_experiment(ident, parent)
-        except (OSError, WeightslabError) as exc:
-            self._unopened = (ident, parent)
-            self._failed(exc, ident.exp_hash, step, what="opening experiment")
-            self._report([exc])
-            return None
-        self._unopened = None
-        return created
-
-    def _open_experiment(self, ident: ExperimentIdentity, parent: ParentRef | None) -> tuple[Any, bool]:
-        models = self.ledger.items("model")
-        if self.manager.has_experiment(ident.exp_hash):
-            self.manager.record_retention(ident.exp_hash, self.config.retention())
-        return self.manager.create_experiment(
-            exp_hash=ident.exp_hash,
-            architecture_hash=ident.architecture_hash,
-            hyperparams_hash=ident.hyperparams_hash,
-            parent=parent,
-            retention=self.config.retention(),
-            hyperparams=self._full_hyperparams(),
-            models=models,
-            save_architecture=self.config.save_architecture,
-        )
+    def _switch(self, ident: ExperimentIdentity, reason: str, step: int) -> None:
+        if self._writer is not None:
+            self._writer.wait()  # the parent's newest checkpoint must be committed to be referenced
+        self._exp.switch(ident, reason, step)
 
     def _record_changes(self, step: int, metrics: dict[str, float | None], announced: str | None) -> bool:
         """Compare with the active experiment; on a hash change open the new one and save. True if switched."""
-        assert self._identity is not None
-        old = self._identity
-        ident = self._identity_now()
+        old = self._exp.identity
+        assert old is not None
+        ident = self._exp.identity_now()
         if ident.exp_hash != old.exp_hash:
             detected = "model_change" if ident.architecture_hash != old.architecture_hash else "config_change"
             reason = announced if announced in ("model_change", "config_change") else detected
@@ -679,94 +560,6 @@ class AutomaticCheckpointSystem:
         self._detector.rebaseline()
         return False
 
-    def _switch(self, ident: ExperimentIdentity, reason: str, step: int) -> None:
-        assert self._identity is not None
-        old = self._identity
-        if self._writer is not None:
-            self._writer.wait()  # the parent's newest checkpoint must be committed to be referenced
-        if self._branch_from is not None and self._branch_from[0] == old.exp_hash:
-            parent_checkpoint: int | None = self._branch_from[1]
-        else:
-            latest = (
-                self.manager.manifest(old.exp_hash).latest()
-                if self.manager.has_experiment(old.exp_hash)
-                else None
-            )
-            parent_checkpoint = None if latest is None else latest.step
-        parent = ParentRef(old.exp_hash, step, reason, checkpoint=parent_checkpoint)
-        new_hp = self.hasher.hyperparams(self.ledger.items("hyperparams"))
-        new_modules = module_names(self.ledger.items("model"))
-        details: dict[str, Any] = {}
-        if reason == "config_change" or ident.hyperparams_hash != old.hyperparams_hash:
-            details["changed_keys"] = list(changed_keys(self._hp_canonical, new_hp))
-        if ident.architecture_hash != old.architecture_hash:
-            details["modules"] = module_diff(self._arch_modules, new_modules)
-        self.manager.event(
-            "change_detected",
-            kind=reason,
-            exp_hash=ident.exp_hash,
-            previous=old.exp_hash,
-            step=step,
-            **details,
-        )
-        created = self._try_open(ident, parent, step)
-        if created is False:
-            self.manager.event(
-                "experiment_activated",
-                exp_hash=ident.exp_hash,
-                previous=old.exp_hash,
-                step=step,
-                reason=reason,
-            )
-        log.info(
-            "weightslab: %s at step %d: experiment %s -> %s%s",
-            reason,
-            step,
-            old.exp_hash,
-            ident.exp_hash,
-            " (returning to an earlier configuration)" if created is False else "",
-        )
-        self._identity = ident
-        self._hp_canonical = new_hp
-        self._arch_modules = new_modules
-        self._branch_from = None
-        self._detector.rebaseline()
-
-    def _full_hyperparams(self) -> dict[str, Any]:
-        """Every registered set, canonical, excluded keys included (they are restored on resume)."""
-        return {name: canonicalize(hp, name) for name, hp in self.ledger.items("hyperparams").items()}
-
-    def _snapshot(
-        self, step: int, trigger: str, metrics: dict[str, float | None]
-    ) -> tuple[dict[str, Any], Any]:
-        assert self._identity is not None
-        buffers = self._buffers
-        buffers.begin()
-        payload: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "exp_hash": self._identity.exp_hash,
-            "step": step,
-            "created": self._clock(),
-            "trigger": trigger,
-            "metrics": dict(metrics),
-        }
-        models = self.ledger.items("model")
-        payload["models"] = {n: buffers.tree(("models", n), m.state_dict()) for n, m in models.items()}
-        for kind, key in (("optimizer", "optimizers"), ("scheduler", "schedulers"), ("stateful", "extra")):
-            objs = self.ledger.items(kind)  # type: ignore[arg-type]
-            payload[key] = {n: buffers.tree((key, n), o.state_dict()) for n, o in objs.items()}
-        payload["rng"] = capture_rng() if self.config.save_rng else {}
-        # the plain form (int keys, tuples, inf) so that resume restores values with their types
-        hyperparams = self.ledger.items("hyperparams")
-        for name, hp in hyperparams.items():
-            canonicalize(hp, name)  # refuses, naming the key, a value changed into something unserialisable
-        payload["hyperparams"] = {name: plain(hp) for name, hp in hyperparams.items()}
-        payload["frozen"] = {
-            n: [pn for pn, p in m.named_parameters() if not p.requires_grad] for n, m in models.items()
-        }
-        event = buffers.end()
-        return payload, event
-
     def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
         if self._writer is not None:
             self._writer.wait()  # the buffers are about to be overwritten
@@ -775,16 +568,13 @@ class AutomaticCheckpointSystem:
         # and the snapshot. Holding the ledger still, re-check the hyperparameters and record such a
         # change first, so that a file is always filed under the hash of the values it holds.
         with self.ledger.locked():
-            assert self._identity is not None
-            live_hp = self.hasher.hyperparams_hash(self.ledger.items("hyperparams"))
-            if live_hp != self._identity.hyperparams_hash:
-                ident = self._identity_now()
-                if ident.exp_hash != self._identity.exp_hash:
-                    trigger = (
-                        "model_change"
-                        if ident.architecture_hash != self._identity.architecture_hash
-                        else "config_change"
-                    )
+            current = self._exp.identity
+            assert current is not None
+            if self._exp.live_hyperparams_hash() != current.hyperparams_hash:
+                ident = self._exp.identity_now()
+                if ident.exp_hash != current.exp_hash:
+                    moved = ident.architecture_hash != current.architecture_hash
+                    trigger = "model_change" if moved else "config_change"
                     self._switch(ident, trigger, step)
             self._save_locked(step, trigger, metrics)
         if self.config.monitor is not None and not self._monitor_seen:
@@ -797,216 +587,60 @@ class AutomaticCheckpointSystem:
         if metrics.get(monitor) is not None:
             self._monitor_seen = True
             return
-        assert self._identity is not None
-        h = self._identity.exp_hash
+        assert self._exp.identity is not None
+        h = self._exp.identity.exp_hash
         if self.manager.has_experiment(h) and any(
             e.metric(monitor) is not None for e in self.manager.manifest(h).checkpoints
         ):
             self._monitor_seen = True
             return
-        if self._monitor_warned:
-            return
-        self._monitor_warned = True
-        got = ", ".join(repr(k) for k in metrics) or "no metrics"
-        close = difflib.get_close_matches(monitor, list(metrics), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        message = (
-            f"weightslab: monitor={monitor!r} is not among the metrics of this save (got {got}){hint} "
-            f"keep_best and resume('best') use it; until it is reported, retention deletes nothing "
-            f"by keep_best. Pass metrics={{{monitor!r}: value}} to checkpoint_on_step, or fix monitor="
-        )
-        self.manager.event("monitor_missing", monitor=monitor, got=list(metrics), suggestion=close[:1])
-        if self.config.on_error == "raise":
-            raise ConfigError(message)
-        warnings.warn(message, stacklevel=4)
+        if not self._monitor_warned:
+            self._monitor_warned = True
+            self._errors.monitor_missing(monitor, metrics)
 
     def _save_locked(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
-        assert self._identity is not None
-        exp_hash = self._identity.exp_hash
-        unopened = self._unopened
-        if (
-            unopened is not None
-            and unopened[0].exp_hash == exp_hash
-            and self._try_open(unopened[0], unopened[1], step) is None
-        ):
+        assert self._exp.identity is not None
+        exp_hash = self._exp.identity.exp_hash
+        if not self._exp.reopen_if_needed(step):
             return  # still cannot open it: reported, training goes on
         try:
-            payload, event = self._snapshot(step, trigger, metrics)
-        except Exception as exc:
-            self._submitted.add((exp_hash, step))  # reported once; close() does not try it again
-            self._failed(exc, exp_hash, step)
-            self._report([exc])
-            return
-        self._submitted.add((exp_hash, step))
-        if self._branch_from is not None and self._branch_from[0] == exp_hash:
-            self._branch_from = None  # a child now branches from the newest checkpoint, not the resumed one
-        job = partial(self._commit, exp_hash, step, payload, trigger, metrics, event, self._notes)
-        if self._writer is not None:
-            self._writer.submit(job)
-        else:
-            try:
-                job()
-            except Exception as exc:
-                self._report([exc])
-
-    def _commit(
-        self,
-        exp_hash: str,
-        step: int,
-        payload: dict[str, Any],
-        trigger: str,
-        metrics: dict[str, float | None],
-        event: Any,
-        notes: tuple[tuple[str, ...], str] = ((), ""),
-    ) -> None:
-        """Runs on the writer thread (or inline when async_save=False)."""
-        try:
-            if event is not None:
-                event.synchronize()
-            t0 = time.perf_counter()
-            entry = self.manager.save(
-                exp_hash, step, payload, trigger=trigger, metrics=metrics, tags=notes[0], description=notes[1]
-            )
-            log.info(
-                "weightslab: saved %s step %d (%s, %.1f MB, %.2fs)",
-                exp_hash,
-                step,
-                trigger,
-                entry.bytes / 1e6,
-                time.perf_counter() - t0,
-            )
-            if self._resumed_from and self._resumed_from[0] == exp_hash and step > self._resumed_from[1]:
-                self._resumed_from = None
-            protected = (
-                {self._resumed_from[1]} if self._resumed_from and self._resumed_from[0] == exp_hash else set()
-            )
-            try:
-                deleted = self.manager.apply_retention(exp_hash, self.retention, protected)
-            except RetentionRefusedError as exc:  # the save committed; only unsafe entries were kept
-                log.error("weightslab: %s", exc)
-                self.manager.event("retention_refused", exp_hash=exp_hash, steps=sorted(exc.refused))
-                deleted = exc.deleted
-            if deleted:
-                log.info("weightslab: retention removed %s steps %s", exp_hash, deleted)
-        except Exception as exc:
-            self._failed(exc, exp_hash, step)
-            raise
-
-    def _failed(self, exc: BaseException, exp_hash: str, step: int, what: str = "saving") -> None:
-        self._failures += 1
-        path = self.manager.experiment(exp_hash).step_file(step)
-        log.error("weightslab: %s %s failed: %s: %s", what, path, type(exc).__name__, exc)
-        try:
-            self.manager.event(
-                "save_failed",
+            payload, event = build_payload(
+                self.ledger,
+                self._buffers,
                 exp_hash=exp_hash,
                 step=step,
-                path=str(path),
-                error=f"{type(exc).__name__}: {exc}",
+                trigger=trigger,
+                metrics=metrics,
+                created=self._clock(),
+                save_rng=self.config.save_rng,
             )
-        except OSError as journal_exc:  # the disk may be the problem; the log line above stands
-            log.error("weightslab: could not journal the failure: %s", journal_exc)
+        except Exception as exc:
+            self._submitted.add((exp_hash, step))  # reported once; close() does not try it again
+            self._errors.failed(exc, exp_hash, step)
+            self._errors.report([exc])
+            return
+        self._submitted.add((exp_hash, step))
+        branch = self._exp.branch_from
+        if branch is not None and branch[0] == exp_hash:
+            self._exp.branch_from = (
+                None  # a child now branches from the newest checkpoint, not the resumed one
+            )
+        job = CommitJob(exp_hash, step, payload, trigger, metrics, event, self._notes)
+        if self._writer is not None:
+            self._writer.submit(partial(self._committer, job))
+        else:
+            try:
+                self._committer(job)
+            except Exception as exc:
+                self._errors.report([exc])
 
     def _surface_errors(self) -> None:
         if self._writer is not None:
-            self._report(self._writer.take_errors())
-
-    def _report(self, errors: list[BaseException]) -> None:
-        for exc in errors:
-            message = f"weightslab: a checkpoint save failed: {type(exc).__name__}: {exc}"
-            if self.config.on_error == "raise":
-                raise CheckpointSaveError(message) from exc
-            warnings.warn(
-                message + " (training continues; on_error='raise' makes this an error)", stacklevel=3
-            )
+            self._errors.report(self._writer.take_errors())
 
 
-# -- helpers --------------------------------------------------------------------------------------
 def _config_record(config: CheckpointConfig) -> dict[str, Any]:
     record = asdict(config)
     record["root_log_dir"] = str(config.root_log_dir)
     record["exclude_hyperparams"] = list(config.exclude_hyperparams)
     return record
-
-
-# -- the process-wide system ----------------------------------------------------------------------
-_SYSTEM: AutomaticCheckpointSystem | None = None
-_SYSTEM_LOCK = threading.Lock()
-
-
-def get_checkpoint_system(
-    root_log_dir: str | os.PathLike[str] | None = None,
-    checkpoint_frequency: int | None = None,
-    auto_init: bool = True,
-    **config: Any,
-) -> AutomaticCheckpointSystem:
-    """The process-wide checkpoint system, built on first call.
-
-    Options are those of :class:`CheckpointConfig`. Calling again with no options returns the open
-    system; with options that differ from its configuration, it raises SystemConfigurationError
-    (close it first). After ``close()`` a call builds a fresh system. ``auto_init=False`` raises
-    instead of building one.
-    """
-    global _SYSTEM
-    options = dict(config)
-    if root_log_dir is not None:
-        options["root_log_dir"] = root_log_dir
-    if checkpoint_frequency is not None:
-        options["checkpoint_frequency"] = checkpoint_frequency
-    with _SYSTEM_LOCK:
-        current = _SYSTEM
-    if current is not None and not current.closed:
-        CheckpointConfig.from_kwargs(
-            **{**_config_kwargs(current.config), **options}
-        )  # validates names/values
-        diffs = current.config.differences(options)
-        if diffs:
-            listed = ", ".join(f"{k}={theirs!r} (open: {mine!r})" for k, (mine, theirs) in diffs.items())
-            raise SystemConfigurationError(
-                f"a checkpoint system is already open on {current.root} with other options: {listed}; "
-                "call get_checkpoint_system().close() first, or call it without options to use the open one"
-            )
-        return current
-    if not auto_init:
-        raise SystemConfigurationError(
-            "no checkpoint system is open; call get_checkpoint_system(root_log_dir=..., checkpoint_frequency=...)"
-        )
-    system = AutomaticCheckpointSystem(CheckpointConfig.from_kwargs(**options))
-    with _SYSTEM_LOCK:
-        _SYSTEM = system
-    return system
-
-
-def _config_kwargs(config: CheckpointConfig) -> dict[str, Any]:
-    return {k: getattr(config, k) for k in asdict(config)}
-
-
-def checkpoint_on_step(
-    step: int,
-    metrics: Mapping[str, Any] | None = None,
-    *,
-    tags: Iterable[str] | None = None,
-    description: str | None = None,
-) -> None:
-    """Call once per training step (see :meth:`AutomaticCheckpointSystem.checkpoint_on_step`)."""
-    if tags is None and description is None:
-        get_checkpoint_system().checkpoint_on_step(step, metrics)
-    else:
-        get_checkpoint_system().checkpoint_on_step(step, metrics, tags=tags, description=description)
-
-
-def checkpoint_on_model_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
-    """Record a model change now (pruning, added layers...)."""
-    get_checkpoint_system().checkpoint_on_model_change(step, metrics)
-
-
-def checkpoint_on_config_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
-    """Record a hyperparameter change now."""
-    get_checkpoint_system().checkpoint_on_config_change(step, metrics)
-
-
-def checkpoint_on_state_change(
-    label: str = "state_change", step: int | None = None, metrics: Mapping[str, Any] | None = None
-) -> None:
-    """Save now with ``trigger=label`` in the current experiment ("freeze", "reset", ...)."""
-    get_checkpoint_system().checkpoint_on_state_change(label, step, metrics)

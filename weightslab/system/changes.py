@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from collections.abc import Mapping
 from operator import attrgetter
 from typing import Any
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 from weightslab.registry.ledger import Ledger
 
@@ -34,20 +36,47 @@ def _bump(*_args: Any) -> None:
     _structure_version = next(_structure_counter)
 
 
-_hooks_installed = False
+_hooks_lock = threading.Lock()
+_hook_users = 0
+_hook_handles: list[RemovableHandle] = []
 
 
 def install_structure_hooks() -> None:
-    """Register the global torch hooks once per process (they only bump a counter)."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    from torch.nn.modules import module as _m
+    """Register the global torch hooks (they only bump a counter) for one more user.
 
-    _m.register_module_module_registration_hook(_bump)
-    _m.register_module_parameter_registration_hook(_bump)
-    _m.register_module_buffer_registration_hook(_bump)
-    _hooks_installed = True
+    The hooks are process-wide, so they are reference-counted: each detector installs on creation
+    and calls :func:`remove_structure_hooks` at close; the last one out removes them from torch.
+    """
+    global _hook_users
+    with _hooks_lock:
+        _hook_users += 1
+        if _hook_handles:
+            return
+        from torch.nn.modules import module as _m
+
+        _hook_handles.extend(
+            [
+                _m.register_module_module_registration_hook(_bump),
+                _m.register_module_parameter_registration_hook(_bump),
+                _m.register_module_buffer_registration_hook(_bump),
+            ]
+        )
+
+
+def remove_structure_hooks() -> None:
+    """Release one user of the torch hooks; the last release removes them."""
+    global _hook_users
+    with _hooks_lock:
+        _hook_users = max(0, _hook_users - 1)
+        if _hook_users == 0:
+            for handle in _hook_handles:
+                handle.remove()
+            _hook_handles.clear()
+
+
+def hooks_installed() -> bool:
+    """Whether the global torch hooks are registered now."""
+    return bool(_hook_handles)
 
 
 def structure_version() -> int:
@@ -63,6 +92,7 @@ class ChangeDetector:
 
     def __init__(self, ledger: Ledger) -> None:
         install_structure_hooks()
+        self._hooked = True
         self.ledger = ledger
         self._ledger_version = -1
         self._structure = -1
@@ -71,6 +101,12 @@ class ChangeDetector:
         self._sizes: list[int] = []
         self._grads: list[bool] = []
         self._names: list[tuple[str, str]] = []
+
+    def close(self) -> None:
+        """Give back this detector's share of the global torch hooks. Idempotent."""
+        if self._hooked:
+            self._hooked = False
+            remove_structure_hooks()
 
     def rebaseline(self) -> None:
         """Take the current state as the baseline."""

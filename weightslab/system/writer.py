@@ -51,10 +51,6 @@ class BackgroundWriter:
             self._inflight = None
 
     @property
-    def busy(self) -> bool:
-        return self._inflight is not None and not self._inflight.done()
-
-    @property
     def has_errors(self) -> bool:
         """A cheap, lock-free peek used on every training step."""
         return bool(self._errors)

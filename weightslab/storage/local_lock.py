@@ -1,4 +1,4 @@
-"""One writer per root: an exclusive, non-blocking ``flock`` on ``logs/writer.lock``.
+"""The local writer lock, one writer per root: an exclusive, non-blocking ``flock`` on ``logs/writer.lock``.
 
 The kernel drops the lock when the process dies, so a crash never leaves a stale lock behind. A
 ``fork()`` child (a DataLoader worker, a multiprocessing pool) would share the locked descriptor and
@@ -33,7 +33,7 @@ os.register_at_fork(after_in_child=_close_in_child)
 
 
 class RootLock:
-    """Holds the writer lock of one root until :meth:`release`."""
+    """Holds the writer lock of one root until :meth:`release` (a :class:`~weightslab.storage.base.WriterLock`)."""
 
     def __init__(self, path: Path, root: Path) -> None:
         self.path = path

@@ -1,0 +1,209 @@
+"""The storage seam: every byte of a checkpoint root goes through a :class:`Storage`.
+
+The manager, the recovery rules, the journal and the readers above them name files by
+:class:`~pathlib.Path` but never open, list, rename or delete one themselves; a backend does. Today
+there is :class:`~weightslab.storage.local.LocalStorage` (a POSIX file system); an object store needs
+the same few operations, which is why the list is short and each one says what it guarantees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import xxhash
+
+TMP_MARKER = ".tmp-"
+"""In the name of every temporary file a write leaves until its rename (a crash leftover once found)."""
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """What a durable write produced: where, how many bytes, and their xxh3-128."""
+
+    path: Path
+    bytes: int
+    xxh3_128: str
+
+
+class HashingWriter:
+    """A binary file-like object that writes through to ``raw`` and hashes what passes.
+
+    A write error is sticky and never raised from ``write``: torch's zip writer calls ``write`` from
+    C++, and an exception unwinding through it makes its destructor write again and abort the whole
+    process. The first error is kept in :attr:`error`, later writes are dropped, and the caller
+    raises it once the serialiser has returned (``write_atomic`` does).
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hash = xxhash.xxh3_128()
+        self.bytes = 0
+        self.error: OSError | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Pass ``data`` on and hash it; returns its length even after an error (see the class)."""
+        view = memoryview(data)
+        if self.error is None:
+            try:
+                self._raw.write(view)
+            except OSError as exc:
+                self.error = exc
+        self._hash.update(view)
+        self.bytes += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        """Flush ``raw``; an error is kept like a write error."""
+        if self.error is None:
+            try:
+                self._raw.flush()
+            except OSError as exc:
+                self.error = exc
+
+    def raise_error(self) -> None:
+        """Raise the first write or flush error, if there was one."""
+        if self.error is not None:
+            raise self.error
+
+    def hexdigest(self) -> str:
+        """The xxh3-128 of every byte written so far."""
+        return self._hash.hexdigest()
+
+    # torch.save checks for these on file-like objects
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.bytes
+
+
+class WriterLock(Protocol):
+    """The one-writer-per-root guarantee: an flock locally, a lease on an object store."""
+
+    def acquire(self) -> None:
+        """Take the lock or raise RootLockedError naming the holder."""
+        ...
+
+    def release(self) -> None:
+        """Give the lock up (a no-op when not held)."""
+        ...
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now (a writer is running)."""
+        ...
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        ...
+
+
+class Storage(Protocol):
+    """What the layers above need from a backend; paths are absolute, under one root.
+
+    Missing files raise FileNotFoundError, like the built-ins, so callers can tell "absent" from
+    "unreadable" (any other OSError).
+    """
+
+    durable: bool
+    """Whether writes are made durable (fsync) before they return; tests may turn it off."""
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_bytes(self, path: Path) -> bytes:
+        """The whole content of ``path``."""
+        ...
+
+    def listdir(self, path: Path) -> list[str]:
+        """The sorted names in folder ``path``; [] when it does not exist."""
+        ...
+
+    def files_under(self, path: Path) -> Iterator[Path]:
+        """Every file below ``path``, recursively (nothing when it does not exist)."""
+        ...
+
+    def exists(self, path: Path) -> bool:
+        """Whether anything is at ``path`` (a file that cannot be read still exists)."""
+        ...
+
+    def is_file(self, path: Path) -> bool:
+        """Whether ``path`` is a file."""
+        ...
+
+    def is_dir(self, path: Path) -> bool:
+        """Whether ``path`` is a folder."""
+        ...
+
+    def size(self, path: Path) -> int:
+        """The size of file ``path`` in bytes."""
+        ...
+
+    def mtime(self, path: Path) -> float:
+        """When file ``path`` was last written (unix time)."""
+        ...
+
+    def checksum(self, path: Path) -> tuple[int, str]:
+        """(size, xxh3_128) of the file as it is stored now."""
+        ...
+
+    def local_file(self, path: Path) -> Path:
+        """A local file holding the content of ``path``, for readers that memory-map it.
+
+        ``torch.load(..., mmap=True)`` needs a real file; a local backend returns ``path`` itself, an
+        object store would return a cached download.
+        """
+        ...
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write_atomic(self, path: Path, produce: Callable[[HashingWriter], None]) -> WrittenFile:
+        """Write ``path`` atomically from what ``produce`` streams into the writer it is given.
+
+        A crash leaves the old content or the new one, never part of it; on return the new content
+        is durable (when :attr:`durable`).
+        """
+        ...
+
+    def write_bytes_atomic(self, path: Path, data: bytes) -> WrittenFile:
+        """:meth:`write_atomic` of bytes already in memory."""
+        ...
+
+    def create_exclusive(self, path: Path, data: bytes) -> bool:
+        """Create ``path`` holding ``data`` only if nothing is there yet; False when something was.
+
+        Atomic create-if-absent: of two racing callers exactly one gets True. This is the primitive
+        that a commit record on an object store (a conditional put) is built on.
+        """
+        ...
+
+    def append_line(self, path: Path, line: bytes) -> None:
+        """Append one line (ending in a newline) whole or not at all, creating the file if needed.
+
+        A torn earlier line (a crash mid-append) is first ended, so this line is never glued to it.
+        Raises OSError when the line could not be appended; the file is then as it was.
+        """
+        ...
+
+    def replace(self, source: Path, target: Path) -> None:
+        """Rename ``source`` over ``target`` atomically (both under the same root)."""
+        ...
+
+    def remove(self, path: Path) -> None:
+        """Delete file ``path``; absent is fine."""
+        ...
+
+    def remove_dir(self, path: Path) -> None:
+        """Delete folder ``path`` if it is empty; raises OSError when it is not, absent is fine."""
+        ...
+
+    def makedirs(self, path: Path) -> None:
+        """Create folder ``path`` and its parents; existing is fine."""
+        ...
+
+    def lock(self, root: Path, path: Path) -> WriterLock:
+        """The writer lock of ``root``, kept at ``path`` (not taken yet: call ``acquire``)."""
+        ...

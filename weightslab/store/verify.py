@@ -1,0 +1,165 @@
+"""Checking a root: each committed checkpoint's size and xxh3-128, and files no manifest lists.
+
+:func:`verify_entry` is the one check every verified load goes through; :func:`verify_root` is what
+``CheckpointManager.verify`` (and ``weightslab verify``) reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from weightslab.errors import CheckpointCorruptedError, ManifestError, UnsafePathError
+from weightslab.format.layout import TMP_MARKER, ExperimentLayout, parse_step_file
+from weightslab.format.manifest import CheckpointEntry
+from weightslab.storage.base import Storage
+from weightslab.store.manifests import ManifestStore
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :meth:`CheckpointManager.verify`."""
+
+    kind: Literal["corrupt", "missing", "orphaned", "manifest", "unreadable", "unsafe"]
+    exp_hash: str
+    path: str
+    step: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """What :meth:`CheckpointManager.verify` checked and found."""
+
+    checked: int = 0
+    ok: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    writer_active: bool = False  # orphans are not reported while another process writes the root
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+
+def verify_entry(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry) -> Path:
+    """Check the size and xxh3_128 of a step file; returns its path or raises CheckpointCorruptedError."""
+    path = exp.resolve(entry.file)
+    accepted = {(entry.bytes, entry.xxh3_128)}
+    if entry.pending is not None:
+        accepted.add((entry.pending.bytes, entry.pending.xxh3_128))
+    try:
+        size = storage.size(path)
+    except FileNotFoundError:
+        raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
+    if size not in {b for b, _ in accepted}:
+        raise CheckpointCorruptedError(
+            path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
+        )
+    try:
+        size, digest = storage.checksum(path)
+    except FileNotFoundError:  # deleted between the two looks (a writer's retention)
+        raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
+    if (size, digest) not in accepted:
+        raise CheckpointCorruptedError(path, entry.xxh3_128, digest)
+    return path
+
+
+def verify_root(
+    manifests: ManifestStore,
+    hashes: list[str],
+    *,
+    writer_elsewhere: bool,
+    on_entry: Callable[[CheckpointEntry], None] | None = None,
+) -> VerifyReport:
+    """Verify the experiments ``hashes``; see :meth:`CheckpointManager.verify` for the problem kinds."""
+    report = VerifyReport(writer_active=writer_elsewhere)
+    for h in hashes:
+        exp = manifests.layout.experiment(h)
+        try:
+            m = manifests.read(h)
+        except ManifestError as exc:
+            report.problems.append(Problem("manifest", h, str(exp.manifest), None, exc.reason))
+            continue
+        except OSError as exc:  # it exists (experiments() saw it) but cannot be opened
+            report.problems.append(Problem("unreadable", h, str(exp.manifest), None, _os_detail(exc)))
+            continue
+        for entry in m.checkpoints:
+            report.checked += 1
+            problem = _entry_problem(manifests.storage, exp, entry)
+            if problem is None:
+                report.ok += 1
+            else:
+                report.problems.append(problem)
+            if on_entry is not None:
+                on_entry(entry)
+        escaping = exp.escaping_folders()
+        for folder, real in escaping.items():
+            report.problems.append(
+                Problem(
+                    "unsafe",
+                    h,
+                    str(folder),
+                    None,
+                    f"a symlink leads it to {real}, outside the experiment folder; gc refuses the root",
+                )
+            )
+        if writer_elsewhere or exp.model_dir in escaping:
+            # a temp or unlisted step file may be a write in flight, not a leftover; and the files of
+            # a folder elsewhere are not this experiment's leftovers
+            continue
+        report.problems += _orphans(manifests.storage, exp, {e.file for e in m.checkpoints})
+    return report
+
+
+def _entry_problem(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry) -> Problem | None:
+    """What is wrong with one committed checkpoint, or None when it verifies."""
+    h = exp.exp_hash
+    try:
+        verify_entry(storage, exp, entry)
+    except UnsafePathError as exc:
+        return Problem("unsafe", h, str(exp.dir / entry.file), entry.step, f"refused: {exc.reason}")
+    except CheckpointCorruptedError as exc:
+        missing = exc.actual == "<missing>"
+        detail = "file missing" if missing else _corrupt_detail(storage, exc, entry.bytes)
+        return Problem("missing" if missing else "corrupt", h, exc.path, entry.step, detail)
+    except OSError as exc:  # FileNotFoundError became "missing" above; this is the rest
+        return Problem("unreadable", h, str(exp.dir / entry.file), entry.step, _os_detail(exc))
+    return None
+
+
+def _orphans(storage: Storage, exp: ExperimentLayout, listed: set[str]) -> list[Problem]:
+    """Temp files and step files of ``exp`` without a manifest entry."""
+    try:
+        names = storage.listdir(exp.model_dir)
+    except OSError as exc:
+        return [Problem("unreadable", exp.exp_hash, str(exp.model_dir), None, _os_detail(exc))]
+    found = []
+    for name in names:
+        parsed = parse_step_file(name)
+        if TMP_MARKER in name:
+            detail = "interrupted write"
+        elif parsed and f"model/{name}" not in listed:
+            detail = "no manifest entry"
+        else:
+            continue
+        found.append(
+            Problem("orphaned", exp.exp_hash, str(exp.model_dir / name), parsed and parsed[1], detail)
+        )
+    return found
+
+
+def _os_detail(exc: OSError) -> str:
+    """``cannot be read (PermissionError: Permission denied)``: a verify detail (the path has its own column)."""
+    return f"cannot be read ({type(exc).__name__}: {exc.strerror or exc})"
+
+
+def _corrupt_detail(storage: Storage, exc: CheckpointCorruptedError, expected_bytes: int) -> str:
+    if exc.actual == "<not computed>":  # the size alone already differs
+        try:
+            size = storage.size(Path(exc.path))
+        except OSError:
+            return "size differs from the manifest"
+        return f"size {size} bytes, expected {expected_bytes}"
+    return "checksum mismatch"
