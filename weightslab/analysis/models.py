@@ -9,12 +9,10 @@ never raises. :func:`to_jsonable` turns any model into plain JSON types (non-fin
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, cast
+
+from weightslab.util.jsonsafe import to_jsonable
 
 OptimizerLayout = Literal["state_dict", "wrapper", "weightslab"]
 """Where the optimizer state sat in the file: a plain ``optimizer.state_dict()``, a wrapper dict with
@@ -317,20 +315,3 @@ class CheckpointAnalysis:
     def to_dict(self) -> dict[str, Any]:
         """The analysis as plain JSON types."""
         return cast("dict[str, Any]", to_jsonable(self))
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` (dataclasses, mappings, sequences, paths, numbers) as JSON types; NaN and inf as None."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return str(value)
