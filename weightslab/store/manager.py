@@ -8,11 +8,10 @@ file is durable. Files without an entry are crash leftovers: never loaded, clean
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,30 +26,28 @@ from weightslab.errors import (
     UntrustedLoadError,
 )
 from weightslab.format.architecture import architecture_text
-from weightslab.format.journal import Journal, last_active_experiment, read_events
-from weightslab.format.layout import TMP_MARKER, ExperimentLayout, RootLayout
+from weightslab.format.journal import Journal
+from weightslab.format.layout import ExperimentLayout, RootLayout
 from weightslab.format.manifest import (
     CheckpointEntry,
     Manifest,
     ParentRef,
-    PendingReplacement,
 )
-from weightslab.format.stepfile import load_step_file, save_state
-from weightslab.policy.retention import RetentionPolicy
-from weightslab.storage.base import HashingWriter, Storage, WriterLock, WrittenFile
+from weightslab.format.stepfile import load_step_file
+from weightslab.storage.base import Storage, WriterLock
 from weightslab.storage.local import LocalStorage
-from weightslab.store import experiment_files, retention
+from weightslab.store import experiment_files
+from weightslab.store.commits import Committing
 from weightslab.store.manifests import ManifestStore
+from weightslab.store.reads import Reading, Which
 from weightslab.store.recovery import Recovery, _with_pending
-from weightslab.store.verify import Problem, VerifyReport, verify_entry, verify_root
-from weightslab.util.names import is_hash, validate_hash
+from weightslab.store.verify import Problem, VerifyReport, verify_root
+from weightslab.util.names import validate_hash
 
 log = logging.getLogger("weightslab")
 
-Which = int | Literal["latest", "best"]
 
-
-class CheckpointManager:
+class CheckpointManager(Committing, Reading):
     """Checkpoints of one root on local storage.
 
     ``mode="w"`` takes the root's writer lock (a second writer gets RootLockedError) and cleans crash
@@ -81,7 +78,8 @@ class CheckpointManager:
         if mode == "r":
             if not self.storage.exists(self.root):
                 raise RootError(
-                    f"no such root: {self.root} does not exist; pass the root_log_dir of a training run"
+                    f"no such root: {self.root} does not exist, so it is not a weightslab root; pass the "
+                    "root_log_dir of a training run"
                 )
             if not self.storage.is_dir(self.layout.checkpoints_dir):
                 raise RootError(
@@ -310,259 +308,6 @@ class CheckpointManager:
         """
         return experiment_files.read_config(self.storage, self.experiment(exp_hash))
 
-    # -- saving ---------------------------------------------------------------------------------
-    def save(
-        self,
-        exp_hash: str,
-        step: int,
-        payload: Mapping[str, Any] | Callable[[HashingWriter], None],
-        *,
-        trigger: str,
-        metrics: Mapping[str, float | None] | None = None,
-        tags: Iterable[str] = (),
-        description: str = "",
-    ) -> CheckpointEntry:
-        """Write the step file durably, then commit its manifest entry; returns the entry.
-
-        ``payload`` is the step dict (serialised with ``torch.save``) or a function that writes the
-        bytes. Saving a step that is already committed replaces it crash-safely: the entry records the
-        pending replacement before the file is renamed over, so either version verifies.
-        """
-        journal = self._require_writer()
-        exp = self.experiment(exp_hash)
-        final = exp.step_file(step)
-        produce = payload if callable(payload) else _torch_save_into(payload)
-        with self._lock:
-            m = self.manifest(exp_hash)
-            old = m.entry(step)
-        if old is None:
-            written = self.storage.write_atomic(final, produce)
-        else:
-            written = self._replace(exp, m, old, produce)
-        entry = CheckpointEntry(
-            step=step,
-            file=exp.relative(final),
-            bytes=written.bytes,
-            xxh3_128=written.xxh3_128,
-            created=time.time(),
-            trigger=trigger,
-            metrics=dict(metrics or {}),
-            tags=tuple(tags),
-            description=description,
-        )
-        with self._lock:
-            current = self.manifest(exp_hash)
-            abandoned = current.abandoned_after(step)
-            committed = current.committing(entry)
-            self._write_manifest(committed)
-            entry = committed.entry(step) or entry
-        if abandoned:
-            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
-        journal.append(
-            "checkpoint_saved",
-            exp_hash=exp_hash,
-            step=step,
-            trigger=trigger,
-            file=entry.file,
-            bytes=entry.bytes,
-            xxh3_128=entry.xxh3_128,
-            metrics=entry.metrics,
-            replaced=old is not None,
-        )
-        return entry
-
-    def _replace(
-        self,
-        exp: ExperimentLayout,
-        m: Manifest,
-        old: CheckpointEntry,
-        produce: Callable[[HashingWriter], None],
-    ) -> WrittenFile:
-        """Replace the committed step file of ``old`` crash-safely; returns what was written."""
-        # 1. the new bytes, durable, beside the old file
-        staging = exp.model_dir / f".{exp.step_file_name(old.step)}{TMP_MARKER}replace"
-        written = self.storage.write_atomic(staging, produce)
-        # 2. the entry accepts either version while the file is swapped
-        pending = PendingReplacement(bytes=written.bytes, xxh3_128=written.xxh3_128)
-        with self._lock:
-            cur = self.manifest(exp.exp_hash)
-            self._write_manifest(cur.with_entry(_with_pending(old, pending)))
-        # 3. swap; the caller commits the new entry (which drops the pending mark)
-        self.storage.replace(staging, exp.step_file(old.step))  # fsyncs the folder
-        return written
-
-    def annotate(
-        self, exp_hash: str, step: int, *, tags: Iterable[str] = (), description: str | None = None
-    ) -> CheckpointEntry:
-        """Add tags to (and, unless None, set the description of) a committed checkpoint."""
-        journal = self._require_writer()
-        with self._lock:
-            m = self.manifest(exp_hash)
-            entry = m.entry(step)
-            if entry is None:
-                raise CheckpointNotFoundError(
-                    f"experiment {exp_hash} has no checkpoint at step {step}; committed steps: {m.steps()}"
-                )
-            updated = dataclasses.replace(
-                entry,
-                tags=tuple(dict.fromkeys((*entry.tags, *tags))),
-                description=entry.description if description is None else description,
-            )
-            self._write_manifest(m.with_entry(updated))
-        journal.append(
-            "checkpoint_tagged",
-            exp_hash=exp_hash,
-            step=step,
-            tags=list(updated.tags),
-            description=updated.description,
-        )
-        return updated
-
-    def rewind(self, exp_hash: str, step: int) -> list[int]:
-        """Go back to ``step``: the live checkpoints after it are marked abandoned; returns their steps.
-
-        The checkpoint at ``step`` (if any) becomes the newest of the live run, even if it was itself
-        abandoned before. Recorded in the manifest at once (and journalled as ``rewound``), so that a
-        crash before the continued run's first commit still resumes the continued run.
-        """
-        journal = self._require_writer()
-        with self._lock:
-            m = self.manifest(exp_hash)
-            abandoned = m.abandoned_after(step)
-            target = m.entry(step)
-            latest = m.latest()
-            revive = target is not None and (
-                target.abandoned or (latest is not None and latest.seq > target.seq)
-            )
-            if not abandoned and not revive:
-                return []
-            updated = m.with_abandoned(set(abandoned))
-            if target is not None and revive:
-                updated = updated.with_entry(dataclasses.replace(target, abandoned=False, seq=m.next_seq()))
-            self._write_manifest(updated)
-        journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
-        return abandoned
-
-    def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None:
-        """Remove a checkpoint: the manifest entry first, then the file.
-
-        Raises UnsafePathError, changing nothing, when the entry names anything but a real step file
-        of the experiment (``..``, a symlink out of the folder, the manifest, config or architecture).
-        """
-        journal = self._require_writer()
-        with self._lock:
-            m = self.manifest(exp_hash)
-            entry = m.entry(step)
-            if entry is None:
-                raise CheckpointNotFoundError(f"experiment {exp_hash} has no checkpoint at step {step}")
-            # checked before the entry goes: a refused entry stays, so the refusal is seen again
-            path = self.experiment(exp_hash).resolve(entry.file)
-            self._write_manifest(m.without_steps({step}))
-        self.storage.remove(path)
-        journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
-
-    def branch_points(self, exp_hash: str) -> set[int]:
-        """Checkpoints of ``exp_hash`` that a child experiment continued from (its ``parent.checkpoint``)."""
-        return retention.branch_points(self.manifests, exp_hash)
-
-    def apply_retention(
-        self, exp_hash: str, policy: RetentionPolicy, protected: Iterable[int] = ()
-    ) -> list[int]:
-        """Delete what ``policy`` does not keep (branch points and ``protected`` always kept); returns the steps.
-
-        A checkpoint whose manifest entry is refused as unsafe (see :meth:`delete`) is kept; the others
-        are deleted, then RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
-        """
-        return retention.apply_retention(self.manifests, self.delete, exp_hash, policy, protected)
-
-    # -- reading --------------------------------------------------------------------------------
-    def checkpoints(self, exp_hash: str) -> list[CheckpointEntry]:
-        return list(self.manifest(exp_hash).checkpoints)
-
-    def last_active(self) -> str | None:
-        """The experiment that was active last, from the journal (falls back to the newest manifest)."""
-        active = last_active_experiment(self.layout.events_file, self.storage)
-        if active is not None and self.has_experiment(active):
-            return active
-        exps = self.experiments()
-        return exps[-1] if exps else None
-
-    def events(self) -> list[dict[str, Any]]:
-        return list(read_events(self.layout.events_file, self.storage))
-
-    def entry(
-        self,
-        exp_hash: str,
-        which: Which = "latest",
-        *,
-        monitor: str | None = None,
-        mode: Literal["min", "max"] = "min",
-    ) -> CheckpointEntry:
-        """The manifest entry for ``which``: "latest", "best" (by ``monitor``/``mode``) or a step."""
-        m = self.manifest(exp_hash)
-        if not m.checkpoints:
-            raise CheckpointNotFoundError(f"experiment {exp_hash} in {self.root} has no committed checkpoint")
-        if which == "latest":
-            latest = m.latest()
-            assert latest is not None  # checked above
-            return latest
-        if which == "best":
-            if not monitor:
-                raise ValueError("loading the best checkpoint needs monitor=<metric name>")
-            best = RetentionPolicy(keep_best=1, monitor=monitor, mode=mode).best(m.checkpoints, 1)
-            if not best:
-                raise CheckpointNotFoundError(f"no checkpoint of {exp_hash} recorded metric {monitor!r}")
-            found = m.entry(best[0])
-        else:
-            if isinstance(which, bool) or not isinstance(which, int):
-                raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
-            found = m.entry(which)
-        if found is None:
-            raise CheckpointNotFoundError(
-                f"experiment {exp_hash} has no checkpoint at step {which}; committed steps: {m.steps()}"
-            )
-        return found
-
-    def verify_entry(self, exp_hash: str, entry: CheckpointEntry) -> Path:
-        """Check the size and xxh3_128 of a step file; returns its path or raises CheckpointCorruptedError."""
-        return verify_entry(self.storage, self.experiment(exp_hash), entry)
-
-    def load(
-        self,
-        exp_hash: str | None = None,
-        which: Which = "latest",
-        *,
-        monitor: str | None = None,
-        mode: Literal["min", "max"] = "min",
-        map_location: Any = "cpu",
-        verify: bool = True,
-        mmap: bool = True,
-    ) -> dict[str, Any]:
-        """Load one committed checkpoint (verified) as the step dict.
-
-        ``exp_hash`` defaults to the experiment active last; it may be a unique prefix.
-        Raises CheckpointNotFoundError, CheckpointCorruptedError, CheckpointFormatError.
-        """
-        if exp_hash is None:
-            exp_hash = self.last_active()
-            if exp_hash is None:
-                raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
-        exp_hash = exp_hash if is_hash(exp_hash) else self.resolve_hash(exp_hash)
-        entry = self.entry(exp_hash, which, monitor=monitor, mode=mode)
-        return self.load_entry(exp_hash, entry, map_location=map_location, verify=verify, mmap=mmap)
-
-    def load_entry(
-        self,
-        exp_hash: str,
-        entry: CheckpointEntry,
-        *,
-        map_location: Any = "cpu",
-        verify: bool = True,
-        mmap: bool = True,
-    ) -> dict[str, Any]:
-        path = self.verify_entry(exp_hash, entry) if verify else self.experiment(exp_hash).resolve(entry.file)
-        return load_step_file(path, map_location=map_location, mmap=mmap, storage=self.storage)
-
     # -- health ---------------------------------------------------------------------------------
     def verify(
         self, exp_hash: str | None = None, *, on_entry: Callable[[CheckpointEntry], None] | None = None
@@ -620,13 +365,6 @@ class CheckpointManager:
                 relative, "a file of an experiment must be named inside its folder", where=exp.dir
             )
         return self.storage.read_bytes(exp.dir.joinpath(*parts))
-
-
-def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
-    def produce(writer: HashingWriter) -> None:
-        save_state(dict(payload), writer)  # type: ignore[arg-type]
-
-    return produce
 
 
 __all__ = [

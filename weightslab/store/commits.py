@@ -1,0 +1,226 @@
+"""Saving, replacing, annotating, going back and deleting checkpoints: the commit side of the manager.
+
+A mixin of :class:`~weightslab.store.manager.CheckpointManager` (the methods keep their names there):
+every change of a manifest entry happens here, after the bytes it names are durable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weightslab.errors import CheckpointNotFoundError
+from weightslab.format.layout import TMP_MARKER
+from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
+from weightslab.format.stepfile import save_state
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.storage.base import HashingWriter, WrittenFile
+from weightslab.store import retention
+from weightslab.store.recovery import _with_pending
+
+if TYPE_CHECKING:
+    import threading
+
+    from weightslab.format.journal import Journal
+    from weightslab.format.layout import ExperimentLayout, RootLayout
+    from weightslab.storage.base import Storage
+    from weightslab.store.manifests import ManifestStore
+
+log = logging.getLogger("weightslab")
+
+
+class Committing:
+    """The manager's methods that write checkpoints and their manifest entries."""
+
+    if TYPE_CHECKING:  # what the mixin uses of CheckpointManager, which defines all of it
+        root: Path
+        layout: RootLayout
+        manifests: ManifestStore
+        _lock: threading.RLock
+
+        @property
+        def storage(self) -> Storage: ...
+        def _require_writer(self) -> Journal: ...
+        def _write_manifest(self, m: Manifest) -> None: ...
+        def experiment(self, exp_hash: str) -> ExperimentLayout: ...
+        def experiments(self) -> list[str]: ...
+        def has_experiment(self, exp_hash: str) -> bool: ...
+        def manifest(self, exp_hash: str) -> Manifest: ...
+        def resolve_hash(self, prefix: str) -> str: ...
+        def verify_entry(self, exp_hash: str, entry: CheckpointEntry) -> Path: ...
+
+    # -- saving ---------------------------------------------------------------------------------
+    def save(
+        self,
+        exp_hash: str,
+        step: int,
+        payload: Mapping[str, Any] | Callable[[HashingWriter], None],
+        *,
+        trigger: str,
+        metrics: Mapping[str, float | None] | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+    ) -> CheckpointEntry:
+        """Write the step file durably, then commit its manifest entry; returns the entry.
+
+        ``payload`` is the step dict (serialised with ``torch.save``) or a function that writes the
+        bytes. Saving a step that is already committed replaces it crash-safely: the entry records the
+        pending replacement before the file is renamed over, so either version verifies.
+        """
+        journal = self._require_writer()
+        exp = self.experiment(exp_hash)
+        final = exp.step_file(step)
+        produce = payload if callable(payload) else _torch_save_into(payload)
+        with self._lock:
+            m = self.manifest(exp_hash)
+            old = m.entry(step)
+        if old is None:
+            written = self.storage.write_atomic(final, produce)
+        else:
+            written = self._replace(exp, m, old, produce)
+        entry = CheckpointEntry(
+            step=step,
+            file=exp.relative(final),
+            bytes=written.bytes,
+            xxh3_128=written.xxh3_128,
+            created=time.time(),
+            trigger=trigger,
+            metrics=dict(metrics or {}),
+            tags=tuple(tags),
+            description=description,
+        )
+        with self._lock:
+            current = self.manifest(exp_hash)
+            abandoned = current.abandoned_after(step)
+            committed = current.committing(entry)
+            self._write_manifest(committed)
+            entry = committed.entry(step) or entry
+        if abandoned:
+            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
+        journal.append(
+            "checkpoint_saved",
+            exp_hash=exp_hash,
+            step=step,
+            trigger=trigger,
+            file=entry.file,
+            bytes=entry.bytes,
+            xxh3_128=entry.xxh3_128,
+            metrics=entry.metrics,
+            replaced=old is not None,
+        )
+        return entry
+
+    def _replace(
+        self,
+        exp: ExperimentLayout,
+        m: Manifest,
+        old: CheckpointEntry,
+        produce: Callable[[HashingWriter], None],
+    ) -> WrittenFile:
+        """Replace the committed step file of ``old`` crash-safely; returns what was written."""
+        # 1. the new bytes, durable, beside the old file
+        staging = exp.model_dir / f".{exp.step_file_name(old.step)}{TMP_MARKER}replace"
+        written = self.storage.write_atomic(staging, produce)
+        # 2. the entry accepts either version while the file is swapped
+        pending = PendingReplacement(bytes=written.bytes, xxh3_128=written.xxh3_128)
+        with self._lock:
+            cur = self.manifest(exp.exp_hash)
+            self._write_manifest(cur.with_entry(_with_pending(old, pending)))
+        # 3. swap; the caller commits the new entry (which drops the pending mark)
+        self.storage.replace(staging, exp.step_file(old.step))  # fsyncs the folder
+        return written
+
+    def annotate(
+        self, exp_hash: str, step: int, *, tags: Iterable[str] = (), description: str | None = None
+    ) -> CheckpointEntry:
+        """Add tags to (and, unless None, set the description of) a committed checkpoint."""
+        journal = self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            entry = m.entry(step)
+            if entry is None:
+                raise CheckpointNotFoundError(
+                    f"experiment {exp_hash} has no checkpoint at step {step}; committed steps: {m.steps()}"
+                )
+            updated = dataclasses.replace(
+                entry,
+                tags=tuple(dict.fromkeys((*entry.tags, *tags))),
+                description=entry.description if description is None else description,
+            )
+            self._write_manifest(m.with_entry(updated))
+        journal.append(
+            "checkpoint_tagged",
+            exp_hash=exp_hash,
+            step=step,
+            tags=list(updated.tags),
+            description=updated.description,
+        )
+        return updated
+
+    def rewind(self, exp_hash: str, step: int) -> list[int]:
+        """Go back to ``step``: the live checkpoints after it are marked abandoned; returns their steps.
+
+        The checkpoint at ``step`` (if any) becomes the newest of the live run, even if it was itself
+        abandoned before. Recorded in the manifest at once (and journalled as ``rewound``), so that a
+        crash before the continued run's first commit still resumes the continued run.
+        """
+        journal = self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            abandoned = m.abandoned_after(step)
+            target = m.entry(step)
+            latest = m.latest()
+            revive = target is not None and (
+                target.abandoned or (latest is not None and latest.seq > target.seq)
+            )
+            if not abandoned and not revive:
+                return []
+            updated = m.with_abandoned(set(abandoned))
+            if target is not None and revive:
+                updated = updated.with_entry(dataclasses.replace(target, abandoned=False, seq=m.next_seq()))
+            self._write_manifest(updated)
+        journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
+        return abandoned
+
+    def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None:
+        """Remove a checkpoint: the manifest entry first, then the file.
+
+        Raises UnsafePathError, changing nothing, when the entry names anything but a real step file
+        of the experiment (``..``, a symlink out of the folder, the manifest, config or architecture).
+        """
+        journal = self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            entry = m.entry(step)
+            if entry is None:
+                raise CheckpointNotFoundError(f"experiment {exp_hash} has no checkpoint at step {step}")
+            # checked before the entry goes: a refused entry stays, so the refusal is seen again
+            path = self.experiment(exp_hash).resolve(entry.file)
+            self._write_manifest(m.without_steps({step}))
+        self.storage.remove(path)
+        journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
+
+    def branch_points(self, exp_hash: str) -> set[int]:
+        """Checkpoints of ``exp_hash`` that a child experiment continued from (its ``parent.checkpoint``)."""
+        return retention.branch_points(self.manifests, exp_hash)
+
+    def apply_retention(
+        self, exp_hash: str, policy: RetentionPolicy, protected: Iterable[int] = ()
+    ) -> list[int]:
+        """Delete what ``policy`` does not keep (branch points and ``protected`` always kept); returns the steps.
+
+        A checkpoint whose manifest entry is refused as unsafe (see :meth:`delete`) is kept; the others
+        are deleted, then RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
+        """
+        return retention.apply_retention(self.manifests, self.delete, exp_hash, policy, protected)
+
+
+def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
+    def produce(writer: HashingWriter) -> None:
+        save_state(dict(payload), writer)  # type: ignore[arg-type]
+
+    return produce

@@ -1,0 +1,139 @@
+"""Reading committed checkpoints: entries, "latest" and "best", verified loads.
+
+A mixin of :class:`~weightslab.store.manager.CheckpointManager` (the methods keep their names there).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from weightslab.errors import CheckpointNotFoundError
+from weightslab.format.journal import last_active_experiment, read_events
+from weightslab.format.manifest import CheckpointEntry, Manifest
+from weightslab.format.stepfile import load_step_file
+from weightslab.policy.retention import RetentionPolicy
+from weightslab.store.verify import verify_entry
+from weightslab.util.names import is_hash
+
+if TYPE_CHECKING:
+    import threading
+
+    from weightslab.format.journal import Journal
+    from weightslab.format.layout import ExperimentLayout, RootLayout
+    from weightslab.storage.base import Storage
+    from weightslab.store.manifests import ManifestStore
+
+log = logging.getLogger("weightslab")
+
+Which = int | Literal["latest", "best"]
+
+
+class Reading:
+    """The manager's methods that find and load committed checkpoints."""
+
+    if TYPE_CHECKING:  # what the mixin uses of CheckpointManager, which defines all of it
+        root: Path
+        layout: RootLayout
+        manifests: ManifestStore
+        _lock: threading.RLock
+
+        @property
+        def storage(self) -> Storage: ...
+        def _require_writer(self) -> Journal: ...
+        def _write_manifest(self, m: Manifest) -> None: ...
+        def experiment(self, exp_hash: str) -> ExperimentLayout: ...
+        def experiments(self) -> list[str]: ...
+        def has_experiment(self, exp_hash: str) -> bool: ...
+        def manifest(self, exp_hash: str) -> Manifest: ...
+        def resolve_hash(self, prefix: str) -> str: ...
+        def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None: ...
+
+    # -- reading --------------------------------------------------------------------------------
+    def checkpoints(self, exp_hash: str) -> list[CheckpointEntry]:
+        return list(self.manifest(exp_hash).checkpoints)
+
+    def last_active(self) -> str | None:
+        """The experiment that was active last, from the journal (falls back to the newest manifest)."""
+        active = last_active_experiment(self.layout.events_file, self.storage)
+        if active is not None and self.has_experiment(active):
+            return active
+        exps = self.experiments()
+        return exps[-1] if exps else None
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(read_events(self.layout.events_file, self.storage))
+
+    def entry(
+        self,
+        exp_hash: str,
+        which: Which = "latest",
+        *,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+    ) -> CheckpointEntry:
+        """The manifest entry for ``which``: "latest", "best" (by ``monitor``/``mode``) or a step."""
+        m = self.manifest(exp_hash)
+        if not m.checkpoints:
+            raise CheckpointNotFoundError(f"experiment {exp_hash} in {self.root} has no committed checkpoint")
+        if which == "latest":
+            latest = m.latest()
+            assert latest is not None  # checked above
+            return latest
+        if which == "best":
+            if not monitor:
+                raise ValueError("loading the best checkpoint needs monitor=<metric name>")
+            best = RetentionPolicy(keep_best=1, monitor=monitor, mode=mode).best(m.checkpoints, 1)
+            if not best:
+                raise CheckpointNotFoundError(f"no checkpoint of {exp_hash} recorded metric {monitor!r}")
+            found = m.entry(best[0])
+        else:
+            if isinstance(which, bool) or not isinstance(which, int):
+                raise ValueError(f"which must be 'latest', 'best' or a step number, got {which!r}")
+            found = m.entry(which)
+        if found is None:
+            raise CheckpointNotFoundError(
+                f"experiment {exp_hash} has no checkpoint at step {which}; committed steps: {m.steps()}"
+            )
+        return found
+
+    def verify_entry(self, exp_hash: str, entry: CheckpointEntry) -> Path:
+        """Check the size and xxh3_128 of a step file; returns its path or raises CheckpointCorruptedError."""
+        return verify_entry(self.storage, self.experiment(exp_hash), entry)
+
+    def load(
+        self,
+        exp_hash: str | None = None,
+        which: Which = "latest",
+        *,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
+        map_location: Any = "cpu",
+        verify: bool = True,
+        mmap: bool = True,
+    ) -> dict[str, Any]:
+        """Load one committed checkpoint (verified) as the step dict.
+
+        ``exp_hash`` defaults to the experiment active last; it may be a unique prefix.
+        Raises CheckpointNotFoundError, CheckpointCorruptedError, CheckpointFormatError.
+        """
+        if exp_hash is None:
+            exp_hash = self.last_active()
+            if exp_hash is None:
+                raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
+        exp_hash = exp_hash if is_hash(exp_hash) else self.resolve_hash(exp_hash)
+        entry = self.entry(exp_hash, which, monitor=monitor, mode=mode)
+        return self.load_entry(exp_hash, entry, map_location=map_location, verify=verify, mmap=mmap)
+
+    def load_entry(
+        self,
+        exp_hash: str,
+        entry: CheckpointEntry,
+        *,
+        map_location: Any = "cpu",
+        verify: bool = True,
+        mmap: bool = True,
+    ) -> dict[str, Any]:
+        path = self.verify_entry(exp_hash, entry) if verify else self.experiment(exp_hash).resolve(entry.file)
+        return load_step_file(path, map_location=map_location, mmap=mmap, storage=self.storage)
