@@ -10,48 +10,23 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from weightslab.errors import CheckpointNotFoundError
-from weightslab.format.layout import TMP_MARKER
+from weightslab.format.layout import TMP_MARKER, ExperimentLayout
 from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
 from weightslab.format.stepfile import save_state
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.storage.base import HashingWriter, WrittenFile
 from weightslab.store import retention
+from weightslab.store.parts import ManagerParts
 from weightslab.store.recovery import _with_pending
-
-if TYPE_CHECKING:
-    import threading
-
-    from weightslab.format.journal import Journal
-    from weightslab.format.layout import ExperimentLayout, RootLayout
-    from weightslab.storage.base import Storage
-    from weightslab.store.manifests import ManifestStore
 
 log = logging.getLogger("weightslab")
 
 
-class Committing:
+class Committing(ManagerParts):
     """The manager's methods that write checkpoints and their manifest entries."""
-
-    if TYPE_CHECKING:  # what the mixin uses of CheckpointManager, which defines all of it
-        root: Path
-        layout: RootLayout
-        manifests: ManifestStore
-        _lock: threading.RLock
-
-        @property
-        def storage(self) -> Storage: ...
-        def _require_writer(self) -> Journal: ...
-        def _write_manifest(self, m: Manifest) -> None: ...
-        def experiment(self, exp_hash: str) -> ExperimentLayout: ...
-        def experiments(self) -> list[str]: ...
-        def has_experiment(self, exp_hash: str) -> bool: ...
-        def manifest(self, exp_hash: str) -> Manifest: ...
-        def resolve_hash(self, prefix: str) -> str: ...
-        def verify_entry(self, exp_hash: str, entry: CheckpointEntry) -> Path: ...
 
     # -- saving ---------------------------------------------------------------------------------
     def save(

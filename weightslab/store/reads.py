@@ -7,48 +7,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from weightslab.errors import CheckpointNotFoundError
 from weightslab.format.journal import last_active_experiment, read_events
-from weightslab.format.manifest import CheckpointEntry, Manifest
+from weightslab.format.manifest import CheckpointEntry
 from weightslab.format.stepfile import load_step_file
 from weightslab.policy.retention import RetentionPolicy
+from weightslab.store.parts import ManagerParts
 from weightslab.store.verify import verify_entry
 from weightslab.util.names import is_hash
-
-if TYPE_CHECKING:
-    import threading
-
-    from weightslab.format.journal import Journal
-    from weightslab.format.layout import ExperimentLayout, RootLayout
-    from weightslab.storage.base import Storage
-    from weightslab.store.manifests import ManifestStore
 
 log = logging.getLogger("weightslab")
 
 Which = int | Literal["latest", "best"]
 
 
-class Reading:
+class Reading(ManagerParts):
     """The manager's methods that find and load committed checkpoints."""
-
-    if TYPE_CHECKING:  # what the mixin uses of CheckpointManager, which defines all of it
-        root: Path
-        layout: RootLayout
-        manifests: ManifestStore
-        _lock: threading.RLock
-
-        @property
-        def storage(self) -> Storage: ...
-        def _require_writer(self) -> Journal: ...
-        def _write_manifest(self, m: Manifest) -> None: ...
-        def experiment(self, exp_hash: str) -> ExperimentLayout: ...
-        def experiments(self) -> list[str]: ...
-        def has_experiment(self, exp_hash: str) -> bool: ...
-        def manifest(self, exp_hash: str) -> Manifest: ...
-        def resolve_hash(self, prefix: str) -> str: ...
-        def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None: ...
 
     # -- reading --------------------------------------------------------------------------------
     def checkpoints(self, exp_hash: str) -> list[CheckpointEntry]:

@@ -577,7 +577,7 @@ class AutomaticCheckpointSystem:
                     trigger = "model_change" if moved else "config_change"
                     self._switch(ident, trigger, step)
             self._save_locked(step, trigger, metrics)
-        if self.config.monitor is not None and not self._monitor_seen:
+        if self.config.monitor is not None and not (self._monitor_seen or self._monitor_warned):
             self._check_monitor(self.config.monitor, metrics)
 
     def _check_monitor(self, monitor: str, metrics: Mapping[str, float | None]) -> None:
@@ -594,9 +594,8 @@ class AutomaticCheckpointSystem:
         ):
             self._monitor_seen = True
             return
-        if not self._monitor_warned:
-            self._monitor_warned = True
-            self._errors.monitor_missing(monitor, metrics)
+        self._monitor_warned = True  # once warned, later saves need not look at the manifest again
+        self._errors.monitor_missing(monitor, metrics)
 
     def _save_locked(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
         assert self._exp.identity is not None
