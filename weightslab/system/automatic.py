@@ -149,11 +149,13 @@ class AutomaticCheckpointSystem:
         # Over 60 lines on purpose: the common case (no save, nothing changed) is kept inline, to a
         # few attribute reads, because it runs on every training step (benchmarks/bench_step_overhead).
         if tags is not None or description is not None:
-            self._notes = check_notes(tags, description)
-            try:
-                self.checkpoint_on_step(step, metrics)
-            finally:
-                self._notes = ((), "")
+            notes = check_notes(tags, description)
+            with self._lock:  # another thread's save must not pick up this call's notes
+                self._notes = notes
+                try:
+                    self.checkpoint_on_step(step, metrics)
+                finally:
+                    self._notes = ((), "")
             return
         with self._lock:
             if self._closed:
