@@ -3,9 +3,11 @@
 It decides (with :mod:`weightslab.policy`) when to save, asks the :class:`ExperimentTracker` which
 experiment the state belongs to (with the change detector of :mod:`.changes`), builds the step dict
 on the training thread (:mod:`.payload`), and hands it to the :class:`Committer` on the background
-writer. Resume search lives in :mod:`.resume`, signals in :mod:`.preemption`, the on_error policy in
-:mod:`.errors_policy`, and the process-wide singleton in :mod:`.api`. Everything here runs under one
-lock, so the training thread, event triggers and other threads may call it at once.
+writer. Closing and the preemption exit live in :mod:`.lifecycle`, resume and rewinds in
+:mod:`.rewinding` (the search in :mod:`.resume`), the console views in :mod:`.views`, signals in
+:mod:`.preemption`, the on_error policy in :mod:`.errors_policy`, and the process-wide singleton in
+:mod:`.api`. Everything here runs under one lock, so the training thread, event triggers and other
+threads may call it at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,29 +24,27 @@ from typing import Any
 
 from weightslab.errors import (
     CheckpointNotFoundError,
-    CheckpointSaveError,
     ConfigError,
-    StepOrderError,
     SystemConfigurationError,
-    WeightslabError,
 )
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.policy.save import EveryNSteps
 from weightslab.registry.ledger import Ledger, LedgerEvent, get_ledger
 from weightslab.store.manager import CheckpointManager
-from weightslab.system import resume as resume_search
 from weightslab.system.changes import ChangeDetector
 from weightslab.system.commit import CommitJob, Committer, ResumeProtection
 from weightslab.system.config import CheckpointConfig
 from weightslab.system.errors_policy import ErrorPolicy
 from weightslab.system.experiments import ExperimentTracker
 from weightslab.system.identity import ExperimentIdentity
+from weightslab.system.lifecycle import Lifecycle
 from weightslab.system.payload import build_payload
 from weightslab.system.preemption import SignalTrap
-from weightslab.system.restore import restore_state
 from weightslab.system.resume import ResumeMode
+from weightslab.system.rewinding import Rewinding
 from weightslab.system.snapshot import SnapshotBuffers
 from weightslab.system.validation import check_notes, check_step, clean_metrics
+from weightslab.system.views import Views
 from weightslab.system.writer import BackgroundWriter
 
 log = logging.getLogger("weightslab")
@@ -53,7 +52,7 @@ log = logging.getLogger("weightslab")
 __all__ = ["AutomaticCheckpointSystem", "ResumeMode"]
 
 
-class AutomaticCheckpointSystem:
+class AutomaticCheckpointSystem(Lifecycle, Rewinding, Views):
     """Saves registered training state on a step frequency and on every change.
 
     Build it through :func:`get_checkpoint_system` (one per process) or directly with an own
@@ -264,244 +263,6 @@ class AutomaticCheckpointSystem:
             if self._writer is not None:
                 self._writer.wait()
             self._surface_errors()
-
-    # -- looking at the root ---------------------------------------------------------------------
-    def summary(self, *, console: Any = None) -> None:
-        """Print the experiments of this root (hash, parent and reason, checkpoints, best metric, size)."""
-        from weightslab.cli import console as rich_console  # console -> commands -> components
-
-        self.flush()
-        rich_console.print_summary(
-            self.manager,
-            active=self.exp_hash,
-            monitor=self.config.monitor,
-            mode=self.config.mode if self.config.monitor else None,
-            console=console,
-        )
-
-    def print_checkpoints(self, exp_hash: str | None = None, *, console: Any = None) -> None:
-        """Print one experiment's checkpoints (default: the active one) and why each is kept."""
-        from weightslab.cli import console as rich_console
-
-        self.flush()
-        h = exp_hash or self.exp_hash or self.manager.last_active()
-        if h is None:
-            raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")
-        protected = self._protection.protected(h) or ()
-        rich_console.print_checkpoints(
-            self.manager, h, retention=self.retention, protected=protected, console=console
-        )
-
-    def print_tree(self, *, console: Any = None) -> None:
-        """Print the lineage tree: how experiments branched, with step and reason on each edge."""
-        from weightslab.cli import console as rich_console
-
-        self.flush()
-        rich_console.print_tree(self.manager, active=self.exp_hash, console=console)
-
-    # -- closing ----------------------------------------------------------------------------------
-    def close(self) -> None:
-        """Flush pending saves, release the root's lock, the torch hooks and the singleton slot. Idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            final_error: CheckpointSaveError | None = None
-            try:
-                self._save_at_close()
-            except CheckpointSaveError as exc:  # on_error="raise": still release the root, then raise
-                final_error = exc
-            self._closed = True
-            self._signals.restore()
-            self._unlisten()
-            self.ledger.stop_watchers()
-            self._detector.close()
-            errors: list[BaseException] = []
-            if self._writer is not None:
-                self._writer.close()
-                errors = self._writer.take_errors()
-            self.manager.event("system_closed", exp_hash=self.exp_hash, last_step=self._last_step)
-            self.manager.close()
-            for release in self._on_close:
-                release(self)
-            atexit.unregister(self._close_at_exit)
-            if final_error is not None:
-                raise final_error
-            self._errors.report(errors)
-
-    def _save_at_close(self) -> None:
-        """Save pending announcements, then the last step seen if it is newer than the newest checkpoint."""
-        step = self._last_step
-        if step is None or self._exp.identity is None:
-            if self._pending:
-                log.warning(
-                    "weightslab: %s announced but no step was ever seen; nothing to save",
-                    ", ".join(r for r, _ in self._pending),
-                )
-                self._pending = []
-            return
-        if self._pending:
-            pending, self._pending = self._pending, []
-            self._save_announced(step, pending, {})
-        if not self.config.save_last:
-            return
-        if self._writer is not None:
-            self._writer.wait()
-        exp_hash = self._exp.identity.exp_hash
-        if (exp_hash, step) in self._submitted or not self.manager.has_experiment(exp_hash):
-            return
-        latest = self.manager.manifest(exp_hash).latest()
-        if latest is None or latest.step < step:
-            try:
-                metrics = clean_metrics(self._last_metrics)
-            except (TypeError, ValueError):
-                metrics = {}
-            self._save(step, "last", metrics)
-
-    def _close_at_exit(self) -> None:
-        try:
-            self.close()
-        except Exception as exc:  # at exit there is nobody left to raise to
-            log.error("weightslab: error while closing at exit: %s", exc)
-
-    def __enter__(self) -> AutomaticCheckpointSystem:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- resume ---------------------------------------------------------------------------------
-    def resume(self, mode: ResumeMode = "latest") -> int:
-        """Restore every registered object from the run's newest checkpoint that verifies.
-
-        ``mode`` is "latest", "best" (by the configured ``monitor``) or a step number of the active
-        experiment. Returns the step to continue from (0 on a fresh root). Raises
-        ArchitectureMismatchError when a registered model does not fit the checkpoint,
-        CheckpointNotFoundError when nothing verifies.
-        """
-        with self._lock:
-            self._check_open()
-            if self._writer is not None:
-                self._writer.wait()
-            exp_hash = self.manager.last_active()
-            if exp_hash is None:
-                self.manager.event("resume_fresh")
-                log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
-                return 0
-            if mode == "latest" and not resume_search.chain_has_checkpoints(self.manager, exp_hash):
-                # killed before its first checkpoint was committed: nothing to restore
-                self.manager.event("resume_fresh", exp_hash=exp_hash)
-                log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
-                return 0
-            tried = resume_search.candidates(
-                self.manager, exp_hash, mode, self.retention, self.config.monitor
-            )
-            data, entry, source_hash, skipped = resume_search.load_first(
-                self.manager, exp_hash, tried, strict=isinstance(mode, int), root=self.root
-            )
-            self._adopt_resumed(data, entry, source_hash, f"resume({mode!r})")
-            self.manager.event(
-                "resumed",
-                exp_hash=source_hash,
-                step=entry.step,
-                file=entry.file,
-                skipped=skipped,
-                mode=str(mode),
-            )
-            log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
-            return entry.step + 1
-
-    def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
-        """Restore ``data`` into the ledger and continue ``source_hash`` from ``entry``."""
-        restore_state(
-            self.ledger,
-            data,
-            where=f"checkpoint {source_hash} step {entry.step}",
-            root=self.root,
-            exp_hash=source_hash,
-            rng=self.config.save_rng,
-            architecture_saved=self.manager.has_architecture(source_hash),
-        )
-        self.manager.record_retention(source_hash, self.config.retention())
-        manifest = self.manager.manifest(source_hash)
-        self._exp.adopt(
-            ExperimentIdentity(source_hash, manifest.architecture_hash, manifest.hyperparams_hash)
-        )
-        self._exp.branch_from = (source_hash, entry.step)
-        self._protection.protect(source_hash, entry.step)
-        # later steps of this experiment belong to the future this resume abandons (or were damaged):
-        # the continued run saves them again
-        self._submitted = {(source_hash, e.step) for e in manifest.checkpoints if e.step <= entry.step}
-        self._last_step = entry.step
-        self._last_metrics = dict(entry.metrics)
-        self._resume_floor = entry.step
-        self._monitor_seen = False
-        self._rewind(source_hash, entry.step, why)
-
-    # -- preemption and step order --------------------------------------------------------------
-    def _preempt(self, step: int, metrics: Mapping[str, Any] | None) -> None:
-        """The step boundary after SIGTERM/SIGINT: checkpoint, flush, close, exit 128 + signal."""
-        signum = self._signals.signal
-        assert signum is not None
-        name = signal.Signals(signum).name
-        clean = clean_metrics(metrics)
-        if self._exp.identity is None:
-            self._begin(step)
-        if self._pending:  # announced changes are saved first, at this step, with their trigger
-            pending, self._pending = self._pending, []
-            self._save_announced(step, pending, clean)
-        else:
-            self._record_changes(step, clean, announced=None)
-        assert self._exp.identity is not None
-        if (self._exp.identity.exp_hash, step) not in self._submitted:
-            self._save(step, "preempted", clean)
-        if self._writer is not None:
-            self._writer.wait()
-        self.manager.event("preempted", signal=name, step=step, exp_hash=self._exp.identity.exp_hash)
-        log.warning("weightslab: %s received; checkpointed step %d and exiting", name, step)
-        self._last_step = step
-        self.close()
-        raise SystemExit(128 + signum)
-
-    def _check_backwards(self, step: int) -> None:
-        if self._resume_floor is not None:
-            raise StepOrderError(
-                f"step {step} is not after step {self._resume_floor}, which this run resumed from; start the "
-                f"loop at the step resume() returned ({self._resume_floor + 1})"
-            )
-        if not self._warned_backwards:
-            self._warned_backwards = True
-            log.warning(
-                "weightslab: step went backwards (%d after %d); saves at steps already saved in this "
-                "experiment replace those checkpoints. Pass a global step that only grows.",
-                step,
-                self._last_step,
-            )
-        identity = self._exp.identity
-        if identity is not None and self.manager.has_experiment(identity.exp_hash):
-            if self._writer is not None:
-                self._writer.wait()  # a save of the abandoned future must not commit after the rewind
-            self._rewind(identity.exp_hash, step - 1, "the step counter went back")
-
-    def _rewind(self, exp_hash: str, step: int, why: str) -> None:
-        """Mark the live checkpoints after ``step`` abandoned (manifest and journal), warning once."""
-        # the steps after ``step`` will be trained again: their saves must not be skipped as done
-        self._submitted = {(h, s) for h, s in self._submitted if h != exp_hash or s <= step}
-        try:
-            abandoned = self.manager.rewind(exp_hash, step)
-        except (OSError, WeightslabError) as exc:
-            self._errors.failed(exc, exp_hash, max(step, 0), what="recording the rewind of")
-            self._errors.report([exc])
-            return
-        if abandoned and not self._warned_rewind:
-            self._warned_rewind = True
-            log.warning(
-                "weightslab: %s: going back to step %d of %s abandons its checkpoints at steps %s; "
-                "'latest' will not resume them and retention removes them like any older checkpoint",
-                why,
-                step,
-                exp_hash,
-                abandoned,
-            )
 
     # -- changes and saving -----------------------------------------------------------------------
     def _on_ledger_event(self, event: LedgerEvent) -> None:

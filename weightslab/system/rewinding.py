@@ -1,0 +1,132 @@
+"""Going back: ``resume()``, and a step counter that goes backwards.
+
+Both rewind the active experiment to a step: the live checkpoints after it are marked abandoned
+(manifest and journal) so that "latest" and retention follow the run that continues. The search for
+the checkpoint to load is in :mod:`.resume`, the restore into the ledger in :mod:`.restore`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from weightslab.errors import StepOrderError, WeightslabError
+from weightslab.system import resume as resume_search
+from weightslab.system.identity import ExperimentIdentity
+from weightslab.system.parts import SystemParts
+from weightslab.system.restore import restore_state
+from weightslab.system.resume import ResumeMode
+
+log = logging.getLogger("weightslab")
+
+
+class Rewinding(SystemParts):
+    """``resume`` and the handling of steps that go back."""
+
+    def resume(self, mode: ResumeMode = "latest") -> int:
+        """Restore every registered object from the run's newest checkpoint that verifies.
+
+        ``mode`` is "latest", "best" (by the configured ``monitor``) or a step number of the active
+        experiment. Returns the step to continue from (0 on a fresh root). Raises
+        ArchitectureMismatchError when a registered model does not fit the checkpoint,
+        CheckpointNotFoundError when nothing verifies.
+        """
+        with self._lock:
+            self._check_open()
+            if self._writer is not None:
+                self._writer.wait()
+            exp_hash = self.manager.last_active()
+            if exp_hash is None:
+                self.manager.event("resume_fresh")
+                log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
+                return 0
+            if mode == "latest" and not resume_search.chain_has_checkpoints(self.manager, exp_hash):
+                # killed before its first checkpoint was committed: nothing to restore
+                self.manager.event("resume_fresh", exp_hash=exp_hash)
+                log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
+                return 0
+            tried = resume_search.candidates(
+                self.manager, exp_hash, mode, self.retention, self.config.monitor
+            )
+            data, entry, source_hash, skipped = resume_search.load_first(
+                self.manager, exp_hash, tried, strict=isinstance(mode, int), root=self.root
+            )
+            self._adopt_resumed(data, entry, source_hash, f"resume({mode!r})")
+            self.manager.event(
+                "resumed",
+                exp_hash=source_hash,
+                step=entry.step,
+                file=entry.file,
+                skipped=skipped,
+                mode=str(mode),
+            )
+            log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
+            return entry.step + 1
+
+    def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
+        """Restore ``data`` into the ledger and continue ``source_hash`` from ``entry``."""
+        restore_state(
+            self.ledger,
+            data,
+            where=f"checkpoint {source_hash} step {entry.step}",
+            root=self.root,
+            exp_hash=source_hash,
+            rng=self.config.save_rng,
+            architecture_saved=self.manager.has_architecture(source_hash),
+        )
+        self.manager.record_retention(source_hash, self.config.retention())
+        manifest = self.manager.manifest(source_hash)
+        self._exp.adopt(
+            ExperimentIdentity(source_hash, manifest.architecture_hash, manifest.hyperparams_hash)
+        )
+        self._exp.branch_from = (source_hash, entry.step)
+        self._protection.protect(source_hash, entry.step)
+        # later steps of this experiment belong to the future this resume abandons (or were damaged):
+        # the continued run saves them again
+        self._submitted = {(source_hash, e.step) for e in manifest.checkpoints if e.step <= entry.step}
+        self._last_step = entry.step
+        self._last_metrics = dict(entry.metrics)
+        self._resume_floor = entry.step
+        self._monitor_seen = False
+        self._rewind(source_hash, entry.step, why)
+
+    def _check_backwards(self, step: int) -> None:
+        if self._resume_floor is not None:
+            raise StepOrderError(
+                f"step {step} is not after step {self._resume_floor}, which this run resumed from; start the "
+                f"loop at the step resume() returned ({self._resume_floor + 1})"
+            )
+        if not self._warned_backwards:
+            self._warned_backwards = True
+            log.warning(
+                "weightslab: step went backwards (%d after %d); saves at steps already saved in this "
+                "experiment replace those checkpoints. Pass a global step that only grows.",
+                step,
+                self._last_step,
+            )
+        identity = self._exp.identity
+        if identity is not None and self.manager.has_experiment(identity.exp_hash):
+            if self._writer is not None:
+                self._writer.wait()  # a save of the abandoned future must not commit after the rewind
+            self._rewind(identity.exp_hash, step - 1, "the step counter went back")
+
+    def _rewind(self, exp_hash: str, step: int, why: str) -> None:
+        """Mark the live checkpoints after ``step`` abandoned (manifest and journal), warning once."""
+        # the steps after ``step`` will be trained again: their saves must not be skipped as done
+        self._submitted = {(h, s) for h, s in self._submitted if h != exp_hash or s <= step}
+        try:
+            abandoned = self.manager.rewind(exp_hash, step)
+        except (OSError, WeightslabError) as exc:
+            self._errors.failed(exc, exp_hash, max(step, 0), what="recording the rewind of")
+            self._errors.report([exc])
+            return
+        if abandoned and not self._warned_rewind:
+            self._warned_rewind = True
+            log.warning(
+                "weightslab: %s: going back to step %d of %s abandons its checkpoints at steps %s; "
+                "'latest' will not resume them and retention removes them like any older checkpoint",
+                why,
+                step,
+                exp_hash,
+                abandoned,
+            )
