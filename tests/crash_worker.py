@@ -18,6 +18,13 @@ Crash points (test instrumentation of this process only; the package is not modi
 the point is reached once the training loop is at ``STEP`` or later. ``--count-points FILE`` records
 at which loop steps each point is reached instead, so the suite can choose reachable targets.
 
+An object-store root works too (tests/s3/test_s3_crash.py): ``--root s3://bucket/prefix`` with
+``--storage-options JSON`` (s3fs's options, passed to ``get_checkpoint_system``). The crash points that
+are about local files (a rename, a folder fsync) never fire there; :data:`S3_CRASH_POINTS` adds the
+moments of an S3 root: a PUT of a step object, of a manifest (the commit) or of the journal, each
+with ``--crash-delay SECONDS``: the kill comes that long after the PUT started, from another thread,
+so that it lands while the request is in flight (or just after it was answered).
+
 The preemption tests (tests/test_preemption.py) run it with ``--handle-signals`` and ``--pause-at``
 (a sleep before one step, written as ``pausing <step> <time>``, during which they send signals).
 """
@@ -135,18 +142,44 @@ CRASH_POINTS: dict[str, tuple[str, str, Callable[[FrameType], bool]]] = {
     "create_before_journal": ("call", "append", lambda f: _journal_event(f) == "experiment_created"),
 }
 
+
+def _putting(frame: FrameType, predicate: Callable[[str], bool]) -> bool:
+    """True when ``frame`` is an ``S3Storage._put`` of a key that satisfies ``predicate``."""
+    key = frame.f_locals.get("key")
+    return _self_type(frame) == "S3Storage" and isinstance(key, str) and predicate(key)
+
+
+# The moments of an S3 root (they never fire on a local one). Not in CRASH_POINTS, so the local suite's
+# plan (every point of CRASH_POINTS at least once) is unchanged.
+S3_CRASH_POINTS: dict[str, tuple[str, str, Callable[[FrameType], bool]]] = {
+    # the PUT of a step object (one request: the objects here are below the multipart part size)
+    "step_put_in_flight": (
+        "call",
+        "_put",
+        lambda f: _putting(f, lambda k: k.endswith(".pt") and "_step_" in k.rsplit("/", 1)[-1]),
+    ),
+    # the conditional PUT (If-Match) of a manifest: the commit itself
+    "manifest_put_in_flight": ("call", "_put", lambda f: _putting(f, lambda k: k.endswith("/manifest.json"))),
+    # the read-modify-write PUT of the journal
+    "journal_put_in_flight": ("call", "_put", lambda f: _putting(f, lambda k: k.endswith("/events.jsonl"))),
+}
+
 _TABLE: dict[tuple[str, str], list[tuple[str, Callable[[FrameType], bool]]]] = {}
-for _point, (_event, _name, _pred) in CRASH_POINTS.items():
+for _point, (_event, _name, _pred) in {**CRASH_POINTS, **S3_CRASH_POINTS}.items():
     _TABLE.setdefault((_event, _name), []).append((_point, _pred))
 
 
 class CrashHook:
     """A profile function that kills this process at one crash point, or counts where points are hit."""
 
-    def __init__(self, point: str | None, after: int, counts: dict[str, list[int]] | None) -> None:
+    def __init__(
+        self, point: str | None, after: int, counts: dict[str, list[int]] | None, delay: float = 0.0
+    ) -> None:
         self.point = point
         self.after = after
         self.counts = counts
+        self.delay = delay
+        self.armed = False
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         if event == "call":
@@ -163,7 +196,13 @@ class CrashHook:
                 if predicate(frame):
                     self.counts.setdefault(point, []).append(CURRENT_STEP)
             elif point == self.point and self.after <= CURRENT_STEP and predicate(frame):
-                os.kill(os.getpid(), signal.SIGKILL)
+                if self.delay <= 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                elif not self.armed:  # the kill comes from another thread while this one goes on
+                    self.armed = True
+                    timer = threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGKILL))
+                    timer.daemon = True
+                    timer.start()
 
     def install(self) -> None:
         sys.setprofile(self)
@@ -180,13 +219,24 @@ class Progress:
         os.write(self._fd, (text + "\n").encode())
 
 
+def _root_arg(value: str) -> str | Path:
+    """``--root``: an ``s3://`` URL stays a string (a Path would fold its ``//``), anything else a Path."""
+    return value if value.startswith("s3://") else Path(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--root", type=_root_arg, required=True, help="a folder, or s3://bucket/prefix")
+    parser.add_argument(
+        "--storage-options", type=json.loads, help="JSON: s3fs options for an s3:// root (storage_options)"
+    )
     parser.add_argument("--progress", type=Path, required=True)
     parser.add_argument("--final", type=Path, required=True, help="where to write the final state")
-    parser.add_argument("--crash-point", choices=sorted(CRASH_POINTS))
+    parser.add_argument("--crash-point", choices=sorted({**CRASH_POINTS, **S3_CRASH_POINTS}))
     parser.add_argument("--crash-after", type=int, default=0)
+    parser.add_argument(
+        "--crash-delay", type=float, default=0.0, help="kill this many seconds after the point, not at it"
+    )
     parser.add_argument("--count-points", type=Path)
     parser.add_argument("--handle-signals", action="store_true", help="checkpoint and exit on SIGTERM/SIGINT")
     parser.add_argument(
@@ -206,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     progress.line(f"ready {time.time()}")
     counts: dict[str, list[int]] | None = {} if args.count_points else None
     if args.crash_point or counts is not None:
-        CrashHook(args.crash_point, args.crash_after, counts).install()
+        CrashHook(args.crash_point, args.crash_after, counts, args.crash_delay).install()
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(
@@ -219,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=40, gamma=0.7)
     config = {"lr": LR, "batch_size": 32}
+    remote: dict[str, Any] = {} if args.storage_options is None else {"storage_options": args.storage_options}
     system = get_checkpoint_system(
         root_log_dir=args.root,
         checkpoint_frequency=FREQUENCY,
@@ -226,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         durable=True,
         async_save=True,
         handle_signals=args.handle_signals,
+        **remote,
     )
     wl.register_model("model", model)
     wl.register_optimizer("optimizer", optimizer)

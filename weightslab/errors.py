@@ -171,6 +171,17 @@ class StepOrderError(WeightslabError, ValueError):
     """A step went backwards."""
 
 
+class DistributedError(WeightslabError):
+    """The ranks of a distributed job disagree about a checkpoint, or one did not reach it in time.
+
+    ``ranks`` lists the ranks that differ from rank 0 (or that never arrived).
+    """
+
+    def __init__(self, message: str, *, ranks: list[int] | None = None) -> None:
+        self.ranks = list(ranks or [])
+        super().__init__(message)
+
+
 class UnknownExperimentError(WeightslabError, KeyError):
     """No experiment matches a hash or hash prefix."""
 
@@ -183,6 +194,7 @@ class AmbiguousExperimentError(UnknownExperimentError):
 
 
 __all__ = [
+    "DistributedError",
     "AmbiguousExperimentError",
     "AnalysisSourceError",
     "ArchitectureMismatchError",

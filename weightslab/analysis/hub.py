@@ -11,20 +11,31 @@ from __future__ import annotations
 import inspect
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import (
-    EntryNotFoundError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+
+if TYPE_CHECKING:  # typed where they are defined; huggingface_hub.utils re-exports them in every version
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+else:  # huggingface_hub < 0.25 has no huggingface_hub.errors for all of them
+    from huggingface_hub.utils import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
 from weightslab.analysis.branches import BranchName, parse_branch_name
 from weightslab.analysis.cache import DOWNLOADS
@@ -221,40 +232,32 @@ def download_optimizer_checkpoint(
         progress: the display to report the download to; a new one (quiet outside a terminal) if omitted.
     """
     settings = hub_settings(endpoint, cache_dir, token)
-    where = f"{repo_id}@{branch}"
     try:
         commit = revision or resolve_revision(repo_id, branch, settings)
-        if progress is None:
-            with AnalysisProgress() as own:
-                downloaded = download_file(
-                    repo_id, filename, commit, settings, local_dir=local_dir, progress=own
-                )
-        else:
+        with nullcontext(progress) if progress is not None else AnalysisProgress() as shown:
             downloaded = download_file(
-                repo_id, filename, commit, settings, local_dir=local_dir, progress=progress
+                repo_id, filename, commit, settings, local_dir=local_dir, progress=shown
             )
-    except CheckpointNotFoundError as exc:
-        return None, False, str(exc)
-    except RevisionNotFoundError:
-        return (
-            None,
-            False,
-            f"{where}: the branch or commit does not exist; list the branches with list_branches",
-        )
-    except RepositoryNotFoundError:
-        return None, False, _not_found_message(repo_id, settings)
-    except LocalEntryNotFoundError as exc:
-        return None, False, f"{where}: {filename} could not be downloaded from {settings.endpoint} ({exc})"
-    except EntryNotFoundError:
-        return (
-            None,
-            False,
-            (
-                f"{where} has no {filename}: this checkpoint does not keep its optimizer state; "
-                "choose a branch that does"
-            ),
-        )
     except Exception as exc:  # errors become data here by contract; network errors differ by hub version
-        return None, False, f"{where}: downloading {filename} failed ({type(exc).__name__}: {exc})"
+        return None, False, _download_failure(exc, repo_id, branch, filename, settings)
     keep_download(downloaded)
     return str(downloaded.path), True, ""
+
+
+def _download_failure(exc: Exception, repo_id: str, branch: str, filename: str, settings: HubSettings) -> str:
+    """What :func:`download_optimizer_checkpoint` says when the download raised ``exc``."""
+    where = f"{repo_id}@{branch}"
+    if isinstance(exc, CheckpointNotFoundError):
+        return str(exc)
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{where}: the branch or commit does not exist; list the branches with list_branches"
+    if isinstance(exc, RepositoryNotFoundError):
+        return _not_found_message(repo_id, settings)
+    if isinstance(exc, LocalEntryNotFoundError):
+        return f"{where}: {filename} could not be downloaded from {settings.endpoint} ({exc})"
+    if isinstance(exc, EntryNotFoundError):
+        return (
+            f"{where} has no {filename}: this checkpoint does not keep its optimizer state; "
+            "choose a branch that does"
+        )
+    return f"{where}: downloading {filename} failed ({type(exc).__name__}: {exc})"

@@ -20,7 +20,6 @@ import yaml
 
 from weightslab.analysis.branches import local_branch_name
 from weightslab.analysis.config import analyze_config_dict
-from weightslab.analysis.loading import load_torch_file
 from weightslab.analysis.models import (
     CheckpointAnalysis,
     CheckpointComponents,
@@ -29,6 +28,7 @@ from weightslab.analysis.models import (
     WeightsAnalysis,
 )
 from weightslab.analysis.optimizer import locate_optimizer_state, summarize_optimizer_state
+from weightslab.analysis.parts import analyze_part
 from weightslab.analysis.weights import analyze_state_dict
 from weightslab.errors import (
     AnalysisSourceError,
@@ -40,13 +40,26 @@ from weightslab.errors import (
 )
 from weightslab.format.layout import CHECKPOINT_FORMAT
 from weightslab.format.manifest import CheckpointEntry
+from weightslab.format.stepfile import load_torch_file
+from weightslab.storage.base import Storage
 from weightslab.storage.local import LocalStorage
+from weightslab.storage.open import is_remote
 from weightslab.store.manager import CheckpointManager
+from weightslab.util.flatten import flatten
 
 
 def is_local_source(source: str | Path) -> bool:
-    """Whether ``source`` names a local directory (a weightslab root) rather than a Hub repo id."""
+    """Whether ``source`` names a weightslab root (a local folder or an ``s3://`` URL), not a Hub repo id."""
+    if isinstance(source, str) and is_remote(source):
+        return True
     return LocalStorage(durable=False).is_dir(Path(source).expanduser())
+
+
+def _open(location: str | Path) -> CheckpointManager:
+    """A read-only manager of the root at ``location`` (a folder, or ``s3://`` with the AWS variables)."""
+    if isinstance(location, str) and is_remote(location):
+        return CheckpointManager(location, mode="r")
+    return CheckpointManager(Path(location).expanduser(), mode="r")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +73,8 @@ class LocalCheckpoint:
     path: Path
     exp_dir: Path
     config_yaml: Path
+    location: str = ""
+    """The root as it was given (``s3://...`` for an object store); :attr:`root` is the path under it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,12 +92,12 @@ def list_local_checkpoints(root: str | Path) -> LocalListing:
     Raises:
         AnalysisSourceError: ``root`` has no ``checkpoints/`` directory (it is not a weightslab root).
     """
-    path = Path(root).expanduser()
+    location = root if isinstance(root, str) and is_remote(root) else Path(root).expanduser()
     try:
-        manager = CheckpointManager(path, mode="r")
+        manager = _open(location)
     except RootError:
         raise AnalysisSourceError(
-            f"{path} is not a weightslab root: it has no checkpoints/ directory; pass the "
+            f"{location} is not a weightslab root: it has no checkpoints/ directory; pass the "
             "root_log_dir your training used (the folder holding checkpoints/ and logs/)"
         ) from None
     hashes = sorted(manager.experiments())
@@ -117,6 +132,7 @@ def list_local_checkpoints(root: str | Path) -> LocalListing:
                     path=path,
                     exp_dir=exp.dir,
                     config_yaml=exp.config_yaml,
+                    location=str(location),
                 )
             )
     found.sort(key=lambda c: (c.entry.step, c.branch))
@@ -147,7 +163,7 @@ def verify_step_file(checkpoint: LocalCheckpoint) -> None:
         CheckpointNotFoundError: the file is missing.
         CheckpointCorruptedError: the size or checksum does not match.
     """
-    manager = CheckpointManager(checkpoint.root, mode="r")
+    manager = _open(checkpoint.location or checkpoint.root)
     try:
         manager.verify_entry(checkpoint.exp_hash, checkpoint.entry)
     except CheckpointCorruptedError as exc:
@@ -159,6 +175,8 @@ def verify_step_file(checkpoint: LocalCheckpoint) -> None:
         ) from None
 
 
+# Over 60 lines on purpose: one straight sequence (verify, load, three recorded parts, the result) over
+# the one open step file; each part is already its own function.
 def analyze_local_checkpoint(
     checkpoint: LocalCheckpoint,
     *,
@@ -180,14 +198,9 @@ def analyze_local_checkpoint(
     start = time.perf_counter()
     if verify:
         verify_step_file(checkpoint)
-    storage = LocalStorage(durable=False)
-    obj = load_torch_file(storage.local_file(checkpoint.path), what="step file")
-    if not isinstance(obj, Mapping) or obj.get("format") != CHECKPOINT_FORMAT:
-        found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointFormatError(
-            f"{checkpoint.path} is not a weightslab step file of format {CHECKPOINT_FORMAT!r} "
-            f"(found {found!r}); upgrade weightslab if it was written by a newer version"
-        )
+    manager = _open(checkpoint.location or checkpoint.root)
+    storage = manager.storage
+    obj = _load_step_file(checkpoint, manager)
     entry = checkpoint.entry
     exp_dir = checkpoint.exp_dir
     optimizers = obj.get("optimizers") if isinstance(obj.get("optimizers"), Mapping) else {}
@@ -202,36 +215,27 @@ def analyze_local_checkpoint(
     config = ConfigAnalysis()
     weights = WeightsAnalysis()
     if include_optimizer and optimizers:
-        try:
-            opt_sd, sched_sd, layout, name = locate_optimizer_state(
-                obj, path=checkpoint.path, optimizer_name=optimizer_name
-            )
-            optimizer = summarize_optimizer_state(
-                opt_sd,
-                sched_sd,
-                path=str(checkpoint.path),
-                file_bytes=entry.bytes,
-                layout=layout,
-                optimizer_name=name,
-                top_level_keys=tuple(str(k) for k in obj),
-            )
-        except Exception as exc:  # one failed part is recorded; the others are still analysed
-            optimizer = OptimizerAnalysis(error=f"{type(exc).__name__}: {exc}")
-            errors.append(f"optimizer: {optimizer.error}")
+        optimizer = analyze_part(
+            errors, "optimizer", OptimizerAnalysis, lambda: _local_optimizer(obj, checkpoint, optimizer_name)
+        )
     if include_config:
-        try:
-            config = _local_config(obj.get("hyperparams"), checkpoint.config_yaml, storage) or config
-        except Exception as exc:
-            config = ConfigAnalysis(error=f"{type(exc).__name__}: {exc}")
-            errors.append(f"config: {config.error}")
+        config = analyze_part(
+            errors,
+            "config",
+            ConfigAnalysis,
+            lambda: (
+                _local_config(obj.get("hyperparams"), checkpoint.config_yaml, storage) or ConfigAnalysis()
+            ),
+        )
     if include_weights and models:
-        try:
-            weights = analyze_state_dict(
+        weights = analyze_part(
+            errors,
+            "weights",
+            WeightsAnalysis,
+            lambda: analyze_state_dict(
                 _merged_models(models), files=(str(checkpoint.path),), file_bytes=entry.bytes
-            )
-        except Exception as exc:
-            weights = WeightsAnalysis(error=f"{type(exc).__name__}: {exc}")
-            errors.append(f"weights: {weights.error}")
+            ),
+        )
     components = CheckpointComponents(
         optimizer=optimizer,
         config=config,
@@ -243,7 +247,7 @@ def analyze_local_checkpoint(
         total_bytes=entry.bytes,
     )
     return CheckpointAnalysis(
-        source=str(checkpoint.root),
+        source=checkpoint.location or str(checkpoint.root),
         source_kind="local",
         branch=checkpoint.branch,
         revision=entry.xxh3_128,
@@ -252,6 +256,41 @@ def analyze_local_checkpoint(
         metrics=dict(entry.metrics),
         errors=tuple(errors),
         elapsed_s=time.perf_counter() - start,
+    )
+
+
+def _load_step_file(checkpoint: LocalCheckpoint, manager: CheckpointManager) -> Mapping[str, Any]:
+    """The step file's content, checked to be a weightslab step file of the format this version reads.
+
+    A sharded checkpoint is consolidated (full tensors) through the store's reader.
+    """
+    if checkpoint.entry.shards:
+        return manager.load_entry(checkpoint.exp_hash, checkpoint.entry, verify=False)
+    obj = load_torch_file(manager.storage.local_file(checkpoint.path), what="step file")
+    if not isinstance(obj, Mapping) or obj.get("format") != CHECKPOINT_FORMAT:
+        found = obj.get("format") if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointFormatError(
+            f"{checkpoint.path} is not a weightslab step file of format {CHECKPOINT_FORMAT!r} "
+            f"(found {found!r}); upgrade weightslab if it was written by a newer version"
+        )
+    return obj
+
+
+def _local_optimizer(
+    obj: Mapping[str, Any], checkpoint: LocalCheckpoint, optimizer_name: str | None
+) -> OptimizerAnalysis:
+    """The optimizer part of a step file (the optimizer ``optimizer_name``, or the only one)."""
+    opt_sd, sched_sd, layout, name = locate_optimizer_state(
+        obj, path=checkpoint.path, optimizer_name=optimizer_name
+    )
+    return summarize_optimizer_state(
+        opt_sd,
+        sched_sd,
+        path=str(checkpoint.path),
+        file_bytes=checkpoint.entry.bytes,
+        layout=layout,
+        optimizer_name=name,
+        top_level_keys=tuple(str(k) for k in obj),
     )
 
 
@@ -267,7 +306,7 @@ def _merged_models(models: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _local_config(hyperparams: Any, config_yaml: Path, storage: LocalStorage) -> ConfigAnalysis | None:
+def _local_config(hyperparams: Any, config_yaml: Path, storage: Storage) -> ConfigAnalysis | None:
     """The hyperparameters of the step file (else of ``hp/<hash>_config.yaml``) as a ConfigAnalysis."""
     source = "step file hyperparams"
     if not isinstance(hyperparams, Mapping) or not hyperparams:
@@ -286,17 +325,18 @@ def _local_config(hyperparams: Any, config_yaml: Path, storage: LocalStorage) ->
             for k, v in value.items():
                 top.setdefault(str(k), v)
     analysis = analyze_config_dict(top, source=source)
-    return replace(analysis, values=_flatten(hyperparams))
+    return replace(analysis, values=_scalar_values(hyperparams))
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar_values(hyperparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened hyperparameters that are scalars (or lists of scalars, as lists); others are left out."""
     out: dict[str, Any] = {}
-    for k, v in mapping.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{key}."))
-        elif v is None or isinstance(v, (bool, int, float, str)):
+    for key, v in flatten(hyperparams).items():
+        if v is None or isinstance(v, _SCALARS):
             out[key] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, _SCALARS) for x in v):
             out[key] = list(v)
     return out

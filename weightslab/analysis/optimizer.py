@@ -10,12 +10,12 @@ from __future__ import annotations
 import numbers
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from weightslab.analysis.loading import load_torch_file
 from weightslab.analysis.models import (
     LearningRateInfo,
     OptimizerAnalysis,
@@ -28,6 +28,7 @@ from weightslab.analysis.models import (
 from weightslab.analysis.stats import RunningStats, dtype_name
 from weightslab.errors import CheckpointFormatError
 from weightslab.format.layout import CHECKPOINT_FORMAT
+from weightslab.format.stepfile import load_torch_file
 
 _WRAPPER_OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim")
 _WRAPPER_SCHEDULER_KEYS = ("lr_scheduler", "scheduler", "lr_scheduler_state_dict", "scheduler_state_dict")
@@ -172,50 +173,51 @@ def summarize_optimizer_state(
     for index, g in enumerate(groups):
         for p in g.get("params", ()):
             group_of[_hashable(p)] = index
-
-    accumulators: dict[str, RunningStats] = defaultdict(RunningStats)
-    tensor_counts: dict[str, int] = defaultdict(int)
-    dtypes: dict[str, set[str]] = defaultdict(set)
-    group_elements: dict[int, int] = defaultdict(int)
-    max_step: int | None = None
-    with_state = 0
-    state_elements = 0
-    state_keys: dict[str, None] = {}  # an ordered set: the entries in the order they first appear
+    scan = _StateScan()
     for param_id, param_state in state.items():
-        if not isinstance(param_state, Mapping):
-            continue
-        with_state += 1
-        param_numel = 0
-        for key, value in param_state.items():
-            key = str(key)
-            state_keys.setdefault(key)
-            if key == "step":
-                step = _as_int(value)
-                if step is not None:
-                    max_step = step if max_step is None else max(max_step, step)
-                continue
-            if isinstance(value, torch.Tensor):
-                accumulators[key].update(value)
-                tensor_counts[key] += 1
-                dtypes[key].add(dtype_name(value.dtype))
-                state_elements += value.numel()
-                param_numel = max(param_numel, value.numel())
-        group = group_of.get(_hashable(param_id))
-        if group is not None:
-            group_elements[group] += param_numel
+        if isinstance(param_state, Mapping):
+            scan.add(param_state, group_of.get(_hashable(param_id)))
 
     scheduler = _scheduler_info(scheduler_sd) if scheduler_sd is not None else None
-    param_groups = tuple(
-        _group_info(i, g, group_elements.get(i) if i in group_elements else None)
-        for i, g in enumerate(groups)
-    )
+    param_groups = tuple(_group_info(i, g, scan.group_elements.get(i)) for i, g in enumerate(groups))
     components = tuple(
         StateEntryInfo(
-            name=key, num_tensors=tensor_counts[key], dtypes=tuple(sorted(dtypes[key])), stats=acc.result()
+            name=key,
+            num_tensors=scan.tensor_counts[key],
+            dtypes=tuple(sorted(scan.dtypes[key])),
+            stats=acc.result(),
         )
-        for key, acc in accumulators.items()
+        for key, acc in scan.accumulators.items()
     )
-    info = {
+    info = _component_info(optimizer_sd, scheduler_sd, groups, param_groups, scan)
+    return OptimizerAnalysis(
+        available=True,
+        path=path,
+        file_bytes=file_bytes,
+        layout=layout,
+        optimizer_name=optimizer_name,
+        optimizer_type=_infer_type(set(scan.accumulators), groups),
+        learning_rate=_learning_rate(param_groups, scheduler),
+        optimizer_info=info,
+        components=components,
+        num_parameters=sum(g.num_parameters for g in param_groups),
+        num_params_with_state=scan.with_state,
+        state_elements=scan.state_elements,
+        state_step=scan.max_step,
+        scheduler=scheduler,
+        top_level_keys=top_level_keys,
+    )
+
+
+def _component_info(
+    optimizer_sd: Mapping[str, Any],
+    scheduler_sd: Mapping[str, Any] | None,
+    groups: list[Mapping[str, Any]],
+    param_groups: tuple[ParamGroupInfo, ...],
+    scan: _StateScan,
+) -> dict[str, OptimizerComponentInfo]:
+    """The parts of the checkpoint (``param_groups``, ``state``, ``lr_scheduler``) described."""
+    info: dict[str, OptimizerComponentInfo] = {
         "param_groups": OptimizerComponentInfo(
             name="param_groups",
             type=type(optimizer_sd["param_groups"]).__name__,
@@ -227,33 +229,53 @@ def summarize_optimizer_state(
         ),
         "state": OptimizerComponentInfo(
             name="state",
-            type=type(state).__name__,
-            size=len(state),
-            num_parameters=with_state,
-            state_keys=tuple(state_keys),
+            type=type(optimizer_sd["state"]).__name__,
+            size=len(optimizer_sd["state"]),
+            num_parameters=scan.with_state,
+            state_keys=tuple(scan.state_keys),
         ),
     }
     if scheduler_sd is not None:
         info["lr_scheduler"] = OptimizerComponentInfo(
             name="lr_scheduler", type=type(scheduler_sd).__name__, size=len(scheduler_sd)
         )
-    return OptimizerAnalysis(
-        available=True,
-        path=path,
-        file_bytes=file_bytes,
-        layout=layout,
-        optimizer_name=optimizer_name,
-        optimizer_type=_infer_type(set(accumulators), groups),
-        learning_rate=_learning_rate(param_groups, scheduler),
-        optimizer_info=info,
-        components=components,
-        num_parameters=sum(g.num_parameters for g in param_groups),
-        num_params_with_state=with_state,
-        state_elements=state_elements,
-        state_step=max_step,
-        scheduler=scheduler,
-        top_level_keys=top_level_keys,
-    )
+    return info
+
+
+@dataclass
+class _StateScan:
+    """What one pass over an optimizer's ``state`` finds, entry by entry (``exp_avg``, ``step``, ...)."""
+
+    accumulators: dict[str, RunningStats] = field(default_factory=lambda: defaultdict(RunningStats))
+    tensor_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dtypes: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    group_elements: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    max_step: int | None = None
+    with_state: int = 0
+    state_elements: int = 0
+    state_keys: dict[str, None] = field(default_factory=dict)
+    """An ordered set: the entries in the order they first appear."""
+
+    def add(self, param_state: Mapping[Any, Any], group: int | None) -> None:
+        """Count one parameter's state; its elements go to param group ``group`` when it has one."""
+        self.with_state += 1
+        param_numel = 0
+        for key, value in param_state.items():
+            key = str(key)
+            self.state_keys.setdefault(key)
+            if key == "step":
+                step = _as_int(value)
+                if step is not None:
+                    self.max_step = step if self.max_step is None else max(self.max_step, step)
+                continue
+            if isinstance(value, torch.Tensor):
+                self.accumulators[key].update(value)
+                self.tensor_counts[key] += 1
+                self.dtypes[key].add(dtype_name(value.dtype))
+                self.state_elements += value.numel()
+                param_numel = max(param_numel, value.numel())
+        if group is not None:
+            self.group_elements[group] += param_numel
 
 
 def _group_info(index: int, g: Mapping[str, Any], num_elements: int | None) -> ParamGroupInfo:

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from weightslab.analysis.checkpoint import failed_analysis, process_single_checkpoint
-from weightslab.analysis.hub import hub_settings, list_branches
+from weightslab.analysis.hub import HubSettings, hub_settings, list_branches
 from weightslab.analysis.local import (
     LocalCheckpoint,
     analyze_local_checkpoint,
@@ -34,6 +34,7 @@ class _Job:
     """Called with ``progress=`` the run's display."""
 
 
+# Over 60 lines for its public signature and docstring (every option documented); the body is ~40.
 def process_all_checkpoints(
     repo_id: str | Path,
     max_workers: int = 4,
@@ -85,47 +86,27 @@ def process_all_checkpoints(
             f"local root {source} does not exist or is not a directory; pass the root_log_dir of a "
             "training run (a Hub repo id is passed as a str)"
         )
-    jobs: list[_Job] = []
-    failed: list[CheckpointAnalysis] = []
-
     if local:
-        listing = list_local_checkpoints(source)
-        for name, problem in listing.problems.items():
-            failed.append(failed_analysis(source, name, problem, local=True))
-        for c in listing.checkpoints:
-            if wanted is not None and c.entry.step not in wanted:
-                continue
-            run = partial(
-                _analyze_local,
-                c,
-                include_optimizer=include_optimizer,
-                include_config=include_config,
-                include_weights=include_weights,
-                verify=verify,
-            )
-            jobs.append(_Job(branch=c.branch, step=c.entry.step, revision=c.entry.xxh3_128, run=run))
+        jobs, failed = _local_jobs(
+            source,
+            wanted,
+            include_optimizer=include_optimizer,
+            include_config=include_config,
+            include_weights=include_weights,
+            verify=verify,
+        )
     else:
-        repo_id = str(source)
-        settings = hub_settings(endpoint, cache_dir, token)
-        for b in list_branches(repo_id, settings):
-            if b.parsed is None or (wanted is not None and b.parsed.step not in wanted):
-                continue
-            run = partial(
-                _analyze_hub,
-                repo_id,
-                b.name,
-                revision=b.commit,
-                include_optimizer=include_optimizer,
-                include_config=include_config,
-                include_weights=include_weights,
-                delete_weights_after=delete_weights_after,
-                delete_optimizer_after=delete_optimizer_after,
-                endpoint=settings.endpoint,
-                cache_dir=settings.cache_dir,
-                token=settings.token,
-            )
-            jobs.append(_Job(branch=b.name, step=b.parsed.step, revision=b.commit, run=run))
-
+        failed = []
+        jobs = _hub_jobs(
+            str(source),
+            wanted,
+            hub_settings(endpoint, cache_dir, token),
+            include_optimizer=include_optimizer,
+            include_config=include_config,
+            include_weights=include_weights,
+            delete_weights_after=delete_weights_after,
+            delete_optimizer_after=delete_optimizer_after,
+        )
     jobs.sort(key=lambda j: (j.step, j.branch))
     results = {a.branch: a for a in failed}
     with (
@@ -138,6 +119,68 @@ def process_all_checkpoints(
             results[analysis.branch] = analysis
             progress.advance()
     return dict(sorted(results.items(), key=lambda kv: _order(kv[1])))
+
+
+def _local_jobs(
+    root: str | Path,
+    wanted: set[int] | None,
+    *,
+    include_optimizer: bool,
+    include_config: bool,
+    include_weights: bool,
+    verify: bool,
+) -> tuple[list[_Job], list[CheckpointAnalysis]]:
+    """One job per committed checkpoint of ``root`` (at a ``wanted`` step), and the experiments that failed."""
+    listing = list_local_checkpoints(root)
+    failed = [failed_analysis(root, name, problem, local=True) for name, problem in listing.problems.items()]
+    jobs: list[_Job] = []
+    for c in listing.checkpoints:
+        if wanted is not None and c.entry.step not in wanted:
+            continue
+        run = partial(
+            _analyze_local,
+            c,
+            include_optimizer=include_optimizer,
+            include_config=include_config,
+            include_weights=include_weights,
+            verify=verify,
+        )
+        jobs.append(_Job(branch=c.branch, step=c.entry.step, revision=c.entry.xxh3_128, run=run))
+    return jobs, failed
+
+
+def _hub_jobs(
+    repo_id: str,
+    wanted: set[int] | None,
+    settings: HubSettings,
+    *,
+    include_optimizer: bool,
+    include_config: bool,
+    include_weights: bool,
+    delete_weights_after: bool,
+    delete_optimizer_after: bool,
+) -> list[_Job]:
+    """One job per branch of ``repo_id`` that names a (``wanted``) step; other branches are skipped."""
+    jobs: list[_Job] = []
+    for b in list_branches(repo_id, settings):
+        if b.parsed is None or (wanted is not None and b.parsed.step not in wanted):
+            continue
+        run = partial(
+            _analyze_hub,
+            repo_id,
+            b.name,
+            revision=b.commit,
+            include_optimizer=include_optimizer,
+            include_config=include_config,
+            include_weights=include_weights,
+            delete_weights_after=delete_weights_after,
+            delete_optimizer_after=delete_optimizer_after,
+            endpoint=settings.endpoint,
+            cache_dir=settings.cache_dir,
+            token=settings.token,
+        )
+        jobs.append(_Job(branch=b.name, step=b.parsed.step, revision=b.commit, run=run))
+    return jobs
 
 
 def _guarded(job: _Job, progress: AnalysisProgress, source: str | Path, local: bool) -> CheckpointAnalysis:

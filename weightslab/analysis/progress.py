@@ -7,7 +7,6 @@ so logs and captured output stay clean.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -25,41 +24,32 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from weightslab.util.progress import RichProgress
 
-class AnalysisProgress:
+
+class AnalysisProgress(RichProgress):
     """Progress of an analysis run; use as a context manager."""
 
     def __init__(
         self, console: Console | None = None, *, total: int | None = None, description: str = "analysing"
     ):
-        self.console = console if console is not None else Console()
-        self._progress = Progress(
+        super().__init__(
+            console if console is not None else Console(),
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
             _AmountColumn(),
             TimeElapsedColumn(),
-            console=self.console,
-            disable=not self.console.is_terminal,
             transient=False,
         )
         self._total = total
         self._description = description
         self._task: TaskID | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.console.is_terminal
-
     def __enter__(self) -> AnalysisProgress:
-        self._progress.start()
+        super().__enter__()
         if self._total is not None:
             self._task = self._progress.add_task(self._description, total=self._total)
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._progress.stop()
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more checkpoints as done."""

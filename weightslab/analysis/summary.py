@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from weightslab.analysis.models import CheckpointAnalysis, to_jsonable
+from weightslab.analysis.models import CheckpointAnalysis
 from weightslab.analysis.rows import CheckpointSummaryRow
 from weightslab.errors import ConfigError
+from weightslab.util.jsonsafe import to_jsonable
 
 SUMMARY_FORMAT = "weightslab.analysis/1"
 
@@ -57,7 +58,7 @@ def create_comprehensive_summary(all_analyses: Analyses) -> pd.DataFrame:
     """
     fields = dataclasses.fields(CheckpointSummaryRow)
     rows = [dataclasses.asdict(CheckpointSummaryRow.from_analysis(a)) for a in sorted_analyses(all_analyses)]
-    df = pd.DataFrame(rows, columns=[f.name for f in fields])
+    df: pd.DataFrame = pd.DataFrame(rows, columns=[f.name for f in fields])
     for f in fields:
         if f.type in ("int | None", "int"):
             df[f.name] = df[f.name].astype("Int64")
@@ -95,7 +96,7 @@ def create_learning_rate_summary(all_analyses: Analyses) -> pd.DataFrame:
                     "optimizer_step": opt.state_step,
                 }
             )
-    df = pd.DataFrame(rows, columns=list(_LR_COLUMNS))
+    df: pd.DataFrame = pd.DataFrame(rows, columns=list(_LR_COLUMNS))
     for name in _INT_COLUMNS:
         df[name] = df[name].astype("Int64")
     return df

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from weightslab.analysis.loading import load_torch_file
 from weightslab.analysis.models import LayerGroupInfo, TensorInfo, WeightsAnalysis
 from weightslab.analysis.stats import DEFAULT_CHUNK_ELEMENTS, RunningStats, dtype_name
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError
+from weightslab.format.stepfile import load_torch_file
 
 _SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",

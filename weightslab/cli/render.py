@@ -18,7 +18,7 @@ from weightslab.cli.output import make_console
 from weightslab.inspect.diff import ExperimentDiff, LayerChange
 from weightslab.inspect.export import ExportResult
 from weightslab.inspect.gc import GcResult
-from weightslab.inspect.verify import VerifyReport
+from weightslab.store.verify import VerifyReport
 
 
 def print_verify(report: VerifyReport, root: Path, *, console: Console | None = None) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -19,24 +18,12 @@ from typing import Any
 
 from weightslab.storage.base import Storage
 from weightslab.storage.local import LocalStorage
+from weightslab.util.jsonsafe import to_jsonable
 
 log = logging.getLogger("weightslab")
 
 # Events that say which experiment is active.
 ACTIVATING_EVENTS = frozenset({"experiment_created", "experiment_activated", "checkpoint_saved", "resumed"})
-
-
-def _clean(value: Any) -> Any:
-    """Make ``value`` strict-JSON: non-finite floats become None, unknown objects their repr."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    return repr(value)
 
 
 class Journal:
@@ -58,8 +45,11 @@ class Journal:
         return self.storage.durable
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one event (``time`` and ``event`` first); a failed append is logged, never raised."""
-        record = {"time": time.time(), "event": event, **_clean(fields)}
+        """Append one event (``time`` and ``event`` first); a failed append is logged, never raised.
+
+        ``fields`` are made strict JSON: non-finite floats become None, unknown objects their repr.
+        """
+        record = {"time": time.time(), "event": event, **to_jsonable(fields, fallback=repr)}
         line = (json.dumps(record, allow_nan=False, sort_keys=False) + "\n").encode()
         with self._lock:
             try:

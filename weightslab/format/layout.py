@@ -25,10 +25,24 @@ __all__ = [
     "TMP_MARKER",
     "ExperimentLayout",
     "RootLayout",
+    "parse_shard_dir",
     "parse_step_file",
 ]
 
 _STEP_FILE_RE = re.compile(r"^(?P<hash>[0-9a-f]{16})_step_(?P<step>\d{6,})\.pt$")
+
+
+_SHARD_DIR_RE = re.compile(r"^(?P<hash>[0-9a-f]{16})_step_(?P<step>\d{6,})$")
+SHARD_FILE_RE = re.compile(r"^(state\.pt|\.metadata|__\d+_\d+\.distcp)$")
+"""The files of a sharded checkpoint's folder: DCP's shards and metadata, and the rest of the state."""
+SHARD_STATE = "state.pt"
+"""What a sharded checkpoint holds besides the DCP tensors (written by rank 0, a step dict)."""
+
+
+def parse_shard_dir(name: str) -> tuple[str, int] | None:
+    """``{hash}_step_{step:06d}`` (a sharded checkpoint's folder) -> (hash, step), anything else -> None."""
+    m = _SHARD_DIR_RE.match(name)
+    return (m["hash"], int(m["step"])) if m else None
 
 
 def parse_step_file(name: str) -> tuple[str, int] | None:
@@ -96,6 +110,10 @@ class ExperimentLayout:
     def step_file(self, step: int) -> Path:
         return self.model_dir / self.step_file_name(step)
 
+    def shard_dir(self, step: int) -> Path:
+        """The folder of the sharded checkpoint of ``step``: ``model/{hash}_step_{step:06d}/``."""
+        return self.model_dir / f"{self.exp_hash}_step_{step:06d}"
+
     @property
     def architecture_pickle(self) -> Path:
         return self.model_dir / f"{self.exp_hash}_architecture.pkl"
@@ -144,15 +162,21 @@ class ExperimentLayout:
                 f"a symlink leads it to {real}, outside the experiment folder {self.dir}",
                 where=self.manifest,
             )
-        parsed = parse_step_file(parts[-1])
-        if len(parts) != 2 or parts[0] != "model" or parsed is None or parsed[0] != self.exp_hash:
+        if len(parts) == 3 and parts[0] == "model":  # a file of a sharded checkpoint's folder
+            parsed = parse_shard_dir(parts[1]) if SHARD_FILE_RE.match(parts[2]) else None
+        elif len(parts) == 2 and parts[0] == "model":
+            parsed = parse_step_file(parts[1]) or parse_shard_dir(parts[1])
+        else:
+            parsed = None
+        if parsed is None or parsed[0] != self.exp_hash:
             raise UnsafePathError(
                 relative,
-                f"only a step file model/{self.exp_hash}_step_<step>.pt may be a checkpoint's file, "
+                f"only a step file model/{self.exp_hash}_step_<step>.pt (or a sharded checkpoint's folder "
+                f"model/{self.exp_hash}_step_<step>/ and its files) may be a checkpoint's file, "
                 f"this names {self._what(path)}",
                 where=self.manifest,
             )
-        if real != home / "model" / parts[1]:
+        if real != home.joinpath(*parts):
             raise UnsafePathError(
                 relative,
                 f"a symlink leads it to {real}; a step file must be a real file in {self.model_dir}",

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from weightslab.errors import ManifestError
-from weightslab.format.layout import MANIFEST_FORMAT, validate_hash
+from weightslab.format.layout import MANIFEST_FORMAT
 from weightslab.storage.base import Storage
 from weightslab.storage.local import LocalStorage
+from weightslab.util.names import validate_hash
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,13 @@ class CheckpointEntry:
     pending: PendingReplacement | None = None
     seq: int = 0
     abandoned: bool = False
+    # a sharded checkpoint (written through torch.distributed.checkpoint by every rank): ``file`` is
+    # its folder, these are all its files, and ``bytes``/``xxh3_128`` cover them all
+    shards: tuple[FileRecord, ...] = ()
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.shards)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -113,6 +121,8 @@ class CheckpointEntry:
             d["abandoned"] = True
         if self.pending is not None:
             d["pending"] = asdict(self.pending)
+        if self.shards:
+            d["shards"] = [r.to_dict() for r in self.shards]
         return d
 
     def metric(self, name: str) -> float | None:
@@ -268,6 +278,7 @@ def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
         pending=None if not pending else PendingReplacement(int(pending["bytes"]), str(pending["xxh3_128"])),
         seq=int(e.get("seq", 0)),
         abandoned=bool(e.get("abandoned", False)),
+        shards=tuple(r for raw in e.get("shards") or () if (r := _file_record(raw)) is not None),
     )
 
 

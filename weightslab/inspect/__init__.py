@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
+from weightslab.storage.open import is_remote
 from weightslab.store.manager import CheckpointManager
 
 
@@ -38,6 +39,8 @@ class NullTracker:
 
 def open_root(root: str | os.PathLike[str]) -> CheckpointManager:
     """Open ``root`` read-only; raises RootError naming the path when it is missing or not a root."""
+    if isinstance(root, str) and is_remote(root):  # s3://bucket/prefix: AWS_* variables say where, who
+        return CheckpointManager(root, mode="r")
     path = Path(root).expanduser()
     return CheckpointManager(path, mode="r")  # raises RootError for a missing path or a non-root
 

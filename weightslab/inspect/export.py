@@ -17,6 +17,7 @@ the file loads into the same model without pruning, and says so (``pruned``).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from safetensors.torch import save_file
 
 from weightslab.errors import HyperparamsError
 from weightslab.inspect import NullTracker, Tracker
-from weightslab.store.manager import CheckpointManager, load_step_file
+from weightslab.store.manager import CheckpointManager
 from weightslab.util.canonical import canonicalize
 from weightslab.util.names import validate_name
 
@@ -101,9 +102,10 @@ def export_checkpoint(
     tracker.advance(entry.bytes)
     writes: dict[str, Callable[[Path], None]] = {}
     # weights_only and memory-mapped: no code runs, and the pt format reads only the hyperparameters
-    data = load_step_file(source, map_location="cpu", mmap=True)
+    # a sharded checkpoint is consolidated here: full tensors, whatever world size wrote it
+    data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
     if fmt == "pt":
-        writes["checkpoint.pt"] = _copy_from(source)
+        writes["checkpoint.pt"] = _bytes_of(_serialised(data)) if entry.shards else _copy_from(source)
     else:
         for name, raw_state in data.get("models", {}).items():
             state, pruned = unpruned_state(raw_state)
@@ -236,6 +238,13 @@ def standalone_tensors(
             views.setdefault(key, name)
         tensors[name] = t.contiguous().clone() if shared or not whole else t
     return tensors, tied, skipped
+
+
+def _serialised(data: Mapping[str, Any]) -> bytes:
+    """A step dict as ``torch.save`` bytes (a consolidated sharded checkpoint has no file to copy)."""
+    buf = io.BytesIO()
+    torch.save(dict(data), buf)
+    return buf.getvalue()
 
 
 def _bytes_of(data: bytes) -> Callable[[Path], None]:

@@ -35,7 +35,7 @@ from weightslab.util.names import is_hash
 class GcItem:
     """One file ``gc`` removes (or would remove): a checkpoint retention drops, or a crash leftover."""
 
-    kind: Literal["checkpoint", "leftover"]
+    kind: Literal["checkpoint", "leftover", "upload"]
     exp_hash: str
     path: str
     bytes: int
@@ -80,6 +80,7 @@ class GcResult:
             "freed_bytes": self.freed_bytes,
             "checkpoints": sum(1 for i in self.items if i.kind == "checkpoint"),
             "leftovers": sum(1 for i in self.items if i.kind == "leftover"),
+            "uploads": sum(1 for i in self.items if i.kind == "upload"),
             "skipped": list(self.skipped),
             "policies": dict(self.policies),
             "rebuilt": list(self.rebuilt),
@@ -182,6 +183,7 @@ def run_gc(
         leftovers, rebuilt = reader.find_leftovers()
         policies, planned, skipped, refused = plan_retention(reader, overrides)
         items = [_leftover(reader, p, _size(reader, p)) for p in leftovers]
+        items += [_upload(reader, key) for key in _uploads(reader, abort=False)]
         return GcResult(
             root=reader.root,
             dry_run=True,
@@ -195,10 +197,13 @@ def run_gc(
     plan_retention(reader, overrides)  # a bad override fails here, before anything is touched
     # what opening the writer cleans is reported from the disk itself: the files that disappeared
     before = _files(reader)
-    with CheckpointManager(reader.root, mode="w") as writer:  # cleans leftovers on opening
+    # the same backend: an object-store root stays on its store
+    with CheckpointManager(reader.root, mode="w", storage=reader.storage) as writer:  # cleans leftovers
         after = _files(writer)
         result = GcResult(root=writer.root, dry_run=False)
         result.items = [_leftover(writer, p, size) for p, size in before.items() if p not in after]
+        # under the writer lock no save is in flight: every incomplete upload is a crash's
+        result.items += [_upload(writer, key) for key in _uploads(writer, abort=True)]
         result.rebuilt = [h for h in rebuilt if writer.has_experiment(h)]
         # planned again under the lock: now nothing else can change the manifests
         policies, planned, result.skipped, result.refused = plan_retention(writer, overrides)
@@ -229,6 +234,25 @@ def _leftover(manager: CheckpointManager, path: Path, size: int) -> GcItem:
         step=None if parsed is None else parsed[1],
         reason="temp file" if TMP_MARKER in path.name else "orphaned",
     )
+
+
+def _uploads(manager: CheckpointManager, *, abort: bool) -> list[str]:
+    """The keys of the multipart uploads a crash left on an object store (aborted with ``abort``).
+
+    They are invisible to listings but billed; a local root has none.
+    """
+    storage = manager.storage
+    if abort and hasattr(storage, "abort_incomplete_uploads"):
+        return [u.key for u in storage.abort_incomplete_uploads()]
+    if hasattr(storage, "incomplete_uploads"):
+        return [u.key for u in storage.incomplete_uploads()]
+    return []
+
+
+def _upload(manager: CheckpointManager, key: str) -> GcItem:
+    parts = key.split("/")
+    h = next((p for p in parts if is_hash(p)), "")
+    return GcItem(kind="upload", exp_hash=h, path=key, bytes=0, reason="incomplete multipart upload")
 
 
 def _files(manager: CheckpointManager) -> dict[Path, int]:

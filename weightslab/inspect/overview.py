@@ -148,7 +148,7 @@ def latest_frozen(manager: CheckpointManager, exp_hash: str) -> tuple[int, dict[
     """
     try:
         entry = manager.entry(exp_hash, "latest")
-        data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
+        data = manager.load_entry(exp_hash, entry, verify=False, mmap=True, consolidate=False)
     except (CheckpointNotFoundError, CheckpointFormatError, ManifestError, UnsafePathError, OSError):
         return None
     frozen = data.get("frozen")

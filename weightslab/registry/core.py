@@ -22,6 +22,7 @@ import torch
 from weightslab.errors import HyperparamsError
 from weightslab.registry.events import KINDS, Kind, LedgerEvent, Listener, changed_keys
 from weightslab.registry.watcher import HyperparamsWatcher, write_back
+from weightslab.registry.wrappers import unwrap
 from weightslab.registry.yamlfile import load_yaml_mapping
 from weightslab.util.canonical import canonicalize, replace_mapping, restore_like
 from weightslab.util.names import validate_name
@@ -72,6 +73,8 @@ class Ledger:
             raise ValueError(f"unknown ledger kind {kind!r}; expected one of {', '.join(KINDS)}")
         validate_name(name, f"{kind} name")
         _check_type(kind, obj)
+        if kind == "model":
+            obj = unwrap(obj)  # type: ignore[arg-type]  # checked above: a Module
         with self._lock:
             self._items[kind][name] = obj
             self._version += 1

@@ -109,7 +109,8 @@ def _plain(value: Any) -> Any:
 def same(a: Any, b: Any) -> bool:
     """True when ``a`` and ``b`` hash alike (False when either cannot be hashed)."""
     try:
-        return canonicalize(a) == canonicalize(b)
+        equal: bool = canonicalize(a) == canonicalize(b)
+        return equal
     except HyperparamsError:
         return False
 

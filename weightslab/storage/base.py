@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import xxhash
 
@@ -180,6 +180,21 @@ class Storage(Protocol):
         """
         ...
 
+    def read_versioned(self, path: Path) -> tuple[bytes, str | None]:
+        """The content of ``path`` and its version (an object store's ETag; None where the backend
+        has no versions, as a local file system: its writer lock alone keeps one writer)."""
+        ...
+
+    def write_if_version(self, path: Path, data: bytes, version: str | None) -> str | bool | None:
+        """Replace ``path`` only if it is still at ``version`` (None: only if absent), atomically.
+
+        Returns the new version, or False when another writer changed it meanwhile (nothing was
+        written). A backend without versions writes unconditionally and returns None. This is the
+        commit record of a manifest: on an object store, a writer that lost the root cannot
+        overwrite its successor's commits.
+        """
+        ...
+
     def append_line(self, path: Path, line: bytes) -> None:
         """Append one line (ending in a newline) whole or not at all, creating the file if needed.
 
@@ -202,6 +217,18 @@ class Storage(Protocol):
 
     def makedirs(self, path: Path) -> None:
         """Create folder ``path`` and its parents; existing is fine."""
+        ...
+
+    def dcp_writer(self, path: Path) -> Any:
+        """A ``torch.distributed.checkpoint`` StorageWriter that writes the folder ``path``.
+
+        Every rank writes its shards through it; each file is durable (when :attr:`durable`) before
+        DCP's save returns. DCP is the engine: a backend only says where its bytes go.
+        """
+        ...
+
+    def dcp_reader(self, path: Path) -> Any:
+        """A ``torch.distributed.checkpoint`` StorageReader of the folder ``path``."""
         ...
 
     def lock(self, root: Path, path: Path) -> WriterLock:

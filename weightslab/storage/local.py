@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -187,6 +188,27 @@ class LocalStorage:
 
     def size(self, path: Path) -> int:
         return path.stat().st_size
+
+    def read_versioned(self, path: Path) -> tuple[bytes, str | None]:
+        """The content of ``path``; no version (the root's flock keeps one writer)."""
+        return self.read_bytes(path), None
+
+    def write_if_version(self, path: Path, data: bytes, version: str | None) -> str | bool | None:
+        """Write ``path`` atomically whatever its version (the flock keeps one writer); returns None."""
+        self.write_bytes_atomic(path, data)
+        return None
+
+    def dcp_writer(self, path: Path) -> Any:
+        """DCP's FileSystemWriter into ``path`` (each file fsynced when durable)."""
+        from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+        return FileSystemWriter(path, single_file_per_rank=True, sync_files=self.durable, overwrite=True)
+
+    def dcp_reader(self, path: Path) -> Any:
+        """DCP's FileSystemReader of ``path``."""
+        from torch.distributed.checkpoint.filesystem import FileSystemReader
+
+        return FileSystemReader(path)
 
 
 def append_whole_line(fd: int, line: bytes) -> None:

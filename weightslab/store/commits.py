@@ -10,17 +10,21 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from weightslab.errors import CheckpointNotFoundError
-from weightslab.format.layout import TMP_MARKER, ExperimentLayout
-from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
+from weightslab.format.layout import SHARD_STATE, TMP_MARKER, ExperimentLayout
+from weightslab.format.manifest import CheckpointEntry, FileRecord, Manifest, PendingReplacement
 from weightslab.format.stepfile import save_state
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.storage.base import HashingWriter, WrittenFile
 from weightslab.store import retention
 from weightslab.store.parts import ManagerParts
 from weightslab.store.recovery import _with_pending
+from weightslab.util.canonical import canonical_json
 
 log = logging.getLogger("weightslab")
 
@@ -109,6 +113,83 @@ class Committing(ManagerParts):
         self.storage.replace(staging, exp.step_file(old.step))  # fsyncs the folder
         return written
 
+    # -- sharded checkpoints ----------------------------------------------------------------------
+    def prepare_shard_dir(self, exp_hash: str, step: int) -> Path:
+        """Empty the folder the ranks write the sharded checkpoint of ``step`` into; returns it.
+
+        A committed checkpoint of that step is deleted first (a sharded one is never rewritten in
+        place), and so are the leftovers of a save that crashed before its commit.
+        """
+        self._require_writer()
+        exp = self.experiment(exp_hash)
+        folder = exp.shard_dir(step)
+        if self.manifest(exp_hash).entry(step) is not None:
+            self.delete(exp_hash, step, reason="replaced")
+        for path in list(self.storage.files_under(folder)):
+            self.storage.remove(path)
+        self.storage.makedirs(folder)
+        return folder
+
+    def save_sharded(
+        self,
+        exp_hash: str,
+        step: int,
+        state: Mapping[str, Any],
+        shards: Iterable[FileRecord],
+        *,
+        trigger: str,
+        metrics: Mapping[str, float | None] | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+    ) -> CheckpointEntry:
+        """Commit the sharded checkpoint of ``step``: ``shards`` are the durable files every rank wrote
+        through DCP (paths relative to the experiment); ``state`` (the rest of the step dict) is written
+        beside them, then one manifest entry lists them all."""
+        journal = self._require_writer()
+        exp = self.experiment(exp_hash)
+        folder = exp.shard_dir(step)
+        written = self.storage.write_atomic(
+            folder / SHARD_STATE, _torch_save_into(state)
+        )  # fsyncs the folder
+        records = sorted(
+            [*shards, FileRecord(exp.relative(written.path), written.bytes, written.xxh3_128)],
+            key=lambda r: r.file,
+        )
+        digest = xxhash.xxh3_128(canonical_json([r.to_dict() for r in records])).hexdigest()
+        entry = CheckpointEntry(
+            step=step,
+            file=exp.relative(folder),
+            bytes=sum(r.bytes for r in records),
+            xxh3_128=digest,
+            created=time.time(),
+            trigger=trigger,
+            metrics=dict(metrics or {}),
+            tags=tuple(tags),
+            description=description,
+            shards=tuple(records),
+        )
+        with self._lock:
+            current = self.manifest(exp_hash)
+            abandoned = current.abandoned_after(step)
+            committed = current.committing(entry)
+            self._write_manifest(committed)
+            entry = committed.entry(step) or entry
+        if abandoned:
+            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
+        journal.append(
+            "checkpoint_saved",
+            exp_hash=exp_hash,
+            step=step,
+            trigger=trigger,
+            file=entry.file,
+            bytes=entry.bytes,
+            xxh3_128=entry.xxh3_128,
+            metrics=entry.metrics,
+            shards=len(records),
+            replaced=False,
+        )
+        return entry
+
     def annotate(
         self, exp_hash: str, step: int, *, tags: Iterable[str] = (), description: str | None = None
     ) -> CheckpointEntry:
@@ -174,9 +255,16 @@ class Committing(ManagerParts):
             if entry is None:
                 raise CheckpointNotFoundError(f"experiment {exp_hash} has no checkpoint at step {step}")
             # checked before the entry goes: a refused entry stays, so the refusal is seen again
-            path = self.experiment(exp_hash).resolve(entry.file)
+            exp = self.experiment(exp_hash)
+            path = exp.resolve(entry.file)
+            files = [exp.resolve(r.file) for r in entry.shards] if entry.shards else [path]
             self._write_manifest(m.without_steps({step}))
-        self.storage.remove(path)
+        for file in files:
+            self.storage.remove(file)
+        if entry.shards:
+            for leftover in list(self.storage.files_under(path)):  # a shard written but never listed
+                self.storage.remove(leftover)
+            self.storage.remove_dir(path)
         journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
 
     def branch_points(self, exp_hash: str) -> set[int]:

@@ -21,6 +21,7 @@ from weightslab.errors import (
     AmbiguousExperimentError,
     CheckpointNotFoundError,
     RootError,
+    RootLockedError,
     UnknownExperimentError,
     UnsafePathError,
     UntrustedLoadError,
@@ -35,7 +36,7 @@ from weightslab.format.manifest import (
 )
 from weightslab.format.stepfile import load_step_file
 from weightslab.storage.base import Storage, WriterLock
-from weightslab.storage.local import LocalStorage
+from weightslab.storage.open import open_storage
 from weightslab.store import experiment_files
 from weightslab.store.commits import Committing
 from weightslab.store.manifests import ManifestStore
@@ -61,13 +62,17 @@ class CheckpointManager(Committing, Reading):
         mode: Literal["r", "w"] = "w",
         durable: bool = True,
         storage: Storage | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in ("r", "w"):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
-        self.root = Path(root).expanduser().absolute()
+        if storage is None:
+            self.root, storage = open_storage(root, storage_options=storage_options, durable=durable)
+        else:
+            self.root = Path(root).expanduser().absolute()
         self.mode = mode
         self.layout = RootLayout(self.root)
-        self._storage: Storage = storage or LocalStorage(durable=durable)
+        self._storage: Storage = storage
         self.journal: Journal | None = None
         self.manifests = ManifestStore(self.layout, lambda: self._storage, caching=mode == "w")
         self._lock = self.manifests.lock  # one lock orders every manifest change
@@ -76,16 +81,22 @@ class CheckpointManager(Committing, Reading):
         if self.storage.exists(self.root) and not self.storage.is_dir(self.root):
             raise RootError(f"checkpoint root {self.root} is a file, not a folder; pass a folder path")
         if mode == "r":
-            if not self.storage.exists(self.root):
-                raise RootError(
-                    f"no such root: {self.root} does not exist, so it is not a weightslab root; pass the "
-                    "root_log_dir of a training run"
-                )
-            if not self.storage.is_dir(self.layout.checkpoints_dir):
-                raise RootError(
-                    f"{self.root} is not a weightslab root (no checkpoints/ folder); check the path"
-                )
-            return
+            self._check_root()
+        else:
+            self._open_for_writing()
+
+    def _check_root(self) -> None:
+        """A reader's open: the root must exist and hold a ``checkpoints/`` folder."""
+        if not self.storage.exists(self.root):
+            raise RootError(
+                f"no such root: {self.root} does not exist, so it is not a weightslab root; pass the "
+                "root_log_dir of a training run"
+            )
+        if not self.storage.is_dir(self.layout.checkpoints_dir):
+            raise RootError(f"{self.root} is not a weightslab root (no checkpoints/ folder); check the path")
+
+    def _open_for_writing(self) -> None:
+        """A writer's open: create the folders, take the writer lock, open the journal, clean leftovers."""
         try:
             for d in (self.layout.data_dir, self.layout.logs_dir, self.layout.checkpoints_dir):
                 self.storage.makedirs(d)
@@ -152,6 +163,8 @@ class CheckpointManager(Committing, Reading):
     def _require_writer(self) -> Journal:
         if self.mode != "w" or self.journal is None:
             raise RootError(f"{self.root} is open read-only; open it with CheckpointManager(root, mode='w')")
+        if self._lock_file is not None and not self._lock_file.held:
+            raise RootLockedError(self.root, "another writer (this process lost its lease on the root)")
         return self.journal
 
     def event(self, name: str, **fields: Any) -> None:

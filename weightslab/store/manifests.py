@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from weightslab.errors import ManifestError
+from weightslab.errors import ManifestError, RootLockedError
 from weightslab.format.layout import RootLayout
-from weightslab.format.manifest import Manifest, read_manifest
+from weightslab.format.manifest import Manifest
 from weightslab.storage.base import Storage
 from weightslab.util.names import is_hash
 
@@ -31,6 +31,9 @@ class ManifestStore:
         self.caching = caching
         self.lock = threading.RLock()  # re-entrant: a commit reads the manifest it replaces
         self._cache: dict[str, Manifest] = {}
+        # the version (ETag) each manifest had when this process last read or wrote it: a commit
+        # replaces it only if it is still that one (see Storage.write_if_version)
+        self._versions: dict[str, str | None] = {}
 
     @property
     def storage(self) -> Storage:
@@ -47,7 +50,12 @@ class ManifestStore:
             if self.caching and exp_hash in self._cache:
                 return self._cache[exp_hash]
             path = self.layout.experiment(exp_hash).manifest
-            m = read_manifest(path, self.storage)
+            try:
+                data, version = self.storage.read_versioned(path)
+            except FileNotFoundError as exc:
+                raise ManifestError(path, "file not found") from exc
+            m = Manifest.from_json(data, path)
+            self._versions[exp_hash] = version
             if m.exp_hash != exp_hash:
                 raise ManifestError(path, f"exp_hash is {m.exp_hash}, folder is {exp_hash}")
             if self.caching:
@@ -57,7 +65,24 @@ class ManifestStore:
     def write(self, m: Manifest) -> None:
         """Replace the manifest of ``m.exp_hash`` atomically (the commit point of every change)."""
         with self.lock:
-            self.storage.write_bytes_atomic(self.layout.experiment(m.exp_hash).manifest, m.to_json())
+            path = self.layout.experiment(m.exp_hash).manifest
+            if m.exp_hash in self._versions:
+                version = self._versions[m.exp_hash]
+            else:
+                try:
+                    version = self.storage.read_versioned(path)[1]
+                except FileNotFoundError:
+                    version = None
+            new = self.storage.write_if_version(path, m.to_json(), version)
+            if new is False:
+                self._cache.pop(m.exp_hash, None)
+                self._versions.pop(m.exp_hash, None)
+                raise RootLockedError(
+                    path,
+                    "another writer, which committed to this manifest after this process read it (this "
+                    "process lost the root's lease; its commit was refused)",
+                )
+            self._versions[m.exp_hash] = new if isinstance(new, str) else None
             self._cache[m.exp_hash] = m
 
     def set_caching(self, caching: bool) -> None:

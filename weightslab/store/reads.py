@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weightslab.errors import CheckpointNotFoundError
+from weightslab.format import sharded
 from weightslab.format.journal import last_active_experiment, read_events
+from weightslab.format.layout import SHARD_STATE
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.format.stepfile import load_step_file
 from weightslab.policy.retention import RetentionPolicy
@@ -110,6 +112,18 @@ class Reading(ManagerParts):
         map_location: Any = "cpu",
         verify: bool = True,
         mmap: bool = True,
+        consolidate: bool = True,
     ) -> dict[str, Any]:
+        """The step dict of ``entry`` (verified unless told otherwise).
+
+        A sharded checkpoint is consolidated into full tensors in this process; with
+        ``consolidate=False`` its ``state.pt`` alone is returned (its ``sharded`` record says what
+        DCP holds, for a resume that loads into sharded objects).
+        """
         path = self.verify_entry(exp_hash, entry) if verify else self.experiment(exp_hash).resolve(entry.file)
-        return load_step_file(path, map_location=map_location, mmap=mmap, storage=self.storage)
+        if not entry.shards:
+            return load_step_file(path, map_location=map_location, mmap=mmap, storage=self.storage)
+        state = load_step_file(path / SHARD_STATE, map_location=map_location, mmap=mmap, storage=self.storage)
+        if not consolidate:
+            return state
+        return sharded.consolidate(state, self.storage.dcp_reader(path))

@@ -18,7 +18,7 @@ from typing import Any
 
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ManifestError, RootError
 from weightslab.format.journal import Journal, read_events
-from weightslab.format.layout import TMP_MARKER, RootLayout, parse_step_file
+from weightslab.format.layout import TMP_MARKER, RootLayout, parse_shard_dir, parse_step_file
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
 from weightslab.format.stepfile import load_step_file
 from weightslab.storage.base import Storage
@@ -101,6 +101,11 @@ class Recovery:
             for sub in (exp.model_dir, exp.hp_dir, exp.dir):
                 for fname in self.storage.listdir(sub):
                     path = sub / fname
+                    if sub == exp.model_dir and parse_shard_dir(fname) is not None:
+                        # a sharded save that crashed before its commit: every file it left
+                        if exp.relative(path) not in listed:
+                            found += list(self.storage.files_under(path))
+                        continue
                     if not self.storage.is_file(path):
                         continue
                     ours = TMP_MARKER in fname or parse_step_file(fname) is not None
@@ -126,6 +131,9 @@ class Recovery:
         removed, _ = self.find_leftovers()
         for path in removed:
             self.storage.remove(path)
+        for folder in {p.parent for p in removed if parse_shard_dir(p.parent.name) is not None}:
+            with contextlib.suppress(OSError):
+                self.storage.remove_dir(folder)
         for name in self.storage.listdir(self.layout.checkpoints_dir):
             exp_dir = self.layout.checkpoints_dir / name
             if is_hash(name) and self.storage.is_dir(exp_dir) and not self.manifests.has(name):

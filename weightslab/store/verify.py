@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from weightslab.errors import CheckpointCorruptedError, ManifestError, UnsafePathError
-from weightslab.format.layout import TMP_MARKER, ExperimentLayout, parse_step_file
+from weightslab.format.layout import TMP_MARKER, ExperimentLayout, parse_shard_dir, parse_step_file
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.storage.base import Storage
 from weightslab.store.manifests import ManifestStore
@@ -44,26 +44,40 @@ class VerifyReport:
 
 
 def verify_entry(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry) -> Path:
-    """Check the size and xxh3_128 of a step file; returns its path or raises CheckpointCorruptedError."""
+    """Check the size and xxh3_128 of a step file (of every file of a sharded checkpoint); returns its
+    path (the folder of a sharded one) or raises CheckpointCorruptedError naming the file."""
+    if entry.shards:
+        folder = exp.resolve(entry.file)
+        for record in entry.shards:
+            _verify_file(
+                storage, exp.resolve(record.file), {(record.bytes, record.xxh3_128)}, record.xxh3_128
+            )
+        return folder
     path = exp.resolve(entry.file)
     accepted = {(entry.bytes, entry.xxh3_128)}
     if entry.pending is not None:
         accepted.add((entry.pending.bytes, entry.pending.xxh3_128))
+    _verify_file(storage, path, accepted, entry.xxh3_128)
+    return path
+
+
+def _verify_file(storage: Storage, path: Path, accepted: set[tuple[int, str]], digest_expected: str) -> None:
+    """Raise CheckpointCorruptedError unless the file's (size, xxh3_128) is one of ``accepted``."""
+    expected = min(b for b, _ in accepted)
     try:
         size = storage.size(path)
     except FileNotFoundError:
-        raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
+        raise CheckpointCorruptedError(path, digest_expected, "<missing>", "the file is gone") from None
     if size not in {b for b, _ in accepted}:
         raise CheckpointCorruptedError(
-            path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
+            path, digest_expected, "<not computed>", f"size is {size} bytes, manifest says {expected}"
         )
     try:
         size, digest = storage.checksum(path)
     except FileNotFoundError:  # deleted between the two looks (a writer's retention)
-        raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
+        raise CheckpointCorruptedError(path, digest_expected, "<missing>", "the file is gone") from None
     if (size, digest) not in accepted:
-        raise CheckpointCorruptedError(path, entry.xxh3_128, digest)
-    return path
+        raise CheckpointCorruptedError(path, digest_expected, digest)
 
 
 def verify_root(
@@ -137,7 +151,7 @@ def _orphans(storage: Storage, exp: ExperimentLayout, listed: set[str]) -> list[
         return [Problem("unreadable", exp.exp_hash, str(exp.model_dir), None, _os_detail(exc))]
     found = []
     for name in names:
-        parsed = parse_step_file(name)
+        parsed = parse_step_file(name) or parse_shard_dir(name)
         if TMP_MARKER in name:
             detail = "interrupted write"
         elif parsed and f"model/{name}" not in listed:

@@ -30,18 +30,21 @@ from weightslab.errors import (
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.policy.save import EveryNSteps
 from weightslab.registry.ledger import Ledger, LedgerEvent, get_ledger
-from weightslab.store.manager import CheckpointManager
 from weightslab.system.changes import ChangeDetector
 from weightslab.system.commit import CommitJob, Committer, ResumeProtection
 from weightslab.system.config import CheckpointConfig
+from weightslab.system.distributed import Group
 from weightslab.system.errors_policy import ErrorPolicy
 from weightslab.system.experiments import ExperimentTracker
+from weightslab.system.follower import open_manager
 from weightslab.system.identity import ExperimentIdentity
 from weightslab.system.lifecycle import Lifecycle
 from weightslab.system.payload import build_payload
 from weightslab.system.preemption import SignalTrap
+from weightslab.system.ranks import RankedSaving, ShardCommitter, ShardJob
 from weightslab.system.resume import ResumeMode
 from weightslab.system.rewinding import Rewinding
+from weightslab.system.sharded import is_sharded
 from weightslab.system.snapshot import SnapshotBuffers
 from weightslab.system.validation import check_notes, check_step, clean_metrics
 from weightslab.system.views import Views
@@ -52,7 +55,7 @@ log = logging.getLogger("weightslab")
 __all__ = ["AutomaticCheckpointSystem", "ResumeMode"]
 
 
-class AutomaticCheckpointSystem(Lifecycle, Rewinding, Views):
+class AutomaticCheckpointSystem(Lifecycle, Rewinding, RankedSaving, Views):
     """Saves registered training state on a step frequency and on every change.
 
     Build it through :func:`get_checkpoint_system` (one per process) or directly with an own
@@ -72,7 +75,13 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Views):
             raise ConfigError("pass either a CheckpointConfig or keyword options, not both")
         self.config = config or CheckpointConfig.from_kwargs(**options)
         self.ledger = ledger or get_ledger()
-        self.manager = CheckpointManager(self.config.root, mode="w", durable=self.config.durable)
+        self._group = Group(timeout=self.config.distributed_timeout)
+        self.manager = open_manager(
+            self.config.root,
+            durable=self.config.durable,
+            group=self._group,
+            storage_options=self.config.storage_options,
+        )
         self.retention = RetentionPolicy(**self.config.retention())
         self._lock = threading.RLock()
         self._writer = BackgroundWriter() if self.config.async_save else None
@@ -84,6 +93,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Views):
         self.hasher = self._exp.hasher
         self._protection = ResumeProtection()
         self._committer = Committer(self.manager, self.retention, self._protection, self._errors)
+        self._shard_committer = ShardCommitter(self.manager, self._group, self._committer)
         # bound once: the save decision runs on every step
         self._should_save = EveryNSteps(self.config.checkpoint_frequency).should_save
         self._submitted: set[tuple[str, int]] = set()
@@ -365,34 +375,57 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Views):
         exp_hash = self._exp.identity.exp_hash
         if not self._exp.reopen_if_needed(step):
             return  # still cannot open it: reported, training goes on
+        if self._group.distributed or is_sharded(self.ledger.items("model")):
+            self._save_ranked(exp_hash, step, trigger, metrics)
+            return
         try:
-            payload, event = build_payload(
-                self.ledger,
-                self._buffers,
-                exp_hash=exp_hash,
-                step=step,
-                trigger=trigger,
-                metrics=metrics,
-                created=self._clock(),
-                save_rng=self.config.save_rng,
-            )
+            payload, event = self._payload(exp_hash, step, trigger, metrics)
         except Exception as exc:
             self._submitted.add((exp_hash, step))  # reported once; close() does not try it again
             self._errors.failed(exc, exp_hash, step)
             self._errors.report([exc])
             return
-        self._submitted.add((exp_hash, step))
+        self._submit(CommitJob(exp_hash, step, payload, trigger, metrics, event, self._notes))
+
+    def _payload(
+        self,
+        exp_hash: str,
+        step: int,
+        trigger: str,
+        metrics: dict[str, float | None],
+        *,
+        tensors: bool = True,
+    ) -> tuple[dict[str, Any], Any]:
+        return build_payload(
+            self.ledger,
+            self._buffers,
+            exp_hash=exp_hash,
+            step=step,
+            trigger=trigger,
+            metrics=metrics,
+            created=self._clock(),
+            save_rng=self.config.save_rng,
+            tensors=tensors,
+        )
+
+    def _submit(self, job: CommitJob | ShardJob) -> None:
+        """Hand a job to the writer (or run it now); the step counts as saved from here on."""
+        self._submitted.add((job.exp_hash, job.step))
         branch = self._exp.branch_from
-        if branch is not None and branch[0] == exp_hash:
+        if branch is not None and branch[0] == job.exp_hash:
             self._exp.branch_from = (
                 None  # a child now branches from the newest checkpoint, not the resumed one
             )
-        job = CommitJob(exp_hash, step, payload, trigger, metrics, event, self._notes)
+        run: Callable[[], None] = (
+            partial(self._committer, job)
+            if isinstance(job, CommitJob)
+            else partial(self._shard_committer, job)
+        )
         if self._writer is not None:
-            self._writer.submit(partial(self._committer, job))
+            self._writer.submit(run)
         else:
             try:
-                self._committer(job)
+                run()
             except Exception as exc:
                 self._errors.report([exc])
 
@@ -405,4 +438,9 @@ def _config_record(config: CheckpointConfig) -> dict[str, Any]:
     record = asdict(config)
     record["root_log_dir"] = str(config.root_log_dir)
     record["exclude_hyperparams"] = list(config.exclude_hyperparams)
+    if config.storage_options:  # credentials never go into the journal
+        record["storage_options"] = {
+            k: v if k in ("endpoint_url", "client_kwargs", "config_kwargs", "anon") else "<redacted>"
+            for k, v in config.storage_options.items()
+        }
     return record

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import threading
 from collections.abc import Mapping
 from operator import attrgetter
@@ -26,6 +27,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from weightslab.registry.ledger import Ledger
+from weightslab.system.identity import architecture_signature
 
 _structure_counter = itertools.count(1)
 _structure_version = 0
@@ -153,24 +155,21 @@ def _copy_for_compare(hp: Any) -> Any:
     return copy.deepcopy(hp)
 
 
-def module_names(models: Mapping[str, torch.nn.Module]) -> dict[str, set[str]]:
-    out = {}
-    for name, model in models.items():
-        out[name] = {
-            f"{q}:{type(m).__name__}({m.extra_repr()})|"
-            + ",".join(f"{n}{tuple(p.shape)}" for n, p in m.named_parameters(recurse=False))
-            for q, m in model.named_modules()
-        }
-    return out
+def module_names(models: Mapping[str, torch.nn.Module]) -> dict[str, dict[str, str]]:
+    """``{model: {module qualname: its signature record}}``, from the walk the architecture hash uses."""
+    return {
+        name: {r["name"]: json.dumps(r, sort_keys=True) for r in architecture_signature(model)}
+        for name, model in models.items()
+    }
 
 
-def module_diff(old: dict[str, set[str]], new: dict[str, set[str]]) -> dict[str, list[str]]:
-    def names(records: set[str]) -> dict[str, str]:
-        return {r.split(":", 1)[0]: r for r in records}
-
-    added, removed, changed = [], [], []
+def module_diff(old: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """The modules added, removed and changed between two :func:`module_names`, as "model.module" names."""
+    added: list[str] = []
+    removed: list[str] = []
+    changed: list[str] = []
     for model in sorted(old.keys() | new.keys()):
-        a, b = names(old.get(model, set())), names(new.get(model, set()))
+        a, b = old.get(model, {}), new.get(model, {})
         added += [f"{model}.{q}" if q else model for q in sorted(b.keys() - a.keys())]
         removed += [f"{model}.{q}" if q else model for q in sorted(a.keys() - b.keys())]
         changed += [f"{model}.{q}" if q else model for q in sorted(a.keys() & b.keys()) if a[q] != b[q]]

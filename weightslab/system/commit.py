@@ -94,10 +94,14 @@ class Committer:
                 entry.bytes / 1e6,
                 time.perf_counter() - t0,
             )
-            self._retain(job.exp_hash, self.protection.committed(job.exp_hash, job.step))
+            self.retain_after(job.exp_hash, job.step)
         except Exception as exc:
             self.errors.failed(exc, job.exp_hash, job.step)
             raise
+
+    def retain_after(self, exp_hash: str, step: int) -> None:
+        """Apply retention after ``step`` of ``exp_hash`` committed."""
+        self._retain(exp_hash, self.protection.committed(exp_hash, step))
 
     def _retain(self, exp_hash: str, protected: set[int]) -> None:
         try:

@@ -49,6 +49,11 @@ class CheckpointConfig:
             with status 128 + signal; a second signal exits at once.
         save_last: at ``close()`` (and at interpreter exit), save the last step seen when it is newer
             than the newest checkpoint, with ``trigger="last"``.
+        storage_options: for an object-store root (``s3://bucket/prefix``), the fsspec/s3fs options
+            (``endpoint_url``, ``key``, ``secret``, ``client_kwargs``); without them the standard AWS
+            environment variables apply.
+        distributed_timeout: with several ranks, how long (seconds) a rank waits for the others at a
+            checkpoint before raising DistributedError naming the ranks that did not come.
     """
 
     root_log_dir: str | os.PathLike[str] = "experiments"
@@ -67,6 +72,8 @@ class CheckpointConfig:
     save_architecture: bool = True
     handle_signals: bool = False
     save_last: bool = True
+    distributed_timeout: float = 600.0
+    storage_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_log_dir, (str, os.PathLike)) or not os.fspath(self.root_log_dir):
@@ -87,6 +94,13 @@ class CheckpointConfig:
             )
         if self.monitor is not None and (not isinstance(self.monitor, str) or not self.monitor):
             raise ConfigError(f"monitor must be a non-empty metric name, got {self.monitor!r}")
+        if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
+            raise ConfigError(
+                f"storage_options must be a mapping of s3fs options, got {self.storage_options!r}"
+            )
+        timeout = self.distributed_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigError(f"distributed_timeout must be a positive number of seconds, got {timeout!r}")
         exclude = self.exclude_hyperparams
         if isinstance(exclude, str) or not isinstance(exclude, Iterable):
             raise ConfigError(f"exclude_hyperparams must be a list of key names, got {exclude!r}")
@@ -108,7 +122,10 @@ class CheckpointConfig:
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
 
     @property
-    def root(self) -> Path:
+    def root(self) -> str | Path:
+        """The root as :func:`~weightslab.storage.open.open_storage` takes it (an ``s3://`` URL stays a string)."""
+        if isinstance(self.root_log_dir, str) and self.root_log_dir.startswith("s3://"):
+            return self.root_log_dir
         return Path(self.root_log_dir)
 
     def retention(self) -> dict[str, Any]:
@@ -142,7 +159,12 @@ class CheckpointConfig:
         for key, value in other.items():
             mine = getattr(self, key)
             if key == "root_log_dir":
-                same = Path(mine).resolve() == Path(value).resolve()
+                remote = any(str(v).startswith("s3://") for v in (mine, value))
+                same = (
+                    str(mine).rstrip("/") == str(value).rstrip("/")
+                    if remote
+                    else (Path(mine).resolve() == Path(value).resolve())
+                )
             elif key == "exclude_hyperparams":
                 same = tuple(mine) == tuple(value)
             else:

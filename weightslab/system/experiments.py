@@ -19,6 +19,7 @@ from weightslab.system.changes import ChangeDetector, module_diff, module_names
 from weightslab.system.config import CheckpointConfig
 from weightslab.system.errors_policy import ErrorPolicy
 from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
+from weightslab.system.sharded import is_sharded
 from weightslab.util.canonical import canonicalize
 
 log = logging.getLogger("weightslab")
@@ -45,7 +46,7 @@ class ExperimentTracker:
         self.branch_from: tuple[str, int] | None = None  # the checkpoint a child branches from
         self.unopened: tuple[ExperimentIdentity, ParentRef | None] | None = None  # an open that failed
         self._hp_canonical: dict[str, Any] = {}
-        self._arch_modules: dict[str, set[str]] = {}
+        self._arch_modules: dict[str, dict[str, str]] = {}
 
     def identity_now(self) -> ExperimentIdentity:
         """The identity of the registered models and hyperparameters as they are now."""
@@ -115,7 +116,9 @@ class ExperimentTracker:
             retention=retention,
             hyperparams=self._full_hyperparams(),
             models=self.ledger.items("model"),
-            save_architecture=self.config.save_architecture,
+            # a sharded module cannot be copied for the pickle (FSDP refuses deepcopy); the JSON
+            # record and the text summary are still written
+            save_architecture=self.config.save_architecture and not is_sharded(self.ledger.items("model")),
         )
         return bool(created)
 

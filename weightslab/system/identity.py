@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import xxhash
 
+from weightslab.registry.wrappers import user_class
 from weightslab.util.canonical import canonical_json, canonicalize, strip_prefixes
 
 
@@ -36,6 +37,37 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def architecture_signature(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """One record per module, in ``named_modules()`` order (duplicates of shared modules included).
+
+    Each record holds the module's qualified name, class, ``extra_repr()`` and its own parameters and
+    buffers (name, shape, dtype): what the architecture hash covers, and what a change diff compares.
+    """
+    records: list[dict[str, Any]] = []
+    for qualname, module in model.named_modules(remove_duplicate=False):
+        try:
+            extra = module.extra_repr()
+        except Exception as exc:  # a broken extra_repr must not stop a save
+            extra = f"<extra_repr failed: {type(exc).__name__}>"
+        records.append(
+            {
+                "name": qualname,
+                "class": f"{user_class(module).__module__}.{user_class(module).__qualname__}",
+                "extra": extra,
+                "params": [
+                    [n, list(p.shape), _dtype_name(p.dtype)]
+                    for n, p in module.named_parameters(recurse=False)
+                ],
+                "buffers": [
+                    [n, list(b.shape), _dtype_name(b.dtype)]
+                    for n, b in module.named_buffers(recurse=False)
+                    if b is not None
+                ],
+            }
+        )
+    return records
+
+
 class ExperimentHashGenerator:
     """Computes architecture signatures and experiment hashes.
 
@@ -46,32 +78,7 @@ class ExperimentHashGenerator:
     def __init__(self, exclude_hyperparams: Iterable[str] = ()) -> None:
         self.exclude_hyperparams = frozenset(exclude_hyperparams)
 
-    @staticmethod
-    def architecture_signature(model: torch.nn.Module) -> list[dict[str, Any]]:
-        """One record per module, in ``named_modules()`` order (duplicates of shared modules included)."""
-        records: list[dict[str, Any]] = []
-        for qualname, module in model.named_modules(remove_duplicate=False):
-            try:
-                extra = module.extra_repr()
-            except Exception as exc:  # a broken extra_repr must not stop a save
-                extra = f"<extra_repr failed: {type(exc).__name__}>"
-            records.append(
-                {
-                    "name": qualname,
-                    "class": f"{type(module).__module__}.{type(module).__qualname__}",
-                    "extra": extra,
-                    "params": [
-                        [n, list(p.shape), _dtype_name(p.dtype)]
-                        for n, p in module.named_parameters(recurse=False)
-                    ],
-                    "buffers": [
-                        [n, list(b.shape), _dtype_name(b.dtype)]
-                        for n, b in module.named_buffers(recurse=False)
-                        if b is not None
-                    ],
-                }
-            )
-        return records
+    architecture_signature = staticmethod(architecture_signature)
 
     def architecture(self, models: Mapping[str, torch.nn.Module]) -> dict[str, Any]:
         return {name: self.architecture_signature(m) for name, m in sorted(models.items())}

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
     from weightslab.registry.ledger import Ledger
     from weightslab.store.manager import CheckpointManager
     from weightslab.system.changes import ChangeDetector
-    from weightslab.system.commit import ResumeProtection
+    from weightslab.system.commit import CommitJob, ResumeProtection
     from weightslab.system.config import CheckpointConfig
+    from weightslab.system.distributed import Group
     from weightslab.system.errors_policy import ErrorPolicy
     from weightslab.system.experiments import ExperimentTracker
     from weightslab.system.preemption import SignalTrap
+    from weightslab.system.ranks import ShardJob
     from weightslab.system.writer import BackgroundWriter
 
 
@@ -50,6 +52,8 @@ class SystemParts:
         _monitor_seen: bool
         _warned_backwards: bool
         _warned_rewind: bool
+        _group: Group
+        _notes: tuple[tuple[str, ...], str]
 
         @property
         def root(self) -> Any: ...
@@ -65,6 +69,16 @@ class SystemParts:
             pending: list[tuple[str, dict[str, float | None]]],
             metrics: dict[str, float | None],
         ) -> None: ...
+        def _payload(
+            self,
+            exp_hash: str,
+            step: int,
+            trigger: str,
+            metrics: dict[str, float | None],
+            *,
+            tensors: bool = True,
+        ) -> tuple[dict[str, Any], Any]: ...
+        def _submit(self, job: CommitJob | ShardJob) -> None: ...
         def _record_changes(
             self, step: int, metrics: dict[str, float | None], announced: str | None
         ) -> bool: ...

@@ -28,9 +28,11 @@ def build_payload(
     metrics: Mapping[str, float | None],
     created: float,
     save_rng: bool,
+    tensors: bool = True,
 ) -> tuple[dict[str, Any], Any]:
     """The step dict of every registered object, and the CUDA event to wait on before writing it (or None).
 
+    ``tensors=False`` leaves out the models and optimizers (a sharded save writes them through DCP).
     Raises CheckpointSaveError (from the buffers) or a canonicalisation error naming the bad value.
     """
     buffers.begin()
@@ -43,8 +45,13 @@ def build_payload(
         "metrics": dict(metrics),
     }
     models = ledger.items("model")
-    payload["models"] = {n: buffers.tree(("models", n), m.state_dict()) for n, m in models.items()}
+    payload["models"] = (
+        {n: buffers.tree(("models", n), m.state_dict()) for n, m in models.items()} if tensors else {}
+    )
     for kind, key in _STATEFUL_KINDS:
+        if kind == "optimizer" and not tensors:
+            payload[key] = {}
+            continue
         objs = ledger.items(kind)
         payload[key] = {n: buffers.tree((key, n), o.state_dict()) for n, o in objs.items()}
     payload["rng"] = capture_rng() if save_rng else {}

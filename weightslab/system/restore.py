@@ -49,18 +49,41 @@ def restore_state(
     registered object does not fit the checkpoint.
     """
     models = ledger.items("model")
+    optimizers = ledger.items("optimizer")
     _report_missing(ledger, data, where)
     for name, sd in data.get("models", {}).items():
         if name in models:
             _check_model(
                 name, models[name], sd, where, _rebuild_hint(root, exp_hash, name, architecture_saved)
             )
-    optimizers = ledger.items("optimizer")
     names = _parameter_names(models)
     for name, state in data.get("optimizers", {}).items():
         if name in optimizers:
             _check_optimizer(name, optimizers[name], state, names, where)
+    _restore_or_undo(ledger, data, where)
+    # checked above: these loads fit
+    for name, sd in data.get("models", {}).items():
+        if name in models:
+            models[name].load_state_dict(sd, strict=True)
+    for name, frozen_names in data.get("frozen", {}).items():
+        model = models.get(name)
+        if model is not None:
+            frozen = set(frozen_names)
+            for pname, p in model.named_parameters():
+                p.requires_grad_(pname not in frozen)
+    for name, state in data.get("optimizers", {}).items():
+        if name in optimizers:
+            optimizers[name].load_state_dict(state)
+    if rng and data.get("rng"):
+        restore_rng(data["rng"])
 
+
+def _restore_or_undo(ledger: Ledger, data: Mapping[str, Any], where: str) -> None:
+    """Load the schedulers, other stateful objects and hyperparameters; on any failure put back all of them.
+
+    These cannot be checked before loading (only ``load_state_dict`` says whether a state fits), so each
+    is backed up first. Raises ArchitectureMismatchError for a state an object refuses.
+    """
     undo: list[Callable[[], object]] = []
     try:
         for kind, key in _SMALL:
@@ -88,21 +111,6 @@ def restore_state(
         for step in reversed(undo):
             step()
         raise
-    # checked above: these loads fit
-    for name, sd in data.get("models", {}).items():
-        if name in models:
-            models[name].load_state_dict(sd, strict=True)
-    for name, frozen_names in data.get("frozen", {}).items():
-        model = models.get(name)
-        if model is not None:
-            frozen = set(frozen_names)
-            for pname, p in model.named_parameters():
-                p.requires_grad_(pname not in frozen)
-    for name, state in data.get("optimizers", {}).items():
-        if name in optimizers:
-            optimizers[name].load_state_dict(state)
-    if rng and data.get("rng"):
-        restore_rng(data["rng"])
 
 
 def _put_back(ledger: Ledger, name: str, before: Any) -> None:
@@ -113,8 +121,10 @@ def _report_missing(ledger: Ledger, data: Mapping[str, Any], where: str) -> None
     """Warn about registered objects the checkpoint has no state for, and state with no object."""
     sections = (("model", "models"), ("optimizer", "optimizers"), *_SMALL)
     for kind, key in sections:
+        if key not in data:  # a section restored elsewhere (the DCP files of a sharded checkpoint)
+            continue
         live = ledger.items(kind)  # type: ignore[arg-type]
-        saved = data.get(key, {})
+        saved = data[key]
         for name in live:
             if name not in saved:
                 message = (

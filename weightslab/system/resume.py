@@ -108,7 +108,7 @@ def load_first(
     skipped: list[str] = []
     for h, entry in tried:
         try:
-            return manager.load_entry(h, entry), entry, h, skipped
+            return manager.load_entry(h, entry, consolidate=False), entry, h, skipped
         except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
             skipped.append(entry.file)
             log.warning("weightslab: skipping %s/%s: %s", h, entry.file, exc)

@@ -10,14 +10,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from weightslab.errors import StepOrderError, WeightslabError
+from weightslab.errors import CheckpointNotFoundError, StepOrderError, WeightslabError
+from weightslab.format.manifest import CheckpointEntry
 from weightslab.system import resume as resume_search
+from weightslab.system import sharded
 from weightslab.system.identity import ExperimentIdentity
 from weightslab.system.parts import SystemParts
 from weightslab.system.restore import restore_state
 from weightslab.system.resume import ResumeMode
+from weightslab.system.snapshot import restore_rng
 
 log = logging.getLogger("weightslab")
+
+Found = tuple[dict[str, Any], CheckpointEntry, str, list[str]]
+"""A loaded checkpoint: its step dict, its entry, its experiment and the files skipped before it."""
 
 
 class Rewinding(SystemParts):
@@ -35,22 +41,10 @@ class Rewinding(SystemParts):
             self._check_open()
             if self._writer is not None:
                 self._writer.wait()
-            exp_hash = self.manager.last_active()
-            if exp_hash is None:
-                self.manager.event("resume_fresh")
-                log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
+            found = self._resume_agreed(mode)
+            if found is None:
                 return 0
-            if mode == "latest" and not resume_search.chain_has_checkpoints(self.manager, exp_hash):
-                # killed before its first checkpoint was committed: nothing to restore
-                self.manager.event("resume_fresh", exp_hash=exp_hash)
-                log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
-                return 0
-            tried = resume_search.candidates(
-                self.manager, exp_hash, mode, self.retention, self.config.monitor
-            )
-            data, entry, source_hash, skipped = resume_search.load_first(
-                self.manager, exp_hash, tried, strict=isinstance(mode, int), root=self.root
-            )
+            data, entry, source_hash, skipped = found
             self._adopt_resumed(data, entry, source_hash, f"resume({mode!r})")
             self.manager.event(
                 "resumed",
@@ -63,17 +57,67 @@ class Rewinding(SystemParts):
             log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
             return entry.step + 1
 
+    def _resume_agreed(self, mode: ResumeMode) -> Found | None:
+        """What to resume, chosen on rank 0 and loaded on every rank (None: start at step 0)."""
+        group = self._group
+        if not group.distributed:
+            return self._find_resume(mode)
+        found: Found | None = None
+        failure: BaseException | None = None
+        if group.is_main:
+            try:
+                found = self._find_resume(mode)
+            except Exception as exc:  # told to the other ranks, then raised here
+                failure = exc
+        choice = None if found is None else (found[2], found[1].step)
+        said = None if failure is None else f"{type(failure).__name__}: {failure}"
+        (chosen, error), *_ = group.steps.exchange("resume()", (choice, said))
+        if failure is not None:
+            raise failure
+        if error is not None:
+            raise CheckpointNotFoundError(f"rank 0 could not resume: {error}")
+        if chosen is None or group.is_main:
+            return found
+        source_hash, step = chosen
+        entry = self.manager.entry(source_hash, step)
+        return self.manager.load_entry(source_hash, entry, consolidate=False), entry, source_hash, []
+
+    def _find_resume(self, mode: ResumeMode) -> Found | None:
+        exp_hash = self.manager.last_active()
+        if exp_hash is None:
+            self.manager.event("resume_fresh")
+            log.info("weightslab: %s holds no checkpoint; starting at step 0", self.root)
+            return None
+        if mode == "latest" and not resume_search.chain_has_checkpoints(self.manager, exp_hash):
+            # killed before its first checkpoint was committed: nothing to restore
+            self.manager.event("resume_fresh", exp_hash=exp_hash)
+            log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
+            return None
+        tried = resume_search.candidates(self.manager, exp_hash, mode, self.retention, self.config.monitor)
+        return resume_search.load_first(
+            self.manager, exp_hash, tried, strict=isinstance(mode, int), root=self.root
+        )
+
     def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
         """Restore ``data`` into the ledger and continue ``source_hash`` from ``entry``."""
+        where = f"checkpoint {source_hash} step {entry.step}"
+        if "sharded" in data:  # the models and optimizers are in DCP's files, loaded on every rank
+            folder = self.manager.experiment(source_hash).resolve(entry.file)
+            reader = self.manager.storage.dcp_reader(folder)
+            sharded.restore(self.ledger, data["sharded"], reader, self._group.save_group, where)
+            data = {k: v for k, v in data.items() if k not in ("models", "optimizers", "sharded")}
         restore_state(
             self.ledger,
             data,
-            where=f"checkpoint {source_hash} step {entry.step}",
+            where=where,
             root=self.root,
             exp_hash=source_hash,
             rng=self.config.save_rng,
             architecture_saved=self.manager.has_architecture(source_hash),
         )
+        ranks = data.get("rng_ranks")
+        if self.config.save_rng and ranks and len(ranks) == self._group.world and ranks[self._group.rank]:
+            restore_rng(ranks[self._group.rank])  # each rank its own stream (same world size only)
         self.manager.record_retention(source_hash, self.config.retention())
         manifest = self.manager.manifest(source_hash)
         self._exp.adopt(

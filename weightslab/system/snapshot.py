@@ -9,7 +9,7 @@ that the device-to-host copy can run without blocking.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from weightslab.errors import CheckpointSaveError
 Key = tuple[Any, ...]
 # what torch.load(weights_only=True) reads back, besides tensors and containers
 _LEAVES = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+# torch leaves is_initialized unannotated; this is its signature
+_cuda_is_initialized: Callable[[], bool] = torch.cuda.is_initialized
 
 
 class SnapshotBuffers:
@@ -44,8 +46,8 @@ class SnapshotBuffers:
         for key in [k for k in self._buffers if k not in self._used]:
             del self._buffers[key]
         if self.cuda_pending:
-            event = torch.cuda.Event()
-            event.record()
+            # record_event() is Event() recorded on the current stream (torch leaves Event.__new__ unannotated)
+            event: torch.cuda.Event = torch.cuda.current_stream().record_event()
             return event
         return None
 
@@ -108,7 +110,7 @@ def capture_rng() -> dict[str, Any]:
         },
         "python": _to_lists(random.getstate()),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and _cuda_is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
