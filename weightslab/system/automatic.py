@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
-from functools import partial
 from typing import Any
 
 from weightslab.errors import (
@@ -31,7 +30,7 @@ from weightslab.policy.retention import RetentionPolicy
 from weightslab.policy.save import EveryNSteps
 from weightslab.registry.ledger import Ledger, LedgerEvent, get_ledger
 from weightslab.system.changes import ChangeDetector
-from weightslab.system.commit import CommitJob, Committer, ResumeProtection
+from weightslab.system.commit import Committer, ResumeProtection
 from weightslab.system.config import CheckpointConfig
 from weightslab.system.distributed import Group
 from weightslab.system.errors_policy import ErrorPolicy
@@ -39,12 +38,11 @@ from weightslab.system.experiments import ExperimentTracker
 from weightslab.system.follower import open_manager
 from weightslab.system.identity import ExperimentIdentity
 from weightslab.system.lifecycle import Lifecycle
-from weightslab.system.payload import build_payload
 from weightslab.system.preemption import SignalTrap
-from weightslab.system.ranks import RankedSaving, ShardCommitter, ShardJob
+from weightslab.system.ranks import RankedSaving, ShardCommitter
 from weightslab.system.resume import ResumeMode
 from weightslab.system.rewinding import Rewinding
-from weightslab.system.sharded import is_sharded
+from weightslab.system.saving import Saving
 from weightslab.system.snapshot import SnapshotBuffers
 from weightslab.system.validation import check_notes, check_step, clean_metrics
 from weightslab.system.views import Views
@@ -55,7 +53,7 @@ log = logging.getLogger("weightslab")
 __all__ = ["AutomaticCheckpointSystem", "ResumeMode"]
 
 
-class AutomaticCheckpointSystem(Lifecycle, Rewinding, RankedSaving, Views):
+class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Views):
     """Saves registered training state on a step frequency and on every change.
 
     Build it through :func:`get_checkpoint_system` (one per process) or directly with an own
@@ -332,102 +330,6 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, RankedSaving, Views):
             return False
         self._detector.rebaseline()
         return False
-
-    def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
-        if self._writer is not None:
-            self._writer.wait()  # the buffers are about to be overwritten
-            self._surface_errors()
-        # Another thread (set_hyperparam, a watched file) may move the config between the change check
-        # and the snapshot. Holding the ledger still, re-check the hyperparameters and record such a
-        # change first, so that a file is always filed under the hash of the values it holds.
-        with self.ledger.locked():
-            current = self._exp.identity
-            assert current is not None
-            if self._exp.live_hyperparams_hash() != current.hyperparams_hash:
-                ident = self._exp.identity_now()
-                if ident.exp_hash != current.exp_hash:
-                    moved = ident.architecture_hash != current.architecture_hash
-                    trigger = "model_change" if moved else "config_change"
-                    self._switch(ident, trigger, step)
-            self._save_locked(step, trigger, metrics)
-        if self.config.monitor is not None and not (self._monitor_seen or self._monitor_warned):
-            self._check_monitor(self.config.monitor, metrics)
-
-    def _check_monitor(self, monitor: str, metrics: Mapping[str, float | None]) -> None:
-        """Warn (or raise, with on_error="raise") at the first save that lacks the monitored metric,
-        unless an earlier checkpoint of the experiment reported it. Retention deletes nothing by
-        ``keep_best`` until it appears, so a misspelt name costs disk, never checkpoints."""
-        if metrics.get(monitor) is not None:
-            self._monitor_seen = True
-            return
-        assert self._exp.identity is not None
-        h = self._exp.identity.exp_hash
-        if self.manager.has_experiment(h) and any(
-            e.metric(monitor) is not None for e in self.manager.manifest(h).checkpoints
-        ):
-            self._monitor_seen = True
-            return
-        self._monitor_warned = True  # once warned, later saves need not look at the manifest again
-        self._errors.monitor_missing(monitor, metrics)
-
-    def _save_locked(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
-        assert self._exp.identity is not None
-        exp_hash = self._exp.identity.exp_hash
-        if not self._exp.reopen_if_needed(step):
-            return  # still cannot open it: reported, training goes on
-        if self._group.distributed or is_sharded(self.ledger.items("model")):
-            self._save_ranked(exp_hash, step, trigger, metrics)
-            return
-        try:
-            payload, event = self._payload(exp_hash, step, trigger, metrics)
-        except Exception as exc:
-            self._submitted.add((exp_hash, step))  # reported once; close() does not try it again
-            self._errors.failed(exc, exp_hash, step)
-            self._errors.report([exc])
-            return
-        self._submit(CommitJob(exp_hash, step, payload, trigger, metrics, event, self._notes))
-
-    def _payload(
-        self,
-        exp_hash: str,
-        step: int,
-        trigger: str,
-        metrics: dict[str, float | None],
-        *,
-        tensors: bool = True,
-    ) -> tuple[dict[str, Any], Any]:
-        return build_payload(
-            self.ledger,
-            self._buffers,
-            exp_hash=exp_hash,
-            step=step,
-            trigger=trigger,
-            metrics=metrics,
-            created=self._clock(),
-            save_rng=self.config.save_rng,
-            tensors=tensors,
-        )
-
-    def _submit(self, job: CommitJob | ShardJob) -> None:
-        """Hand a job to the writer (or run it now); the step counts as saved from here on."""
-        self._submitted.add((job.exp_hash, job.step))
-        branch = self._exp.branch_from
-        if branch is not None and branch[0] == job.exp_hash:
-            self._exp.branch_from = (
-                None  # a child now branches from the newest checkpoint, not the resumed one
-            )
-        run: Callable[[], None] = (
-            partial(self._committer, job)
-            if isinstance(job, CommitJob)
-            else partial(self._shard_committer, job)
-        )
-        if self._writer is not None:
-            self._writer.submit(run)
-        else:
-            try:
-                run()
-            except Exception as exc:
-                self._errors.report([exc])
 
     def _surface_errors(self) -> None:
         if self._writer is not None:

@@ -16,13 +16,15 @@ if TYPE_CHECKING:
     from weightslab.registry.ledger import Ledger
     from weightslab.store.manager import CheckpointManager
     from weightslab.system.changes import ChangeDetector
-    from weightslab.system.commit import CommitJob, ResumeProtection
+    from weightslab.system.commit import CommitJob, Committer, ResumeProtection
     from weightslab.system.config import CheckpointConfig
     from weightslab.system.distributed import Group
     from weightslab.system.errors_policy import ErrorPolicy
     from weightslab.system.experiments import ExperimentTracker
+    from weightslab.system.identity import ExperimentIdentity
     from weightslab.system.preemption import SignalTrap
-    from weightslab.system.ranks import ShardJob
+    from weightslab.system.ranks import ShardCommitter, ShardJob
+    from weightslab.system.snapshot import SnapshotBuffers
     from weightslab.system.writer import BackgroundWriter
 
 
@@ -52,6 +54,11 @@ class SystemParts:
         _monitor_seen: bool
         _warned_backwards: bool
         _warned_rewind: bool
+        _monitor_warned: bool
+        _buffers: SnapshotBuffers
+        _clock: Callable[[], float]
+        _committer: Committer
+        _shard_committer: ShardCommitter
         _group: Group
         _notes: tuple[tuple[str, ...], str]
 
@@ -60,6 +67,7 @@ class SystemParts:
         @property
         def exp_hash(self) -> str | None: ...
         def flush(self) -> None: ...
+        def _surface_errors(self) -> None: ...
         def _check_open(self) -> None: ...
         def _begin(self, step: int) -> None: ...
         def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None: ...
@@ -79,6 +87,10 @@ class SystemParts:
             tensors: bool = True,
         ) -> tuple[dict[str, Any], Any]: ...
         def _submit(self, job: CommitJob | ShardJob) -> None: ...
+        def _save_ranked(
+            self, exp_hash: str, step: int, trigger: str, metrics: dict[str, float | None]
+        ) -> None: ...
+        def _switch(self, ident: ExperimentIdentity, reason: str, step: int) -> None: ...
         def _record_changes(
             self, step: int, metrics: dict[str, float | None], announced: str | None
         ) -> bool: ...
