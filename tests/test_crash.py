@@ -571,24 +571,6 @@ def run_trials(base: Path, trials: int, seed: int) -> Tally:
     rng = random.Random(seed)
     planner = Planner(trials, rng)
     tally = Tally()
-    run_chains(
-        planner,
-        tally,
-        rng,
-        lambda index, chain_rng: Chain(index, base, ref, planner, tally, chain_rng),
-        PARALLEL_CHAINS,
-    )
-    return tally
-
-
-def run_chains(
-    planner: Any,
-    tally: Any,
-    rng: random.Random,
-    make_chain: Callable[[int, random.Random], Any],
-    parallel: int,
-) -> None:
-    """Run ``parallel`` threads, each running chains from ``make_chain`` until ``planner`` is done."""
     counter = iter(range(10**6))
     counter_lock = threading.Lock()
 
@@ -602,17 +584,18 @@ def run_chains(
                 index = next(counter)
             tally.add(chains=1)
             try:
-                make_chain(index, chain_rng).run()
+                Chain(index, base, ref, planner, tally, chain_rng).run()
             except Exception as exc:  # a hung worker or a broken harness must fail the test, not a thread
                 with tally.lock:
                     tally.failures.append(f"chain {index}: {type(exc).__name__}: {exc}")
                 return
 
-    threads = [threading.Thread(target=loop, args=(rng.randrange(2**32),)) for _ in range(parallel)]
+    threads = [threading.Thread(target=loop, args=(rng.randrange(2**32),)) for _ in range(PARALLEL_CHAINS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return tally
 
 
 # about 3 s a kill on two idle cores; the budget allows a machine five times slower, and more

@@ -64,7 +64,6 @@ from tests.test_crash import (
     Tally,
     finish,
     read_progress,
-    run_chains,
     spawn,
     wait_for,
 )
@@ -412,13 +411,30 @@ def run_s3_trials(
     rng = random.Random(seed)
     planner = S3Planner(timed, choose_points(reached, POINT_KILLS, rng), rng)
     tally = S3Tally()
-    run_chains(
-        planner,
-        tally,
-        rng,
-        lambda index, chain_rng: S3Chain(index, base, ref, planner, tally, chain_rng, server, run_id),
-        PARALLEL_CHAINS,
-    )
+    counter = iter(range(10**6))
+    counter_lock = threading.Lock()
+
+    def loop(chain_seed: int) -> None:
+        chain_rng = random.Random(chain_seed)
+        while True:
+            with planner.lock:
+                if not planner.modes or planner.attempts >= planner.max_attempts:
+                    return
+            with counter_lock:
+                index = next(counter)
+            tally.add(chains=1)
+            try:
+                S3Chain(index, base, ref, planner, tally, chain_rng, server, run_id).run()
+            except Exception as exc:  # a hung worker or a broken harness must fail the test, not a thread
+                with tally.lock:
+                    tally.failures.append(f"chain {index}: {type(exc).__name__}: {exc}")
+                return
+
+    threads = [threading.Thread(target=loop, args=(rng.randrange(2**32),)) for _ in range(PARALLEL_CHAINS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return tally, ref, planner
 
 

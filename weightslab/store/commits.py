@@ -16,7 +16,6 @@ from typing import Any
 import xxhash
 
 from weightslab.errors import CheckpointNotFoundError
-from weightslab.format.journal import Journal
 from weightslab.format.layout import SHARD_STATE, TMP_MARKER, ExperimentLayout
 from weightslab.format.manifest import CheckpointEntry, FileRecord, Manifest, PendingReplacement
 from weightslab.format.stepfile import save_state
@@ -73,7 +72,26 @@ class Committing(ManagerParts):
             tags=tuple(tags),
             description=description,
         )
-        return self._commit(journal, exp_hash, entry, replaced=old is not None)
+        with self._lock:
+            current = self.manifest(exp_hash)
+            abandoned = current.abandoned_after(step)
+            committed = current.committing(entry)
+            self._write_manifest(committed)
+            entry = committed.entry(step) or entry
+        if abandoned:
+            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
+        journal.append(
+            "checkpoint_saved",
+            exp_hash=exp_hash,
+            step=step,
+            trigger=trigger,
+            file=entry.file,
+            bytes=entry.bytes,
+            xxh3_128=entry.xxh3_128,
+            metrics=entry.metrics,
+            replaced=old is not None,
+        )
+        return entry
 
     def _replace(
         self,
@@ -150,17 +168,6 @@ class Committing(ManagerParts):
             description=description,
             shards=tuple(records),
         )
-        return self._commit(journal, exp_hash, entry, shards=len(records), replaced=False)
-
-    def _commit(
-        self, journal: Journal, exp_hash: str, entry: CheckpointEntry, **extra: Any
-    ) -> CheckpointEntry:
-        """Commit ``entry`` (its bytes are durable): the manifest, then the journal; returns it as committed.
-
-        Later live entries become abandoned (a commit at an earlier step goes back), journalled as
-        ``rewound``; ``extra`` goes into the ``checkpoint_saved`` record.
-        """
-        step = entry.step
         with self._lock:
             current = self.manifest(exp_hash)
             abandoned = current.abandoned_after(step)
@@ -173,12 +180,13 @@ class Committing(ManagerParts):
             "checkpoint_saved",
             exp_hash=exp_hash,
             step=step,
-            trigger=entry.trigger,
+            trigger=trigger,
             file=entry.file,
             bytes=entry.bytes,
             xxh3_128=entry.xxh3_128,
             metrics=entry.metrics,
-            **extra,
+            shards=len(records),
+            replaced=False,
         )
         return entry
 
