@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"inspect"},
     {"analysis"},
     {"cli"},
-    {"components", "__init__"},
+    {"components", "integrations", "__init__"},
 ]
 
 

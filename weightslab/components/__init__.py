@@ -5,6 +5,7 @@ from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager, VerifyReport
 from weightslab.system.api import (
     checkpoint_on_config_change,
+    checkpoint_on_epoch_end,
     checkpoint_on_model_change,
     checkpoint_on_state_change,
     checkpoint_on_step,
@@ -26,6 +27,7 @@ __all__ = [
     "RetentionPolicy",
     "VerifyReport",
     "checkpoint_on_config_change",
+    "checkpoint_on_epoch_end",
     "checkpoint_on_model_change",
     "checkpoint_on_state_change",
     "checkpoint_on_step",

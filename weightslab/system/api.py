@@ -96,6 +96,13 @@ def checkpoint_on_step(
         get_checkpoint_system().checkpoint_on_step(step, metrics, tags=tags, description=description)
 
 
+def checkpoint_on_epoch_end(
+    epoch: int, metrics: Mapping[str, Any] | None = None, *, step: int | None = None
+) -> None:
+    """Call when an epoch ends (see :meth:`AutomaticCheckpointSystem.checkpoint_on_epoch_end`)."""
+    get_checkpoint_system().checkpoint_on_epoch_end(epoch, metrics, step=step)
+
+
 def checkpoint_on_model_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
     """Record a model change now (pruning, added layers...)."""
     get_checkpoint_system().checkpoint_on_model_change(step, metrics)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from weightslab.errors import (
     CheckpointNotFoundError,
@@ -27,12 +27,12 @@ from weightslab.errors import (
     SystemConfigurationError,
 )
 from weightslab.policy.retention import RetentionPolicy
-from weightslab.policy.save import EveryNSteps
+from weightslab.policy.save import EveryNEpochs, EveryNSeconds, EveryNSteps
 from weightslab.registry.ledger import Ledger, LedgerEvent, get_ledger
 from weightslab.system.changes import ChangeDetector
 from weightslab.system.commit import Committer, ResumeProtection
 from weightslab.system.config import CheckpointConfig
-from weightslab.system.distributed import Group
+from weightslab.system.distributed import Channel, Group
 from weightslab.system.errors_policy import ErrorPolicy
 from weightslab.system.experiments import ExperimentTracker
 from weightslab.system.follower import open_manager
@@ -43,6 +43,7 @@ from weightslab.system.ranks import RankedSaving, ShardCommitter
 from weightslab.system.resume import ResumeMode
 from weightslab.system.rewinding import Rewinding
 from weightslab.system.saving import Saving
+from weightslab.system.scheduled import Scheduled
 from weightslab.system.snapshot import SnapshotBuffers
 from weightslab.system.validation import check_notes, check_step, clean_metrics
 from weightslab.system.views import Views
@@ -53,7 +54,7 @@ log = logging.getLogger("weightslab")
 __all__ = ["AutomaticCheckpointSystem", "ResumeMode"]
 
 
-class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Views):
+class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Scheduled, Views):
     """Saves registered training state on a step frequency and on every change.
 
     Build it through :func:`get_checkpoint_system` (one per process) or directly with an own
@@ -94,6 +95,15 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, View
         self._shard_committer = ShardCommitter(self.manager, self._group, self._committer)
         # bound once: the save decision runs on every step
         self._should_save = EveryNSteps(self.config.checkpoint_frequency).should_save
+        every = self.config.every_n_epochs
+        self._epochs = EveryNEpochs(every) if every is not None else None
+        interval = self.config.train_time_interval
+        # a timedelta was turned into seconds by the config's checks; an injected clock (tests) also
+        # drives the interval, else the monotonic clock does, which wall-clock jumps do not move
+        timer_clock = time.monotonic if clock is time.time else clock
+        self._timer = EveryNSeconds(cast(float, interval), timer_clock) if interval is not None else None
+        self._clock_channel = Channel(self._group, "clock")
+        self._last_epoch: int | None = None
         self._submitted: set[tuple[str, int]] = set()
         self._last_step: int | None = None
         self._closed = False
@@ -195,6 +205,12 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, View
                 assert self._exp.identity is not None
                 if (self._exp.identity.exp_hash, step) not in self._submitted:
                     self._save(step, "step", clean)
+            elif self._timer is not None and self._time_due():
+                clean = clean_metrics(metrics)
+                self._record_changes(step, clean, announced=None)
+                assert self._exp.identity is not None
+                if (self._exp.identity.exp_hash, step) not in self._submitted:
+                    self._save(step, "time", clean)
 
     def checkpoint_on_model_change(
         self, step: int | None = None, metrics: Mapping[str, Any] | None = None

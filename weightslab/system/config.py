@@ -7,6 +7,7 @@ import difflib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -54,6 +55,9 @@ class CheckpointConfig:
             environment variables apply.
         distributed_timeout: with several ranks, how long (seconds) a rank waits for the others at a
             checkpoint before raising DistributedError naming the ranks that did not come.
+        every_n_epochs: also save at ``checkpoint_on_epoch_end(epoch)`` after every N-th epoch.
+        train_time_interval: also save (``trigger="time"``) at the first ``checkpoint_on_step`` once
+            this many seconds passed since the last save or since the system opened.
     """
 
     root_log_dir: str | os.PathLike[str] = "experiments"
@@ -73,6 +77,8 @@ class CheckpointConfig:
     handle_signals: bool = False
     save_last: bool = True
     distributed_timeout: float = 600.0
+    every_n_epochs: int | None = None
+    train_time_interval: float | timedelta | None = None
     storage_options: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -84,6 +90,17 @@ class CheckpointConfig:
         _positive_int("keep_last", self.keep_last, allow_none=True)
         _positive_int("keep_best", self.keep_best, allow_zero=True)
         _positive_int("keep_every", self.keep_every, allow_none=True)
+        _positive_int("every_n_epochs", self.every_n_epochs, allow_none=True)
+        interval = self.train_time_interval
+        if isinstance(interval, timedelta):  # what Lightning's ModelCheckpoint takes
+            interval = interval.total_seconds()
+            object.__setattr__(self, "train_time_interval", interval)
+        if interval is not None and (
+            isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0
+        ):
+            raise ConfigError(
+                f"train_time_interval must be a positive number of seconds (or None), got {interval!r}"
+            )
         if self.mode not in get_args(Mode):
             raise ConfigError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if self.on_error not in get_args(OnError):

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from weightslab.policy.retention import RetentionPolicy
+    from weightslab.policy.save import EveryNSeconds
     from weightslab.registry.ledger import Ledger
     from weightslab.store.manager import CheckpointManager
     from weightslab.system.changes import ChangeDetector
@@ -61,6 +62,7 @@ class SystemParts:
         _shard_committer: ShardCommitter
         _group: Group
         _notes: tuple[tuple[str, ...], str]
+        _timer: EveryNSeconds | None
 
         @property
         def root(self) -> Any: ...

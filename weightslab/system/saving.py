@@ -24,6 +24,8 @@ class Saving(SystemParts):
     """``_save`` and what it calls."""
 
     def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
+        if self._timer is not None:  # train_time_interval counts from the last save of any kind
+            self._timer.restart()
         if self._writer is not None:
             self._writer.wait()  # the buffers are about to be overwritten
             self._surface_errors()
