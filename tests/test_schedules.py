@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,22 @@ def test_module_functions_drive_the_global_system(tmp_path: Path) -> None:
     system.close()
     assert steps_and_triggers(system) == [(5, "epoch")]
     assert system.manager.checkpoints(system.exp_hash or "")[0].metrics == {"val_loss": 0.5}
+
+
+def test_tag_merges_metrics_a_later_validation_reports(make_system: Any, ledger: Ledger) -> None:
+    system = make_system(
+        checkpoint_frequency=5, save_last=False, keep_best=1, monitor="val_loss", keep_last=1
+    )
+    model, opt, _ = setup_run(ledger)
+    for step in range(1, 16):
+        train_step(model, opt)
+        # the first save lacks the monitored metric: one warning, then retention waits for it
+        with pytest.warns(UserWarning, match="val_loss") if step == 5 else contextlib.nullcontext():
+            system.checkpoint_on_step(step, {"loss": float(step)})
+        if step in (5, 10):  # validation after the step save: its metric arrives late
+            system.tag(step, "validated", metrics={"val_loss": 1.0 if step == 5 else 2.0})
+    system.flush()
+    h = system.exp_hash or ""
+    kept = {e.step: (e.metrics, e.tags) for e in system.manager.checkpoints(h)}
+    # step 5 is the best by the late metric, 15 the newest; 10 went to retention
+    assert kept == {5: ({"loss": 5.0, "val_loss": 1.0}, ("validated",)), 15: ({"loss": 15.0}, ())}

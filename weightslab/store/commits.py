@@ -191,9 +191,19 @@ class Committing(ManagerParts):
         return entry
 
     def annotate(
-        self, exp_hash: str, step: int, *, tags: Iterable[str] = (), description: str | None = None
+        self,
+        exp_hash: str,
+        step: int,
+        *,
+        tags: Iterable[str] = (),
+        description: str | None = None,
+        metrics: Mapping[str, float | None] | None = None,
     ) -> CheckpointEntry:
-        """Add tags to (and, unless None, set the description of) a committed checkpoint."""
+        """Add tags to (and, unless None, set the description of) a committed checkpoint.
+
+        ``metrics`` are merged into the entry's (a validation that reports after the step was saved);
+        retention ranks by them from the next commit on. Raises CheckpointNotFoundError.
+        """
         journal = self._require_writer()
         with self._lock:
             m = self.manifest(exp_hash)
@@ -206,6 +216,7 @@ class Committing(ManagerParts):
                 entry,
                 tags=tuple(dict.fromkeys((*entry.tags, *tags))),
                 description=entry.description if description is None else description,
+                metrics={**entry.metrics, **(metrics or {})},
             )
             self._write_manifest(m.with_entry(updated))
         journal.append(
@@ -214,6 +225,7 @@ class Committing(ManagerParts):
             step=step,
             tags=list(updated.tags),
             description=updated.description,
+            **({"metrics": dict(metrics)} if metrics else {}),
         )
         return updated
 

@@ -264,10 +264,19 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         if not self._record_changes(step, merged, announced=label):
             self._save(step, label, merged)
 
-    def tag(self, step: int, *tags: str, description: str | None = None, exp_hash: str | None = None) -> None:
-        """Add ``tags`` (and set ``description``) on a committed checkpoint of the active experiment
-        (or of ``exp_hash``). Raises CheckpointNotFoundError when that step is not committed."""
+    def tag(
+        self,
+        step: int,
+        *tags: str,
+        description: str | None = None,
+        exp_hash: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add ``tags`` (and set ``description``, merge ``metrics``) on a committed checkpoint of the
+        active experiment (or of ``exp_hash``). Raises CheckpointNotFoundError when that step is not
+        committed, ValueError for a bad tag or metric."""
         clean_tags, clean_description = check_notes(tags, description)
+        clean = clean_metrics(metrics) if metrics is not None else None
         with self._lock:
             self._check_open()
             self.flush()
@@ -279,6 +288,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
                 check_step(step),
                 tags=clean_tags,
                 description=None if description is None else clean_description,
+                metrics=clean,
             )
 
     def flush(self) -> None:
