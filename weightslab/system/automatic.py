@@ -280,6 +280,8 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         with self._lock:
             self._check_open()
             self.flush()
+            if not self._group.is_main:  # rank 0 writes the manifests; every rank may call this
+                return
             h = exp_hash or self.exp_hash or self.manager.last_active()
             if h is None:
                 raise CheckpointNotFoundError(f"{self.root} holds no experiment yet")

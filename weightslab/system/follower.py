@@ -60,9 +60,15 @@ class FollowerManager(CheckpointManager):
         raise AssertionError("only rank 0 saves")  # the system never calls it on a follower
 
     def annotate(
-        self, exp_hash: str, step: int, *, tags: Iterable[str] = (), description: str | None = None
+        self,
+        exp_hash: str,
+        step: int,
+        *,
+        tags: Iterable[str] = (),
+        description: str | None = None,
+        metrics: Mapping[str, float | None] | None = None,
     ) -> CheckpointEntry:
-        raise AssertionError("only rank 0 annotates")
+        raise AssertionError("only rank 0 annotates")  # the system's tag() skips it on a follower
 
     def rewind(self, exp_hash: str, step: int) -> list[int]:
         return []
