@@ -18,6 +18,10 @@ class ConfigError(WeightslabError, ValueError):
     """A configuration value or combination is invalid."""
 
 
+class ProtectedCheckpointError(ConfigError):
+    """A checkpoint that retention keeps (the newest, a best, a branch point) cannot be deleted."""
+
+
 class InvalidNameError(WeightslabError, ValueError):
     """A name that would be used as a key or in a path is not allowed."""
 
@@ -194,6 +198,7 @@ class AmbiguousExperimentError(UnknownExperimentError):
 
 
 __all__ = [
+    "ProtectedCheckpointError",
     "DistributedError",
     "AmbiguousExperimentError",
     "AnalysisSourceError",
