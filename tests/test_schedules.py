@@ -187,3 +187,18 @@ def test_tag_merges_metrics_a_later_validation_reports(make_system: Any, ledger:
     kept = {e.step: (e.metrics, e.tags) for e in system.manager.checkpoints(h)}
     # step 5 is the best by the late metric, 15 the newest; 10 went to retention
     assert kept == {5: ({"loss": 5.0, "val_loss": 1.0}, ("validated",)), 15: ({"loss": 15.0}, ())}
+
+
+def test_a_better_late_metric_applies_retention_at_once(make_system: Any, ledger: Ledger) -> None:
+    system = make_system(
+        checkpoint_frequency=5, save_last=False, keep_best=1, monitor="val_loss", keep_last=1
+    )
+    model, opt, _ = setup_run(ledger)
+    for step in range(1, 11):
+        train_step(model, opt)
+        system.checkpoint_on_step(step, {"val_loss": 1.0} if step == 5 else {"loss": float(step)})
+    system.flush()
+    h = system.exp_hash or ""
+    assert [e.step for e in system.manager.checkpoints(h)] == [5, 10]
+    system.tag(10, metrics={"val_loss": 0.5})  # 10 is now best and newest: 5 is kept by nothing
+    assert [e.step for e in system.manager.checkpoints(h)] == [10]

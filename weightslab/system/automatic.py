@@ -292,6 +292,8 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
                 description=None if description is None else clean_description,
                 metrics=clean,
             )
+            if clean:  # the ranking may have moved: retention applies it now, not at the next save
+                self._committer.retain(h)
 
     def flush(self) -> None:
         """Wait for the save in flight; raise or warn (per on_error) about background failures."""

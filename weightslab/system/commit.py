@@ -103,6 +103,10 @@ class Committer:
         """Apply retention after ``step`` of ``exp_hash`` committed."""
         self._retain(exp_hash, self.protection.committed(exp_hash, step))
 
+    def retain(self, exp_hash: str) -> None:
+        """Apply retention now (metrics merged into an entry may have changed which ones are best)."""
+        self._retain(exp_hash, self.protection.protected(exp_hash))
+
     def _retain(self, exp_hash: str, protected: set[int]) -> None:
         try:
             deleted = self.manager.apply_retention(exp_hash, self.retention, protected)
