@@ -8,6 +8,7 @@ the checkpoint to load is in :mod:`.resume`, the restore into the ledger in :mod
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from weightslab.errors import CheckpointNotFoundError, StepOrderError, WeightslabError
@@ -56,6 +57,38 @@ class Rewinding(SystemParts):
             )
             log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
             return entry.step + 1
+
+    def adopt(
+        self,
+        exp_hash: str,
+        step: int,
+        restore: Mapping[str, Any] | None = None,
+        *,
+        skipped: Iterable[str] = (),
+        mode: str = "external",
+    ) -> None:
+        """Continue checkpoint ``step`` of ``exp_hash``, whose state a trainer's own restore loaded.
+
+        What :meth:`resume` does after loading, without loading again: ``restore`` holds the step-dict
+        sections still to put back (``frozen``, ``extra``, ``hyperparams``; not models or optimizers),
+        the checkpoint is protected from retention, later ones are abandoned, and ``resumed`` is
+        journalled with ``mode`` and the ``skipped`` files. Raises CheckpointNotFoundError when the
+        step is not committed.
+        """
+        with self._lock:
+            self._check_open()
+            if self._writer is not None:
+                self._writer.wait()
+            entry = self.manager.entry(exp_hash, step)
+            self._adopt_resumed(dict(restore or {}), entry, exp_hash, f"resume through {mode}")
+            self.manager.event(
+                "resumed",
+                exp_hash=exp_hash,
+                step=entry.step,
+                file=entry.file,
+                skipped=list(skipped),
+                mode=mode,
+            )
 
     def _resume_agreed(self, mode: ResumeMode) -> Found | None:
         """What to resume, chosen on rank 0 and loaded on every rank (None: start at step 0)."""
