@@ -161,6 +161,8 @@ IO_ALLOWED: dict[str, str] = {
     # the export goes to the user's own destination folder, outside any root, with its own fsync +
     # rename and the user's umask (safetensors' writer needs a real path there)
     "weightslab/inspect/export.py": "writes the user's export file",
+    # sniffs the format from the first bytes, then torch.load / safe_open on the user's own file
+    "weightslab/inspect/importing_formats.py": "reads the user's import source",
 }
 
 

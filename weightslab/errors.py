@@ -22,6 +22,10 @@ class ProtectedCheckpointError(ConfigError):
     """A checkpoint that retention keeps (the newest, a best, a branch point) cannot be deleted."""
 
 
+class ImportConflictError(WeightslabError, FileExistsError):
+    """An import would put another checkpoint at a step the experiment already holds (or before its newest)."""
+
+
 class InvalidNameError(WeightslabError, ValueError):
     """A name that would be used as a key or in a path is not allowed."""
 
@@ -198,6 +202,7 @@ class AmbiguousExperimentError(UnknownExperimentError):
 
 
 __all__ = [
+    "ImportConflictError",
     "ProtectedCheckpointError",
     "DistributedError",
     "AmbiguousExperimentError",

@@ -9,6 +9,9 @@
     weightslab diff ROOT HASH_A HASH_B      hyperparameter and architecture changes
     weightslab gc ROOT [--dry-run]          apply the recorded retention, remove crash leftovers
     weightslab export ROOT HASH --to DIR    weights as safetensors (or the step file) plus config
+    weightslab compare ROOT A B [C...]      checkpoints side by side: metrics, changes, weight distance
+    weightslab backup ROOT --to DEST        copy the best and newest checkpoints to a second root
+    weightslab import ROOT SOURCE           a torch, Lightning, Hugging Face or safetensors checkpoint
     weightslab analyze REPO_OR_ROOT         (from weightslab.analysis) analyse a run's checkpoints
 
 Hashes may be abbreviated to any unique prefix, as in git. Every command takes ``--json`` for
@@ -28,6 +31,9 @@ from typing import Any
 from weightslab import __version__
 from weightslab.cli import console
 from weightslab.cli import render as cli_render
+from weightslab.cli.backup import add_backup_parser
+from weightslab.cli.compare import add_compare_parser
+from weightslab.cli.importing import add_import_parser
 from weightslab.errors import ConfigFileError, WeightslabError
 from weightslab.inspect import open_root
 from weightslab.inspect.checkpoints import checkpoint_infos
@@ -53,7 +59,7 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
         prog="weightslab",
         description="Look at, check, clean and export weightslab checkpoint roots. "
         "Hashes may be abbreviated to any unique prefix.",
-        epilog="Exit status: 0 success, 1 verify found problems or gc refused an unsafe entry, 2 error.",
+        epilog="Exit status: 0 success, 1 verify found problems, gc refused an unsafe entry, or backup could not copy a checkpoint, 2 error.",
     )
     parser.add_argument("--version", action="version", version=f"weightslab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -140,6 +146,9 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
         "Both formats also write config.yaml (the hyperparameters) and checkpoint.json (the provenance)."
     )
 
+    add_compare_parser(command)
+    add_backup_parser(command)
+    add_import_parser(sub)
     _add_analyze(sub, real=analyze)
     return parser
 

@@ -1,6 +1,7 @@
 """The checkpointing components: the automatic system, the manager of one root, and hashing."""
 
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
+from weightslab.inspect.importing import ImportResult, import_checkpoint
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager, VerifyReport
 from weightslab.system.api import (
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointManager",
     "ExperimentHashGenerator",
     "ExperimentIdentity",
+    "ImportResult",
     "Manifest",
     "ParentRef",
     "RetentionPolicy",
@@ -32,4 +34,5 @@ __all__ = [
     "checkpoint_on_state_change",
     "checkpoint_on_step",
     "get_checkpoint_system",
+    "import_checkpoint",
 ]
