@@ -18,6 +18,15 @@ import torch
 
 from weightslab.errors import CheckpointFormatError, ConfigError
 from weightslab.format.layout import CHECKPOINT_FORMAT
+from weightslab.format.trainers import (
+    LIGHTNING_DATAMODULE_HPARAMS,
+    LIGHTNING_DM_KEY,
+    LIGHTNING_HPARAMS,
+    LIGHTNING_MODEL,
+    LIGHTNING_STATE,
+    lightning_extra,
+    numbered,
+)
 from weightslab.inspect.importing_formats import (
     FORMATS_HELP,
     ROLE_KEYS,
@@ -154,12 +163,6 @@ def _named_states(value: Any, kind: str, valid: Any, path: Path, key: str) -> di
     )
 
 
-def numbered(kind: str, count: int) -> list[str]:
-    """Names for ``count`` states: ``optimizer`` for one, else ``optimizer_0``, ``optimizer_1``... (the
-    names the Lightning integration registers a Trainer's optimizers and schedulers under)."""
-    return [kind] if count == 1 else [f"{kind}_{i}" for i in range(count)]
-
-
 def _whole(value: Any, key: str, path: Path) -> int:
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
@@ -171,13 +174,8 @@ def _whole(value: Any, key: str, path: Path) -> int:
 
 
 # -- Lightning ------------------------------------------------------------------------------------------
-# The names the Lightning integration gives the parts of a Lightning checkpoint in a step file
-# (weightslab.integrations.lightning_state, which this layer cannot import; tests/test_import.py
-# checks that they agree), so that an imported .ckpt resumes through WeightslabCheckpoint too.
-LIGHTNING_HPARAMS, LIGHTNING_DM_HPARAMS = "hparams", "datamodule_hparams"
-LIGHTNING_STATE, LIGHTNING_ORDER = "lightning", "weightslab_order"
-LIGHTNING_OWN_SECTIONS = ("state_dict", "optimizer_states", "lr_schedulers", "hyper_parameters")
-LIGHTNING_DM_KEY = "datamodule_hyper_parameters"
+# The parts of a .ckpt go under the names the Lightning integration gives them in a step file
+# (weightslab.format.trainers), so that an imported .ckpt resumes through WeightslabCheckpoint too.
 
 
 def from_lightning(path: Path, data: Any) -> Source:
@@ -187,7 +185,8 @@ def from_lightning(path: Path, data: Any) -> Source:
             f"{path} is not a Lightning checkpoint (no 'state_dict' with 'pytorch-lightning_version'); "
             "pass --format torch or --format auto"
         )
-    src = Source("lightning", path, model=unwrapped(dict(data["state_dict"])), files=[path])
+    model = unwrapped(dict(data["state_dict"]))
+    src = Source("lightning", path, model=model, model_name=LIGHTNING_MODEL, files=[path])
     optimizers, schedulers = list(data.get("optimizer_states", [])), list(data.get("lr_schedulers", []))
     src.optimizers = dict(zip(numbered("optimizer", len(optimizers)), optimizers, strict=True))
     src.schedulers = dict(zip(numbered("scheduler", len(schedulers)), schedulers, strict=True))
@@ -195,7 +194,10 @@ def from_lightning(path: Path, data: Any) -> Source:
         src.step = data["global_step"]
     if isinstance(data.get("epoch"), int):
         src.epoch = data["epoch"]
-    for key, name in (("hyper_parameters", LIGHTNING_HPARAMS), (LIGHTNING_DM_KEY, LIGHTNING_DM_HPARAMS)):
+    for key, name in (
+        ("hyper_parameters", LIGHTNING_HPARAMS),
+        (LIGHTNING_DM_KEY, LIGHTNING_DATAMODULE_HPARAMS),
+    ):
         hparams = data.get(key)
         if isinstance(hparams, Mapping) and hparams:
             src.hyperparams[name] = dict(hparams)
@@ -207,9 +209,7 @@ def from_lightning(path: Path, data: Any) -> Source:
             _model_checkpoint_state(src, key, state)
     # the rest (loops, callback states, precision plugin, on_save_checkpoint keys) as the Lightning
     # integration keeps it: Trainer.fit(ckpt_path=WeightslabCheckpoint.resume_path()) restores it all
-    rest = {k: v for k, v in data.items() if k not in LIGHTNING_OWN_SECTIONS and k != LIGHTNING_DM_KEY}
-    rest[LIGHTNING_ORDER] = {"optimizers": list(src.optimizers), "schedulers": list(src.schedulers)}
-    src.extra[LIGHTNING_STATE] = rest
+    src.extra[LIGHTNING_STATE] = lightning_extra(data, list(src.optimizers), list(src.schedulers))
     return src
 
 

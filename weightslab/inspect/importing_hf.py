@@ -8,8 +8,9 @@ transformers itself loads it). ``training_args.bin`` is a pickle of ``TrainingAr
 never unpickled. Its fields are read by an unpickler that builds inert placeholders instead of
 importing any class, so nothing in it runs, and only the fields that change what training computes
 are kept (never paths or tokens), as the set ``training_args`` that the transformers integration
-registers. ``config.json`` goes into the step file's ``imported`` record: the model's architecture
-already stands for it in the hash.
+registers (that list and the names the parts go under are :mod:`weightslab.format.trainers`'s, so
+that the callback continues an imported folder as one of its own runs). ``config.json`` goes into
+the step file's ``imported`` record: the model's architecture already stands for it in the hash.
 
 The folder is listed and its JSON and pickle files read through a ``LocalStorage``; the tensors are
 loaded by :mod:`.importing_formats`, the one module that opens the user's files itself.
@@ -29,6 +30,15 @@ import numpy as np
 import torch
 
 from weightslab.errors import CheckpointFormatError, UnsafePathError
+from weightslab.format.trainers import (
+    HF_ARGS,
+    HF_MODEL,
+    HF_OPTIMIZER,
+    HF_PROGRESS,
+    HF_SCHEDULER,
+    TRAINING_ARGUMENTS,
+    hf_progress,
+)
 from weightslab.inspect.importing_formats import Source, load_safetensors, load_torch, numbers, unwrapped
 from weightslab.storage.local import LocalStorage
 
@@ -36,48 +46,9 @@ _storage = LocalStorage(durable=False)  # reads only: the listing and the JSON f
 
 WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 WEIGHT_FILES += ("pytorch_model.bin.index.json",)
-# The TrainingArguments fields that change what training computes: the set "training_args" that the
-# transformers integration registers (weightslab.integrations.transformers_state.TRAINING_ARGUMENTS,
-# which this layer cannot import; tests/test_import.py checks that the two lists agree).
-TRAINING_ARGUMENTS: tuple[str, ...] = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "warmup_ratio",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "optim",
-    "optim_args",
-    "optim_target_modules",
-    "label_smoothing_factor",
-    "neftune_noise_alpha",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "average_tokens_across_devices",
-    "auto_find_batch_size",
-    "num_train_epochs",
-    "max_steps",
-    "seed",
-    "data_seed",
-    "full_determinism",
-    "train_sampling_strategy",
-    "group_by_length",
-    "dataloader_drop_last",
-    "bf16",
-    "fp16",
-    "tf32",
-    "half_precision_backend",
-    "fp16_opt_level",
-)
 # what the Trainer logs beside the metrics: the counters, and the end-of-training summary
 _NOT_METRICS = frozenset({"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second"})
 _NOT_METRICS |= {"train_steps_per_second"}
-# the names of that integration's hyperparameter set and Trainer-state object
-ARGS, PROGRESS = "training_args", "trainer_state"
 
 
 def read_hf(folder: Path, *, trust: bool = False) -> Source:
@@ -99,18 +70,18 @@ def read_hf(folder: Path, *, trust: bool = False) -> Source:
         )
     for name in names:
         inside(folder, folder / name)
-    src = Source("hf", folder, model={})
+    src = Source("hf", folder, model={}, model_name=HF_MODEL)
     src.model = _weights(folder, names, src, trust)
     state: dict[str, Any] = {}
     if "trainer_state.json" in names:
         state = _json(folder / "trainer_state.json", src)
         # as the transformers integration keeps it: its resume_path() writes it back for the Trainer
         text = _storage.read_bytes(folder / "trainer_state.json").decode("utf-8", errors="replace")
-        src.extra[PROGRESS] = {"format": 1, "trainer_state_json": text}
+        src.extra[HF_PROGRESS] = hf_progress(text)
     if "optimizer.pt" in names:
-        src.optimizers = {"optimizer": _torch(folder / "optimizer.pt", src, "optimizer state", trust)}
+        src.optimizers = {HF_OPTIMIZER: _torch(folder / "optimizer.pt", src, "optimizer state", trust)}
     if "scheduler.pt" in names:
-        src.schedulers = {"scheduler": _torch(folder / "scheduler.pt", src, "scheduler state", trust)}
+        src.schedulers = {HF_SCHEDULER: _torch(folder / "scheduler.pt", src, "scheduler state", trust)}
     if "rng_state.pth" in names:
         src.rng = _rng(folder / "rng_state.pth", src)
     if any(re.fullmatch(r"rng_state_\d+\.pth", n) for n in names):
@@ -131,7 +102,7 @@ def read_hf(folder: Path, *, trust: bool = False) -> Source:
         src.info["config"] = _json(folder / "config.json", src)
     training = _training_args(folder / "training_args.bin", src) if "training_args.bin" in names else None
     if training:
-        src.hyperparams[ARGS] = training
+        src.hyperparams[HF_ARGS] = training
     else:
         src.notes.append("no training hyperparameters recorded (no readable training_args.bin)")
     left = [n for n in names if folder / n not in src.files and not n.startswith("rng_state_")]
@@ -290,4 +261,4 @@ def _training_args(path: Path, src: Source) -> dict[str, Any] | None:
     return {k: fields[k] for k in TRAINING_ARGUMENTS if k in fields}
 
 
-__all__ = ["ARGS", "PROGRESS", "TRAINING_ARGUMENTS", "WEIGHT_FILES", "inside", "read_hf"]
+__all__ = ["WEIGHT_FILES", "inside", "read_hf"]

@@ -36,17 +36,19 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint
 
 from weightslab.errors import CheckpointFormatError, ConfigError, RootError, SystemConfigurationError
+from weightslab.format.trainers import (
+    LIGHTNING_DATAMODULE_HPARAMS,
+    LIGHTNING_HPARAMS,
+    LIGHTNING_MODEL,
+    LIGHTNING_STATE,
+    numbered,
+)
 from weightslab.integrations.lightning_state import (
-    DATAMODULE_HPARAMS,
-    HPARAMS,
-    MODEL,
-    STATE,
     Offered,
     StepFileIO,
     TrainerState,
     metrics_of,
     newest_verified,
-    numbered,
     plain_hparams,
     to_lightning,
 )
@@ -202,7 +204,7 @@ class WeightslabCheckpoint(Checkpoint):
             # what the system restores itself; the tensors go to Lightning and are not kept here
             sections = ("rng", "rng_ranks", "frozen", "extra", "hyperparams")
             kept: dict[str, Any] = {k: data[k] for k in sections if k in data}
-            kept["extra"] = {k: v for k, v in kept.get("extra", {}).items() if k != STATE}
+            kept["extra"] = {k: v for k, v in kept.get("extra", {}).items() if k != LIGHTNING_STATE}
             self._resumed = _Resumed(exp_hash, step, kept, skipped)
         return checkpoint
 
@@ -223,15 +225,15 @@ class WeightslabCheckpoint(Checkpoint):
         optimizers = numbered("optimizer", len(trainer.optimizers))
         schedulers = numbered("scheduler", len(trainer.lr_scheduler_configs))
         self._unregister(system)
-        self._register(system, "model", MODEL, pl_module)
+        self._register(system, "model", LIGHTNING_MODEL, pl_module)
         for name, optimizer in zip(optimizers, trainer.optimizers, strict=True):
             self._register(system, "optimizer", name, optimizer)
         for name, config in zip(schedulers, trainer.lr_scheduler_configs, strict=True):
             self._register(system, "scheduler", name, config.scheduler)
-        hparams = {HPARAMS: plain_hparams(pl_module.hparams, "LightningModule")}
+        hparams = {LIGHTNING_HPARAMS: plain_hparams(pl_module.hparams, "LightningModule")}
         datamodule = getattr(trainer, "datamodule", None)  # set by Lightning's data connector
         if datamodule is not None and datamodule.hparams:
-            hparams[DATAMODULE_HPARAMS] = plain_hparams(datamodule.hparams, "LightningDataModule")
+            hparams[LIGHTNING_DATAMODULE_HPARAMS] = plain_hparams(datamodule.hparams, "LightningDataModule")
         resumed, self._resumed = self._resumed, None
         if resumed is not None:
             if _epoch_exhausted(trainer):
@@ -249,7 +251,7 @@ class WeightslabCheckpoint(Checkpoint):
         for name, values in hparams.items():
             self._register(system, "hyperparams", name, values)
         # registered after the adopt: Lightning restored this state already, resume must not call it
-        self._register(system, "stateful", STATE, TrainerState(trainer, optimizers, schedulers))
+        self._register(system, "stateful", LIGHTNING_STATE, TrainerState(trainer, optimizers, schedulers))
         # the step training starts from is done: with gradient accumulation, the first batches after a
         # resume end on it again
         self._seen = trainer.global_step
@@ -272,7 +274,7 @@ class WeightslabCheckpoint(Checkpoint):
         the resume. The hyperparameters of the run stay its own (Lightning's restore leaves them).
         """
         data = resumed.data
-        ours = {HPARAMS, DATAMODULE_HPARAMS}
+        ours = {LIGHTNING_HPARAMS, LIGHTNING_DATAMODULE_HPARAMS}
         rest = {
             "frozen": data.get("frozen", {}),
             "extra": data.get("extra", {}),

@@ -6,7 +6,8 @@ see them), its hyperparameters under ``hyperparams["hparams"]``, and everything 
 own checkpoint holds (loops, callback states, precision plugin, epoch and global step, the keys the
 ``on_save_checkpoint`` hooks add) under ``extra["lightning"]``. :func:`to_lightning` turns such a
 step dict back into the dictionary ``Trainer.fit(ckpt_path=...)`` restores from, and
-:class:`StepFileIO` is the ``CheckpointIO`` that does it when Lightning loads a step file.
+:class:`StepFileIO` is the ``CheckpointIO`` that does it when Lightning loads a step file. These
+names are fixed in :mod:`weightslab.format.trainers`, which the import of a ``.ckpt`` shares.
 """
 
 from __future__ import annotations
@@ -30,25 +31,20 @@ from weightslab.errors import (
     UnsafePathError,
 )
 from weightslab.format.layout import parse_step_file
+from weightslab.format.trainers import (
+    LIGHTNING_DATAMODULE_HPARAMS,
+    LIGHTNING_DM_KEY,
+    LIGHTNING_HPARAMS,
+    LIGHTNING_MODEL,
+    LIGHTNING_ORDER,
+    LIGHTNING_STATE,
+    lightning_extra,
+)
 from weightslab.store.manager import CheckpointManager
 from weightslab.system.resume import latest_candidates
 from weightslab.util.canonical import canonicalize
 
 log = logging.getLogger("weightslab")
-
-MODEL = "model"
-HPARAMS = "hparams"
-DATAMODULE_HPARAMS = "datamodule_hparams"
-STATE = "lightning"
-_ORDER = "weightslab_order"  # the registered names of the optimizers and schedulers, in Lightning's order
-# what the step file keeps in its own sections, not in extra["lightning"]
-_OWN_SECTIONS = ("state_dict", "optimizer_states", "lr_schedulers", "hyper_parameters")
-_DM_HPARAMS_KEY = "datamodule_hyper_parameters"
-
-
-def numbered(prefix: str, count: int) -> list[str]:
-    """Ledger names for ``count`` optimizers or schedulers: ``optimizer``, or ``optimizer_0``, ``optimizer_1``..."""
-    return [prefix] if count == 1 else [f"{prefix}_{i}" for i in range(count)]
 
 
 class TrainerState:
@@ -61,14 +57,12 @@ class TrainerState:
 
     def __init__(self, trainer: pl.Trainer, optimizers: list[str], schedulers: list[str]) -> None:
         self._trainer = trainer
-        self._order = {"optimizers": list(optimizers), "schedulers": list(schedulers)}
+        self._optimizers, self._schedulers = list(optimizers), list(schedulers)
         self.loaded: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         checkpoint = self._trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-        state = {k: v for k, v in checkpoint.items() if k not in _OWN_SECTIONS and k != _DM_HPARAMS_KEY}
-        state[_ORDER] = self._order
-        return state
+        return lightning_extra(checkpoint, self._optimizers, self._schedulers)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.loaded = dict(state)
@@ -79,22 +73,23 @@ def to_lightning(data: Mapping[str, Any], where: str) -> dict[str, Any]:
 
     Raises CheckpointFormatError when the step file was not written by WeightslabCheckpoint.
     """
-    state = data.get("extra", {}).get(STATE)
-    if not isinstance(state, Mapping) or MODEL not in data.get("models", {}):
+    state = data.get("extra", {}).get(LIGHTNING_STATE)
+    if not isinstance(state, Mapping) or LIGHTNING_MODEL not in data.get("models", {}):
         raise CheckpointFormatError(
-            f"{where} was not saved by WeightslabCheckpoint (it has no extra[{STATE!r}] section or no model "
-            f"{MODEL!r}); resume it with system.resume() in a plain loop, or pass a Lightning .ckpt"
+            f"{where} was not saved by WeightslabCheckpoint (it has no extra[{LIGHTNING_STATE!r}] section or "
+            f"no model {LIGHTNING_MODEL!r}); resume it with system.resume() in a plain loop, or pass a "
+            "Lightning .ckpt"
         )
-    checkpoint = {k: v for k, v in state.items() if k != _ORDER}
-    order = state.get(_ORDER, {})
-    checkpoint["state_dict"] = data["models"][MODEL]
+    checkpoint = {k: v for k, v in state.items() if k != LIGHTNING_ORDER}
+    order = state.get(LIGHTNING_ORDER, {})
+    checkpoint["state_dict"] = data["models"][LIGHTNING_MODEL]
     checkpoint["optimizer_states"] = [data["optimizers"][n] for n in order.get("optimizers", [])]
     checkpoint["lr_schedulers"] = [data["schedulers"][n] for n in order.get("schedulers", [])]
     hyperparams = data.get("hyperparams", {})
-    if HPARAMS in hyperparams:
-        checkpoint["hyper_parameters"] = dict(hyperparams[HPARAMS])
-    if DATAMODULE_HPARAMS in hyperparams:
-        checkpoint[_DM_HPARAMS_KEY] = dict(hyperparams[DATAMODULE_HPARAMS])
+    if LIGHTNING_HPARAMS in hyperparams:
+        checkpoint["hyper_parameters"] = dict(hyperparams[LIGHTNING_HPARAMS])
+    if LIGHTNING_DATAMODULE_HPARAMS in hyperparams:
+        checkpoint[LIGHTNING_DM_KEY] = dict(hyperparams[LIGHTNING_DATAMODULE_HPARAMS])
     return checkpoint
 
 
@@ -105,7 +100,7 @@ def plain_hparams(hparams: Mapping[str, Any], owner: str) -> Mapping[str, Any]:
     training is recorded like any hyperparameter change.
     """
     try:
-        canonicalize(hparams, HPARAMS)
+        canonicalize(hparams, LIGHTNING_HPARAMS)
         return hparams
     except HyperparamsError:
         pass
@@ -113,7 +108,7 @@ def plain_hparams(hparams: Mapping[str, Any], owner: str) -> Mapping[str, Any]:
     dropped: list[str] = []
     for key, value in hparams.items():
         try:
-            canonicalize({key: value}, HPARAMS)
+            canonicalize({key: value}, LIGHTNING_HPARAMS)
             kept[key] = value
         except HyperparamsError:
             dropped.append(f"{key} ({type(value).__name__})")

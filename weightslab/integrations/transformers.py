@@ -30,15 +30,17 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from weightslab.errors import ConfigError, SystemConfigurationError
-from weightslab.integrations.transformers_state import (
-    ARGS,
-    MODEL,
-    OPTIMIZER,
-    OWN_NAMES,
-    PROGRESS,
-    SCALER,
-    SCHEDULER,
+from weightslab.format.trainers import (
+    HF_ARGS,
+    HF_MODEL,
+    HF_OPTIMIZER,
+    HF_PROGRESS,
+    HF_SCALER,
+    HF_SCHEDULER,
     TRAINING_ARGUMENTS,
+)
+from weightslab.integrations.transformers_state import (
+    OWN_NAMES,
     TrainerProgress,
     find_trainer_parts,
     numeric_metrics,
@@ -198,22 +200,22 @@ class WeightslabCallback(TrainerCallback):
         self._track(state, control)
         self._epoch = int(state.epoch or 0)
         ledger = system.ledger
-        self._register(ledger, "model", MODEL, kwargs["model"])
+        self._register(ledger, "model", HF_MODEL, kwargs["model"])
         optimizer = kwargs.get("optimizer")
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         if isinstance(inner, torch.optim.Optimizer):
-            self._register(ledger, "optimizer", OPTIMIZER, inner)
+            self._register(ledger, "optimizer", HF_OPTIMIZER, inner)
         else:
             log.warning("weightslab: the Trainer's optimizer (%s) is not saved", type(optimizer).__name__)
         scheduler = kwargs.get("lr_scheduler")
         if callable(getattr(scheduler, "state_dict", None)) and callable(
             getattr(scheduler, "load_state_dict", None)
         ):
-            self._register(ledger, "scheduler", SCHEDULER, scheduler)
+            self._register(ledger, "scheduler", HF_SCHEDULER, scheduler)
         scaler = getattr(getattr(trainer, "accelerator", None), "scaler", None)
         if scaler is not None:
-            self._register(ledger, "stateful", SCALER, scaler)
-        self._register(ledger, "stateful", PROGRESS, self._progress)
+            self._register(ledger, "stateful", HF_SCALER, scaler)
+        self._register(ledger, "stateful", HF_PROGRESS, self._progress)
         self._register_args(ledger, args)
 
     def on_epoch_begin(
@@ -320,10 +322,10 @@ class WeightslabCallback(TrainerCallback):
 
     def _register_args(self, ledger: Ledger, args: TrainingArguments) -> None:
         values = training_hyperparams(args)
-        if ("hyperparams", ARGS) in self._registered:
-            ledger.update_hyperparams(ARGS, values)  # in place: the change detector compares with it
+        if ("hyperparams", HF_ARGS) in self._registered:
+            ledger.update_hyperparams(HF_ARGS, values)  # in place: the change detector compares with it
         else:
-            self._registered[("hyperparams", ARGS)] = ledger.register_hyperparams(ARGS, values)
+            self._registered[("hyperparams", HF_ARGS)] = ledger.register_hyperparams(HF_ARGS, values)
 
     def _flush(self) -> None:
         """Hand the step (and the epoch end) marked done to the system, which saves what is due."""

@@ -1,8 +1,9 @@
 """What :class:`~weightslab.integrations.transformers.WeightslabCallback` saves beside the weights, and
 the ``checkpoint-N/`` folder it builds for ``Trainer.train(resume_from_checkpoint=...)``.
 
-Three things live here: the TrainingArguments that count in the experiment hash
-(:data:`TRAINING_ARGUMENTS`), the Trainer's progress as a registered stateful object
+Three things live here: the values of the TrainingArguments that count in the experiment hash
+(:func:`training_hyperparams`, over :data:`weightslab.format.trainers.TRAINING_ARGUMENTS`, where the
+names the callback files the run under are fixed), the Trainer's progress as a registered stateful object
 (:class:`TrainerProgress`: ``TrainerState`` and the states of the stateful callbacks, as
 ``trainer_state.json`` holds them), and :func:`write_trainer_checkpoint`, which lays a weightslab
 step dict out as the files the Trainer reads when it resumes: ``model.safetensors``,
@@ -28,58 +29,21 @@ from transformers import Trainer, TrainerControl, TrainerState
 from transformers.trainer_callback import CallbackHandler, ExportableState
 
 from weightslab.errors import CheckpointFormatError
+from weightslab.format.trainers import (
+    HF_MODEL,
+    HF_OPTIMIZER,
+    HF_PROGRESS,
+    HF_PROGRESS_JSON,
+    HF_SCALER,
+    HF_SCHEDULER,
+    TRAINING_ARGUMENTS,
+    hf_progress,
+)
 
 log = logging.getLogger("weightslab")
 
-# Names under which the callback registers the Trainer's objects in the ledger.
-MODEL, OPTIMIZER, SCHEDULER = "model", "optimizer", "scheduler"
-ARGS, PROGRESS, SCALER = "training_args", "trainer_state", "grad_scaler"
-OWN_NAMES = frozenset({MODEL, OPTIMIZER, SCHEDULER, PROGRESS, SCALER})
-
-TRAINING_ARGUMENTS: tuple[str, ...] = (
-    # optimisation
-    "learning_rate",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "warmup_ratio",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "optim",
-    "optim_args",
-    "optim_target_modules",
-    "label_smoothing_factor",
-    "neftune_noise_alpha",
-    # batches and length of training
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "average_tokens_across_devices",
-    "auto_find_batch_size",
-    "num_train_epochs",
-    "max_steps",
-    # randomness and data order
-    "seed",
-    "data_seed",
-    "full_determinism",
-    "train_sampling_strategy",
-    "group_by_length",
-    "dataloader_drop_last",
-    # precision
-    "bf16",
-    "fp16",
-    "tf32",
-    "half_precision_backend",
-    "fp16_opt_level",
-)
-"""The TrainingArguments fields that change what training computes, hence the experiment hash.
-
-Fields this transformers version does not have are left out. Paths, logging, evaluation, saving,
-reporting and data-loading performance options (``output_dir``, ``logging_steps``, ``save_steps``,
-``eval_steps``, ``report_to``, ``dataloader_num_workers``...) do not count.
-"""
+# the ledger names the callback registers the Trainer's objects under itself
+OWN_NAMES = frozenset({HF_MODEL, HF_OPTIMIZER, HF_SCHEDULER, HF_PROGRESS, HF_SCALER})
 
 
 def training_hyperparams(args: Any) -> dict[str, Any]:
@@ -156,7 +120,7 @@ class TrainerProgress:
         """``{"format": 1, "trainer_state_json": ...}``; raises ValueError before the Trainer started."""
         if self.state is None:
             raise ValueError("the Trainer has not started training yet: no TrainerState to save")
-        return {"format": 1, "trainer_state_json": trainer_state_json(self.state, self._exportable())}
+        return hf_progress(trainer_state_json(self.state, self._exportable()))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Keep a saved state (the Trainer itself reads it from ``trainer_state.json`` when resuming)."""
@@ -230,18 +194,18 @@ def write_trainer_checkpoint(folder: Path, data: Mapping[str, Any]) -> list[str]
     Raises CheckpointFormatError when ``data`` holds no model state under the callback's name.
     """
     models = data.get("models", {})
-    if MODEL not in models:
+    if HF_MODEL not in models:
         raise CheckpointFormatError(
-            f"the checkpoint holds no model named {MODEL!r} (it has {sorted(models)}); it was not saved "
+            f"the checkpoint holds no model named {HF_MODEL!r} (it has {sorted(models)}); it was not saved "
             "by WeightslabCallback"
         )
     folder.mkdir(parents=True, exist_ok=True)
     written = ["model.safetensors"]
     safetensors.torch.save_file(
-        _unshared(models[MODEL]), str(folder / "model.safetensors"), metadata={"format": "pt"}
+        _unshared(models[HF_MODEL]), str(folder / "model.safetensors"), metadata={"format": "pt"}
     )
-    optimizer = data.get("optimizers", {}).get(OPTIMIZER)
-    scheduler = data.get("schedulers", {}).get(SCHEDULER)
+    optimizer = data.get("optimizers", {}).get(HF_OPTIMIZER)
+    scheduler = data.get("schedulers", {}).get(HF_SCHEDULER)
     if optimizer is not None and scheduler is not None:  # the Trainer loads both or neither
         torch.save(optimizer, folder / "optimizer.pt")
         torch.save(scheduler, folder / "scheduler.pt")
@@ -252,15 +216,15 @@ def write_trainer_checkpoint(folder: Path, data: Mapping[str, Any]) -> list[str]
             "fresh ones"
         )
     extra = data.get("extra", {})
-    if SCALER in extra:
-        torch.save(extra[SCALER], folder / "scaler.pt")
+    if HF_SCALER in extra:
+        torch.save(extra[HF_SCALER], folder / "scaler.pt")
         written.append("scaler.pt")
     if data.get("rng"):
         torch.save(trainer_rng_state(data["rng"]), folder / "rng_state.pth")
         written.append("rng_state.pth")
-    progress = extra.get(PROGRESS)
+    progress = extra.get(HF_PROGRESS)
     if progress is not None:
-        (folder / "trainer_state.json").write_text(progress["trainer_state_json"], encoding="utf-8")
+        (folder / "trainer_state.json").write_text(progress[HF_PROGRESS_JSON], encoding="utf-8")
         written.append("trainer_state.json")
     else:
         log.warning(
