@@ -202,3 +202,19 @@ def test_a_better_late_metric_applies_retention_at_once(make_system: Any, ledger
     assert [e.step for e in system.manager.checkpoints(h)] == [5, 10]
     system.tag(10, metrics={"val_loss": 0.5})  # 10 is now best and newest: 5 is kept by nothing
     assert [e.step for e in system.manager.checkpoints(h)] == [10]
+
+
+def test_metrics_merged_into_another_experiment_leave_its_checkpoints_alone(
+    make_system: Any, tmp_path: Path
+) -> None:
+    first = make_system(checkpoint_frequency=1, save_last=False, ledger=Ledger())
+    model, opt, _ = setup_run(first.ledger)
+    for step in range(1, 6):
+        train_step(model, opt)
+        first.checkpoint_on_step(step)
+    other = first.exp_hash or ""
+    first.close()
+    second = make_system(checkpoint_frequency=1, keep_last=1, ledger=Ledger())
+    second.tag(3, exp_hash=other, metrics={"val": 0.5})  # this run's keep_last=1 is not that experiment's
+    assert [e.step for e in second.manager.checkpoints(other)] == [1, 2, 3, 4, 5]
+    assert second.manager.checkpoints(other)[2].metrics == {"val": 0.5}

@@ -316,7 +316,7 @@ class CheckpointCallback:
 
     def _record_late(self, step: int, metrics: Mapping[str, Any], exp_hash: str | None = None) -> None:
         """Merge metrics reported after ``step`` was saved into that checkpoint's manifest entry: a step is
-        saved once, and this is how keep_top_k and "best" still rank it (from the next commit on)."""
+        saved once, and this is how keep_top_k and "best" still rank it (retention applies the new ranking at once)."""
         known = {k: v for k, v in metrics.items() if v is not None}  # a non-finite value was logged already
         if not known:
             return

@@ -292,7 +292,9 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
                 description=None if description is None else clean_description,
                 metrics=clean,
             )
-            if clean:  # the ranking may have moved: retention applies it now, not at the next save
+            # the ranking may have moved: this run's retention applies it now, not at the next save
+            # (only to its own experiment: another one keeps the policy it recorded until a run of it)
+            if clean and h == self.exp_hash:
                 self._committer.retain(h)
 
     def flush(self) -> None:
