@@ -124,7 +124,9 @@ def test_identical_checkpoints_have_distance_zero(
         assert (w["l2"], w["max_abs"], w["relative"], w["identical"]) == (0.0, 0.0, 0.0, True)
         assert w["cosine"] == pytest.approx(1.0, abs=1e-12)
         assert {t["l2"] for t in w["tensors"]} == {0.0}
-        assert w["not_floating"] == ["model.1.num_batches_tracked"]  # an int64 buffer: listed, not measured
+        assert w["not_floating"] == ["model.1.num_batches_tracked"]  # an int64 buffer: compared, not measured
+        assert (w["not_floating_changed"], w["non_finite"]) == ([], [])
+        assert {t["finite"] for t in w["tensors"]} == {True}
         assert pair["hyperparams"] == [] and pair["architecture"] == []
     assert data["metrics"] == {"note": [None, 1.0, None]}
 
@@ -217,4 +219,76 @@ def test_weight_distance_of_state_dicts() -> None:
     b = {"m": {"w": torch.tensor([1.0, 2.0, 2.0]) * -1, "steps": torch.tensor(4)}}
     w = weight_distance(a, b)
     assert (w.l2, w.relative, w.cosine, w.max_abs) == (6.0, 2.0, -1.0, 4.0)
-    assert w.not_floating == ["m.steps"] and not w.identical
+    assert w.not_floating == ["m.steps"] and w.not_floating_changed == ["m.steps"] and not w.identical
+    assert w.non_finite == []
+
+
+def test_a_nan_weight_is_never_identical(
+    make_system: MakeSystem, ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = make_system(async_save=False, durable=False)
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.fill_(0.25)
+        model.bias.zero_()
+    ledger.register_model("model", model)
+    system.save(1)
+    with torch.no_grad():
+        model.weight[1, 2] = float("nan")  # a diverged run: one NaN, every other value unchanged
+    system.save(2)
+    system.close()
+    manager = open_root(tmp_path / "root")
+    comparison = compare_checkpoints(manager, ["@1", "@2", "@2"])
+    for pair in comparison.pairs:
+        w = pair.weights
+        assert not w.identical and w.non_finite == ["model.weight"]
+        assert math.isnan(w.max_abs) and math.isnan(w.l2)
+        assert w.relative is not None and math.isnan(w.relative)
+        assert w.cosine is not None and math.isnan(w.cosine)  # not clamped to 1.0
+        by_name = {t.name: t for t in w.tensors}
+        assert math.isnan(by_name["weight"].max_abs) and math.isnan(by_name["weight"].l2)
+        assert not by_name["weight"].finite
+        bias = by_name["bias"]
+        assert (bias.l2, bias.max_abs, bias.finite) == (0.0, 0.0, True)
+    # strict JSON has no NaN: the numbers read null, the flag and the list say why
+    data = run_json(capsys, "compare", tmp_path / "root", "@1", "@2")
+    w_json = data["pairs"][0]["weights"]
+    assert (w_json["max_abs"], w_json["l2"], w_json["identical"]) == (None, None, False)
+    assert w_json["non_finite"] == ["model.weight"]
+    assert [t["finite"] for t in w_json["tensors"]] == [False, True]
+    assert main(["compare", str(tmp_path / "root"), "@1", "@2"]) == 0
+    out = capsys.readouterr().out
+    assert "max |diff| nan" in out and "(identical)" not in out
+
+
+def test_a_changed_integer_buffer_is_not_identical(
+    make_system: MakeSystem, ledger: Ledger, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system = make_system(async_save=False, durable=False)
+    norm = torch.nn.BatchNorm1d(3)
+    ledger.register_model("model", torch.nn.Sequential(torch.nn.Linear(4, 3), norm))
+    system.save(1)
+    assert norm.num_batches_tracked is not None
+    norm.num_batches_tracked.add_(1)  # only the counter moves, no weight
+    system.save(2)
+    system.close()
+    manager = open_root(tmp_path / "root")
+    w = compare_checkpoints(manager, ["@1", "@2"]).pairs[0].weights
+    assert (w.l2, w.max_abs, w.non_finite) == (0.0, 0.0, [])
+    assert w.not_floating == w.not_floating_changed == ["model.1.num_batches_tracked"]
+    assert not w.identical
+    data = run_json(capsys, "compare", tmp_path / "root", "@1", "@2")
+    w_json = data["pairs"][0]["weights"]
+    assert (w_json["identical"], w_json["not_floating_changed"]) == (False, ["model.1.num_batches_tracked"])
+    same = compare_checkpoints(manager, ["@2", "@2"]).pairs[0].weights
+    assert same.identical and same.not_floating_changed == []
+
+
+def test_infinities_are_carried_through() -> None:
+    a = {"m": {"w": torch.tensor([1.0, 2.0]), "v": torch.tensor([3.0])}}
+    b = {"m": {"w": torch.tensor([1.0, float("inf")]), "v": torch.tensor([3.0])}}
+    w = weight_distance(a, b)
+    assert (w.l2, w.max_abs, w.non_finite, w.identical) == (math.inf, math.inf, ["m.w"], False)
+    assert [t.finite for t in w.tensors] == [False, True]
+    both = weight_distance(b, b)  # inf - inf is NaN: not a value anyone can call unchanged
+    assert math.isnan(both.max_abs) and not both.identical

@@ -704,3 +704,57 @@ def test_hf_import_continues_through_weightslab_callback(
     assert [e.step for e in manager.checkpoints(result.exp_hash)] == [2, 3, 4]
     # steps 3 and 4 trained exactly as in the uninterrupted run (its checkpoint-4)
     assert_same(dict(model.state_dict()), load_file(str(out / "checkpoint-4" / "model.safetensors")))
+
+
+@pytest.mark.parametrize("form", ["torch.save zip", "bare pickle"])
+def test_hostile_training_args_bin_runs_nothing(tmp_path: Path, form: str) -> None:
+    import pickle
+    import shlex
+
+    marker, field_marker = tmp_path / "ran-os-system", tmp_path / "ran-exec"
+    touch = f"{shlex.quote(sys.executable)} -c 'import sys; open(sys.argv[1], \"w\").close()' {marker}"
+    field_code = f"open({str(field_marker)!r}, 'w').close()"
+
+    class Shell:  # unpickled for real, this runs os.system
+        def __reduce__(self) -> Any:
+            return os.system, (touch,)
+
+    class Exec:  # and this a builtin that writes a file
+        def __reduce__(self) -> Any:
+            return exec, (field_code,)
+
+    class FakeArgs:  # a TrainingArguments look-alike, its state set by BUILD; two fields are hostile
+        def __reduce__(self) -> Any:
+            state = {"learning_rate": 1e-3, "seed": 7, "lr_scheduler_kwargs": Exec(), "report_to": Shell()}
+            return argparse.Namespace, (), {**state, "hub_token": "hf_secret"}
+
+    folder = tmp_path / "out" / "checkpoint-3"
+    folder.mkdir(parents=True)
+    save_file(mlp().state_dict(), str(folder / "model.safetensors"))
+    state = {"global_step": 3, "epoch": 1.0, "log_history": [{"step": 3, "loss": 0.5, "epoch": 1.0}]}
+    (folder / "trainer_state.json").write_text(json.dumps(state))
+    args_bin = folder / "training_args.bin"
+    if form == "torch.save zip":  # how the Trainer writes it
+        torch.save(FakeArgs(), args_bin)
+    else:
+        args_bin.write_bytes(pickle.dumps(FakeArgs()))
+
+    for trust in (False, True):  # trust covers torch files; training_args.bin is never unpickled
+        result = import_checkpoint(tmp_path / f"root-{trust}", folder, trust=trust)
+        assert not marker.exists() and not field_marker.exists()
+        assert (result.format, result.step, result.metrics) == ("hf", 3, {"loss": 0.5})
+        if form == "torch.save zip":  # read as data: the allowlisted fields kept, a call as its argument
+            expected = {"learning_rate": 1e-3, "seed": 7, "lr_scheduler_kwargs": field_code}
+            assert result.hyperparams == {"training_args": expected}
+            written = [f.read_bytes() for f in (tmp_path / f"root-{trust}").rglob("*") if f.is_file()]
+            assert written and not any(b"hf_secret" in raw for raw in written)  # tokens are never kept
+        else:  # not the zip torch.save writes: not read at all
+            assert result.hyperparams == {}
+            assert "training_args.bin could not be read (BadZipFile); used trainer_state.json" in result.notes
+        assert verifies_without_trust(tmp_path / f"root-{trust}")
+    # control: the same file unpickled the ordinary way does run both payloads
+    if form == "torch.save zip":
+        torch.load(args_bin, weights_only=False)
+    else:
+        pickle.loads(args_bin.read_bytes())
+    assert marker.exists() and field_marker.exists()

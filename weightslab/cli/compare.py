@@ -47,7 +47,8 @@ def add_compare_parser(command: CommandFactory) -> argparse.ArgumentParser:
     )
     p.epilog = (
         "Weight distance per floating-point tensor present in both with the same shape, and overall: "
-        "L2 ||a-b||, relative ||a-b||/||a|| (a = the baseline), cosine similarity, max |a-b|. "
+        "L2 ||a-b||, relative ||a-b||/||a|| (a = the baseline), cosine similarity, max |a-b| (NaN when a "
+        "checkpoint holds a NaN; null in --json). Integer tensors are compared for equality. "
         "Every step file is verified against its checksum and loaded with weights_only=True."
     )
     return p
@@ -128,7 +129,10 @@ def _print_weights(w: WeightDistance, console: Console) -> None:
             + (" [green](identical)[/]" if w.identical else ""),
             soft_wrap=True,
         )
-        moved = sorted((t for t in w.tensors if t.max_abs > 0), key=lambda t: t.l2, reverse=True)
+        # NaN/inf tensors first (their l2 does not sort), then the ones that moved most
+        moved = sorted(
+            (t for t in w.tensors if not t.finite or t.max_abs > 0), key=lambda t: (t.finite, -t.l2)
+        )
         if moved:
             table = new_table()
             table.add_column("tensor", style="cyan", overflow="fold")
@@ -154,10 +158,14 @@ def _print_weights(w: WeightDistance, console: Console) -> None:
     if w.shape_differs:
         pairs = ", ".join(f"{n} ({s})" for n, s in w.shape_differs.items())
         console.print(Text(f"  shapes differ, not measured: {pairs}"), soft_wrap=True)
-    if w.not_floating:
-        console.print(
-            Text(f"  not floating point, not measured: {', '.join(w.not_floating)}"), soft_wrap=True
-        )
+    if w.non_finite:
+        console.print(Text(f"  NaN or infinite values: {', '.join(w.non_finite)}"), soft_wrap=True)
+    if w.not_floating_changed:
+        changed = ", ".join(w.not_floating_changed)
+        console.print(Text(f"  not floating point, values changed: {changed}"), soft_wrap=True)
+    same = [n for n in w.not_floating if n not in w.not_floating_changed]
+    if same:
+        console.print(Text(f"  not floating point, unchanged: {', '.join(same)}"), soft_wrap=True)
 
 
 def _num(value: Any) -> str:
