@@ -24,12 +24,15 @@ import torch
 from tests.conftest import train_step
 from tests.s3.conftest import S3Server, s3_server, s3_url  # noqa: F401  (fixtures of the s3 test)
 from weightslab.cli.main import main
+from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError, RootError
 from weightslab.format.journal import last_active_experiment
+from weightslab.format.manifest import PendingReplacement
 from weightslab.inspect import open_root
 from weightslab.inspect.backup import STAGING, backup_root
 from weightslab.inspect.compare import compare_checkpoints
 from weightslab.registry.ledger import Ledger
 from weightslab.store.manager import CheckpointManager
+from weightslab.store.verify import Problem
 from weightslab.system.automatic import AutomaticCheckpointSystem
 from weightslab.system.config import CheckpointConfig
 
@@ -114,7 +117,7 @@ def test_backup_copies_best_and_latest_as_a_root_that_verifies(
     data = run(capsys, "backup", source.root, "--to", dest)
     assert copied(data) == {
         (source.a, 5, ("best",)),
-        (source.a, 15, ("latest",)),
+        (source.a, 15, ("latest", "branch point")),  # the second experiment continued from it
         (source.b, 20, ("best",)),
         (source.b, 25, ("latest",)),
     }
@@ -193,7 +196,7 @@ def test_a_step_saved_again_at_the_source_replaces_its_copy(
     new = entries(source.root, source.a)[15]
     assert new["xxh3_128"] != old["xxh3_128"]
     data = run(capsys, "backup", source.root, "--to", dest, "--experiment", source.a)
-    assert copied(data) == {(source.a, 15, ("latest",))}
+    assert copied(data) == {(source.a, 15, ("latest", "branch point"))}
     assert entries(dest, source.a)[15] == new and "pending" not in new
     assert run(capsys, "verify", dest)["healthy"]
 
@@ -206,7 +209,9 @@ def test_dry_run_all_experiment_and_tagged(
     assert len(copied(dry, "would copy")) == 6 and dry["dry_run"] is True
     assert not dest.exists()
     only_a = run(capsys, "backup", source.root, "--to", dest, "--all", "--experiment", source.a[:5])
-    assert copied(only_a) == {(source.a, s, ("all",)) for s in (5, 10, 15)}
+    assert copied(only_a) == {(source.a, 5, ("all",)), (source.a, 10, ("all",))} | {
+        (source.a, 15, ("all", "branch point"))
+    }
     assert open_root(dest).experiments() == [source.a]
     tagged = backup_root(open_root(source.root), dest, experiments=[source.b], tagged="candidate")
     assert {(i.step, i.reasons) for i in tagged.items} == {
@@ -234,7 +239,9 @@ def test_backup_root_resumes_like_the_source(
 
 
 # A backup process that stops, for good, at the first progress report of one phase: right after the
-# first file was staged ("copying") or placed and read back ("placing"). The test kills it there.
+# first file was staged ("copying") or placed ("placing"); or ("committing") when the manager commits
+# the copied entries (every file of the experiment placed, its manifest not yet written). The test
+# kills it there.
 WORKER = textwrap.dedent(
     """
     import signal, sys
@@ -250,6 +257,13 @@ WORKER = textwrap.dedent(
             if self.current.startswith(self.phase):
                 signal.pause()  # SIGKILLed here
 
+    def stop_at_commit(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "_write_manifest":
+            if frame.f_back is not None and frame.f_back.f_code.co_name == "commit_copied":
+                signal.pause()  # SIGKILLed here
+
+    if sys.argv[3] == "committing":
+        sys.setprofile(stop_at_commit)
     backup_root(open_root(sys.argv[1]), sys.argv[2], all_checkpoints=True, tracker=StopAt(sys.argv[3]))
     """
 )
@@ -303,6 +317,196 @@ def test_killed_backup_leaves_a_root_that_verifies_and_a_rerun_completes_it(
     for h in (source.a, source.b):
         assert entries(dest, h) == entries(source.root, h)
     assert not (dest / "logs" / STAGING).exists()
+
+
+def test_killed_between_placing_and_committing_in_an_experiment_the_backup_had(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "backup"
+    backup_root(open_root(source.root), dest, experiments=[source.a])  # steps 5 and 15 of the first
+    before = entries(dest, source.a)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(source.root), str(dest), "committing"],
+        stderr=subprocess.PIPE,
+        env=_ENV,
+    )
+    placed = dest / "checkpoints" / source.a / "model" / f"{source.a}_step_000010.pt"
+    try:
+        # the commit comes after this rename, and the worker stops at the commit: killed in between
+        wait_for(lambda: [placed] if placed.exists() else [], proc, "placing step 10")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    report = open_root(dest).verify()
+    assert (report.checked, report.ok) == (2, 2)  # the committed copies are untouched
+    assert report.problems == [Problem("orphaned", source.a, str(placed), 10, "no manifest entry")]
+    assert entries(dest, source.a) == before and open_root(dest).experiments() == [source.a]
+
+    done = run(capsys, "backup", source.root, "--to", dest, "--all")  # its open removes the orphan
+    assert done["failed"] == 0 and copied(done) == {
+        (source.a, 10, ("all",)),
+        (source.b, 17, ("all",)),
+        (source.b, 20, ("all",)),
+        (source.b, 25, ("all",)),
+    }
+    removed = [e["files"] for e in open_root(dest).events() if e["event"] == "leftovers_removed"]
+    assert removed == [[str(placed.relative_to(dest))]]
+    report = open_root(dest).verify()
+    assert report.healthy and report.checked == 6
+    for h in (source.a, source.b):
+        assert entries(dest, h) == entries(source.root, h)
+
+
+class AtCopying:
+    """A tracker that runs ``action`` once, when the backup starts copying experiment ``exp_hash``:
+    what a training that writes the source meanwhile does (the plan has been made by then)."""
+
+    def __init__(self, exp_hash: str, action: Callable[[], None]) -> None:
+        self.exp_hash, self.action, self.done = exp_hash, action, False
+
+    def start(self, description: str, total: float | None) -> None:
+        if description == f"copying {self.exp_hash[:8]}" and not self.done:
+            self.done = True
+            self.action()
+
+    def advance(self, amount: float = 1) -> None:
+        pass
+
+
+def test_a_checkpoint_the_source_deletes_meanwhile_fails_and_nothing_is_pruned(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "backup"
+    backup_root(open_root(source.root), dest, experiments=[source.a], all_checkpoints=True)
+
+    def retention_deletes_the_best_of_b() -> None:
+        with CheckpointManager(source.root) as training:
+            training.delete(source.b, 20)
+
+    # the plan chose b@20 (its best); it goes while a is copied, before b is
+    result = backup_root(
+        open_root(source.root), dest, prune=True, tracker=AtCopying(source.a, retention_deletes_the_best_of_b)
+    )
+    (failed,) = result.failed
+    assert (failed.exp_hash, failed.step, failed.reasons) == (source.b, 20, ("best",))
+    assert "removed from the source meanwhile" in failed.detail
+    assert {(i.exp_hash, i.step) for i in result.items if i.action == "copied"} == {(source.b, 25)}
+    # a@10 is no longer chosen, but a run with a failure prunes nothing
+    assert result.count("pruned") == 0 and any(n.startswith("nothing pruned") for n in result.notes)
+    assert set(entries(dest, source.a)) == {5, 10, 15} and set(entries(dest, source.b)) == {25}
+    assert open_root(dest).verify().healthy
+
+    again = run(capsys, "backup", source.root, "--to", dest, "--prune")
+    assert again["failed"] == 0 and copied(again, "pruned") == {(source.a, 10, ())}
+
+
+def test_a_step_the_source_saves_again_meanwhile_is_copied_in_its_new_version(
+    source: Source, tmp_path: Path
+) -> None:
+    dest = tmp_path / "backup"
+    planned = entries(source.root, source.b)[25]
+
+    def training_saves_25_again() -> None:
+        with CheckpointManager(source.root) as training:
+            data = training.load(source.b, 25, mmap=False)
+            data["models"]["model"] = {k: v + 1 for k, v in data["models"]["model"].items()}
+            training.save(source.b, 25, data, trigger="manual", metrics={"val/loss": 0.25})
+
+    result = backup_root(open_root(source.root), dest, tracker=AtCopying(source.a, training_saves_25_again))
+    assert not result.failed and result.count("copied") == 4
+    new = entries(source.root, source.b)[25]
+    assert new["xxh3_128"] != planned["xxh3_128"] and entries(dest, source.b)[25] == new
+    assert open_root(dest).verify().healthy
+
+
+def test_prune_keeps_the_checkpoints_that_children_continued_from(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "backup"
+    run(capsys, "backup", source.root, "--to", dest)
+    parent = open_root(source.root).manifest(source.b).parent
+    assert parent is not None and (parent.exp_hash, parent.checkpoint) == (source.a, 15)
+    ledger = Ledger()  # the first configuration trains on to step 20: its new best and newest
+    system = open_system(source.root, ledger)
+    model, opt = model_and_optimizer(seed=9)
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", opt)
+    ledger.register_hyperparams("config", {"lr": 0.1})
+    train(system, ledger, range(18, 21), {"lr": 0.1})
+    system.close()
+    assert set(entries(source.root, source.a)) == {5, 10, 15, 20}
+
+    data = run(capsys, "backup", source.root, "--to", dest, "--prune")
+    assert copied(data) == {(source.a, 20, ("latest", "best"))}
+    assert (source.a, 15, ("branch point",)) in copied(data, "skipped")  # neither best nor newest now
+    assert copied(data, "pruned") == {(source.a, 5, ())}
+    assert set(entries(dest, source.a)) == {15, 20}
+
+    with CheckpointManager(source.root) as owner:  # removed from the source by hand
+        owner.delete(source.a, 15, reason="manual")
+    dry = run(capsys, "backup", source.root, "--to", dest, "--prune", "--dry-run")
+    assert copied(dry, "would prune") == set()
+    data = run(capsys, "backup", source.root, "--to", dest, "--prune")
+    assert data["pruned"] == 0 and set(entries(dest, source.a)) == {15, 20}  # b in the backup needs it
+    assert any("step 15" in n and "no longer committed in the source" in n for n in data["notes"])
+    backup = open_root(dest)
+    assert backup.branch_points(source.a) == {15} and backup.verify().healthy
+    assert backup.load(source.a, 15)["step"] == 15  # the lineage resumes from the backup
+
+
+def test_verify_existing_copies_again_a_copy_damaged_in_place(
+    source: Source, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "backup"
+    run(capsys, "backup", source.root, "--to", dest)
+    copy = dest / "checkpoints" / source.b / "model" / f"{source.b}_step_000020.pt"
+    raw = bytearray(copy.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # the same size: the manifest and the size still agree
+    copy.write_bytes(bytes(raw))
+    assert backup_root(open_root(source.root), dest).count("skipped") == 4  # trusted by default
+    assert not open_root(dest).verify().healthy
+
+    dry = backup_root(open_root(source.root), dest, dry_run=True, verify_existing=True)
+    assert [(i.step, i.action, i.detail) for i in dry.items if i.action != "skipped"] == [
+        (20, "would copy", "the backup's copy does not match its manifest entry")
+    ]
+    result = run(capsys, "backup", source.root, "--to", dest, "--verify-existing")
+    (again,) = [i for i in result["items"] if i["action"] == "copied"]
+    skipped = [i for i in result["items"] if i["action"] == "skipped"]
+    assert (again["exp_hash"], again["step"], len(skipped)) == (source.b, 20, 3)
+    assert "copied again" in again["detail"]
+    source_file = source.root / "checkpoints" / source.b / "model" / copy.name
+    assert copy.read_bytes() == source_file.read_bytes() and "pending" not in entries(dest, source.b)[20]
+    assert open_root(dest).verify().healthy
+
+
+def test_copies_are_committed_through_the_managers_commit_api(source: Source, tmp_path: Path) -> None:
+    dest = tmp_path / "backup"
+    result = backup_root(open_root(source.root), dest, experiments=[source.a])
+    events = open_root(dest).events()
+    created = [e for e in events if e["event"] == "experiment_created"]
+    saved = [(e["step"], e["replaced"]) for e in events if e["event"] == "checkpoint_saved"]
+    assert [e["backup_of"] for e in created] == [result.source] and saved == [(5, False), (15, False)]
+
+    record = open_root(source.root).manifest(source.a)
+    ten, fifteen = record.entry(10), record.entry(15)
+    assert ten is not None and fifteen is not None
+    with pytest.raises(RootError, match="read-only"):
+        open_root(dest).commit_copied(record, [ten], placed=[10], backup_of="elsewhere")
+    with CheckpointManager(dest) as writer:
+        # the commit rule: an entry is committed only once its file is in place
+        with pytest.raises(CheckpointCorruptedError, match="not there"):
+            writer.commit_copied(record, [ten], placed=[10], backup_of="elsewhere")
+        assert writer.manifest(source.a).steps() == [5, 15]
+        with pytest.raises(CheckpointNotFoundError, match="no checkpoint at step 10"):
+            writer.mark_replacing(source.a, 10, PendingReplacement(ten.bytes, ten.xxh3_128))
+        marked = writer.mark_replacing(source.a, 15, PendingReplacement(ten.bytes, ten.xxh3_128))
+        assert marked.pending == PendingReplacement(ten.bytes, ten.xxh3_128)
+        assert writer.manifest(source.a).entry(15) == marked and writer.verify().healthy
+    # never swapped: the next writer's open settles the entry on the version the file holds
+    CheckpointManager(dest).close()
+    assert open_root(dest).manifest(source.a).entry(15) == fifteen
 
 
 def test_corrupt_source_file_is_reported_and_not_copied(

@@ -61,13 +61,20 @@ def add_backup_parser(command: CommandFactory) -> argparse.ArgumentParser:
     )
     p.add_argument("--mode", choices=("min", "max"), help="whether lower or higher --monitor is better")
     p.add_argument("--dry-run", action="store_true", help="print what would be copied; write nothing")
+    p.add_argument(
+        "--verify-existing",
+        action="store_true",
+        help="re-read the copies already in DEST and copy again any whose bytes do not match "
+        "(default: trust a copy whose manifest checksum and size match)",
+    )
     p.epilog = (
         "Each file is checked against the source's manifest, copied, read back and checked again; the "
         "destination's manifest entries are committed last, so an interrupted backup leaves a root that "
         "verifies, and running the command again completes it (identical copies are skipped). The "
         "backup is a weightslab root: restore by opening it (root_log_dir=DEST). Holds the destination's "
-        "writer lock; the source is only read. Exit status: 0 done, 1 a checkpoint could not be copied "
-        "(a corrupt source file), 2 error."
+        "writer lock; the source is only read. --prune never removes a checkpoint a child experiment "
+        "continued from, and prunes nothing when a copy failed. Exit status: 0 done, 1 a checkpoint "
+        "could not be copied (a corrupt source file, or one deleted meanwhile), 2 error."
     )
     return p
 
@@ -86,6 +93,7 @@ def run_backup(args: argparse.Namespace) -> int:
             monitor=args.monitor,
             mode=args.mode,
             dry_run=args.dry_run,
+            verify_existing=args.verify_existing,
             tracker=tracker,
         )
     if args.json:

@@ -14,9 +14,15 @@ Order, so that an interrupted backup never leaves a checkpoint without its bytes
    file is reported, never copied), written to ``logs/backup-staging/`` of the destination, where no
    reader looks, and read back from there and checked again;
 2. per experiment, a new one first gets its config and architecture files, then the staged files
-   are renamed into ``model/`` (their sizes checked there);
-3. only then is the experiment's manifest committed with the new entries (and, with ``prune``, the
-   copies that are no longer critical are deleted, entry first).
+   are renamed into ``model/`` (a step the destination holds in another version is first marked as
+   being replaced, so either version verifies meanwhile);
+3. only then is the experiment's manifest committed with the new entries, through the manager's
+   :meth:`~weightslab.store.commits.Committing.commit_copied` (which checks each placed file's size
+   first, and journals the commit).
+
+With ``prune``, once every experiment is committed, the copies that are no longer chosen are deleted
+(entry first), except the checkpoints a child experiment in the destination continued from; a run
+in which any checkpoint could not be copied prunes nothing (the old copies may be the best there is).
 
 A run killed in step 1 leaves no trace a reader sees: the destination verifies as before, and the
 next run clears the staging folder and copies again. Killed in step 2, the renamed files of an
@@ -24,11 +30,15 @@ experiment new to the destination are invisible too (it has no manifest yet: the
 rebuilds one from them, as after any crash, and completes it); in an experiment the destination
 already had, ``weightslab verify`` reports them as orphaned until the next run (or any writer)
 opens the destination and removes them, exactly as for a training save killed between its file and
-its commit. Step 2 is renames only, so that window is short. Copies already in the destination with
-the same checksum are skipped (an interrupted run resumes where it stopped). The destination's writer lock
-(an flock, or the lease on an object store) is held for the whole run, so a second backup or a
-training on it gets RootLockedError; the source is only read and needs no lock, so a training may
-keep writing it (a checkpoint its retention deletes meanwhile is reported, not copied).
+its commit. Step 2 is renames only, so that window is short.
+
+Copies already in the destination with the same checksum and size are skipped (an interrupted run
+resumes where it stopped); with ``verify_existing`` their bytes are read again, and one that does not
+match is copied again. The destination's writer lock (an flock, or the lease on an object store) is
+held for the whole run, so a second backup or a training on it gets RootLockedError; the source is
+only read and needs no lock, so a training may keep writing it. What is copied is what the plan read
+from the source's manifests: a checkpoint its retention deletes meanwhile is a ``failed`` item (and
+nothing is pruned), and a step saved again meanwhile is copied in its new version.
 
 What is chosen, and the dry run, are :mod:`weightslab.inspect.backup_plan`'s.
 """
@@ -44,15 +54,22 @@ from typing import Any
 
 import xxhash
 
-from weightslab.errors import CheckpointCorruptedError, ConfigError, ManifestError, RootError, UnsafePathError
+from weightslab.errors import (
+    CheckpointCorruptedError,
+    CheckpointNotFoundError,
+    ConfigError,
+    ManifestError,
+    RootError,
+    UnsafePathError,
+)
 from weightslab.format.layout import ExperimentLayout
 from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
 from weightslab.inspect import NullTracker, Tracker, backup_plan
-from weightslab.inspect.backup_plan import Action, BackupItem, BackupResult
+from weightslab.inspect.backup_plan import DAMAGED, Action, BackupItem, BackupResult, Planned
 from weightslab.inspect.experiments import Mode
 from weightslab.storage.base import Storage
 from weightslab.storage.open import display, open_storage
-from weightslab.store.manager import CheckpointManager, _with_pending
+from weightslab.store.manager import CheckpointManager
 
 STAGING = "backup-staging"
 """The folder under the destination's ``logs/`` where copies wait until they are placed."""
@@ -71,6 +88,7 @@ def backup_root(
     monitor: str | None = None,
     mode: Mode | None = None,
     dry_run: bool = False,
+    verify_existing: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     durable: bool = True,
     tracker: Tracker | None = None,
@@ -78,13 +96,14 @@ def backup_root(
     """Back the critical checkpoints of ``source`` up to the root ``destination``.
 
     ``experiments``: hashes or prefixes (default: all); ``checkpoints``: (hash, step) pairs to copy
-    instead of the critical ones; ``tagged``: also copy every checkpoint carrying this tag;
-    ``prune``: delete copies in the destination (of the experiments backed up) that are no longer
-    chosen, after the new ones are committed (never one carrying ``tagged``). ``storage_options`` are
-    the destination's (an ``s3://`` one). Raises ConfigError when the destination is the source or
-    lies inside it (or the reverse), RootError when it is a non-empty folder that is not a weightslab
-    root, RootLockedError when another process writes it; a source checkpoint that cannot be copied
-    is a ``failed`` item, not an exception.
+    instead of the critical ones (exactly those); ``tagged``: also copy every checkpoint carrying this
+    tag; ``prune``: delete copies in the destination (of the experiments backed up) that are no longer
+    chosen, once everything is committed (never one carrying ``tagged``, never a branch point, and not
+    at all when a copy failed); ``verify_existing``: re-read the copies already there and copy again
+    those that do not match. ``storage_options`` are the destination's (an ``s3://`` one). Raises
+    ConfigError when the destination is the source or lies inside it (or the reverse), RootError when
+    it is a non-empty folder that is not a weightslab root, RootLockedError when another process
+    writes it; a source checkpoint that cannot be copied is a ``failed`` item, not an exception.
     """
     tracker = tracker or NullTracker()
     if not isinstance(destination, str):
@@ -100,17 +119,19 @@ def backup_root(
     plan = backup_plan.plan(source, experiments, all_checkpoints, checkpoints, tagged, monitor, mode, result)
     if dry_run:
         dest = CheckpointManager(destination, mode="r", storage_options=storage_options) if is_root else None
-        for exp_hash, wanted in plan.items():
-            backup_plan.dry_run(source, dest, exp_hash, wanted, prune, tagged, result)
+        for exp_hash, planned in plan.items():
+            backup_plan.dry_run(dest, exp_hash, planned, (prune, tagged, verify_existing), result)
         return result
     with CheckpointManager(
         destination, mode="w", durable=durable, storage_options=storage_options
     ) as dest:  # the writer lock for the whole run
         staging = dest.layout.logs_dir / STAGING
         _clear(dest.storage, staging)  # what an interrupted run staged: copied again if still wanted
-        for exp_hash, wanted in plan.items():
-            _backup_experiment(source, dest, exp_hash, wanted, staging, (prune, tagged), result, tracker)
+        for planned in plan.values():
+            _backup_experiment(source, dest, planned, staging, verify_existing, result, tracker)
         _clear(dest.storage, staging)
+        if prune:
+            _prune(dest, plan, tagged, result)
         active = source.last_active()
         if active is not None and active in plan and dest.has_experiment(active):
             # a system opened on the backup resumes the experiment the source was training last
@@ -158,37 +179,35 @@ def _check_destination(root: Path, storage: Storage) -> bool:
 def _backup_experiment(
     source: CheckpointManager,
     dest: CheckpointManager,
-    exp_hash: str,
-    wanted: dict[int, tuple[str, ...]],
+    planned: Planned,
     staging: Path,
-    pruning: tuple[bool, str | None],
+    verify_existing: bool,
     result: BackupResult,
     tracker: Tracker,
 ) -> None:
-    """Copy ``wanted`` of one experiment; ``pruning``: (prune, the tag that spares a copy from it)."""
-    src_m = source.manifest(exp_hash)
+    """Copy the planned entries of one experiment (as the plan read them: the source is not re-read)."""
+    src_m = planned.manifest
+    exp_hash, reasons = src_m.exp_hash, planned.reasons
     try:
         dest_m = dest.manifest(exp_hash) if dest.has_experiment(exp_hash) else None
     except ManifestError as exc:  # a writer's open rebuilt what it could; this one it could not
         result.notes.append(f"experiment {exp_hash} not backed up: the destination's {exc}")
         return
-    entries = {step: e for step in wanted if (e := src_m.entry(step)) is not None}
-    todo = [e for e in entries.values() if not backup_plan.already_there(dest, exp_hash, e)]
-    kept = [backup_plan.as_copied(e, dest_m) for e in entries.values() if e not in todo]
+    states = {
+        s: backup_plan.existing_copy(dest, exp_hash, e, verify=verify_existing)
+        for s, e in planned.entries.items()
+    }
+    todo = [e for s, e in planned.entries.items() if states[s] != "there"]
+    kept = [backup_plan.as_copied(e, dest_m) for s, e in planned.entries.items() if states[s] == "there"]
     # 1. read, check and stage
     tracker.start(f"copying {exp_hash[:8]}", sum(e.bytes for e in todo))
     staged: list[CheckpointEntry] = []
     for entry in todo:
         try:
-            staged.append(_stage(source, dest, exp_hash, entry, staging, tracker))
+            staged.append(_stage_current(source, dest, exp_hash, entry, staging, tracker))
         except (CheckpointCorruptedError, UnsafePathError, OSError) as exc:
-            detail = (
-                "removed from the source meanwhile (a running training's retention)"
-                if isinstance(exc, FileNotFoundError)
-                else str(exc)
-            )
             result.items.append(
-                BackupItem(exp_hash, entry.step, "failed", wanted[entry.step], entry.bytes, detail)
+                BackupItem(exp_hash, entry.step, "failed", reasons[entry.step], entry.bytes, _why(exc))
             )
     if dest_m is None and not staged:
         return  # nothing to create the experiment for
@@ -197,66 +216,79 @@ def _backup_experiment(
     if dest_m is None:
         _copy_experiment_files(source, dest, exp_hash, src_m, result)
     tracker.start(f"placing {exp_hash[:8]}", len(staged))
-    replaced: set[int] = set()
     for entry in staged:
         old = dest_m.entry(entry.step) if dest_m is not None else None
-        if dest_m is not None and old is not None:
-            replaced.add(entry.step)
-            if not entry.shards and not old.shards:
-                # the destination holds another version of this step: either verifies while it is swapped
-                dest_m = dest_m.with_entry(
-                    _with_pending(old, PendingReplacement(entry.bytes, entry.xxh3_128))
-                )
-                dest.manifests.write(dest_m)
-            else:  # a sharded checkpoint is a folder: never rewritten in place
-                dest.delete(exp_hash, entry.step, reason="replaced by backup")
-                dest_m = dest.manifest(exp_hash)
+        if old is not None and (entry.shards or old.shards):  # a folder: never rewritten in place
+            dest.delete(exp_hash, entry.step, reason="replaced by backup")
+        elif old is not None:  # another version of this step: either verifies while it is swapped
+            dest.mark_replacing(exp_hash, entry.step, PendingReplacement(entry.bytes, entry.xxh3_128))
         for relative in _files(entry):
             target = exp.dir.joinpath(*relative.split("/"))
             dest.storage.makedirs(target.parent)
             dest.storage.replace(staging / exp_hash / relative, target)
-        _check_sizes(dest, exp_hash, entry)  # CheckpointCorruptedError stops the run: the storage is broken
         tracker.advance()
-    # 3. commit: the source's record of each checkpoint, with the bytes that were copied
-    committed = _header(src_m, dest_m)
-    for entry in [*kept, *staged]:
-        committed = committed.with_entry(dataclasses.replace(entry, pending=None))
-    created = dest_m is None
-    dest.manifests.write(committed)
-    if created:
-        dest.event(
-            "experiment_created",
-            exp_hash=exp_hash,
-            parent=None if src_m.parent is None else src_m.parent.to_dict(),
-            reason=None if src_m.parent is None else src_m.parent.reason,
-            architecture_hash=src_m.architecture_hash,
-            hyperparams_hash=src_m.hyperparams_hash,
-            retention=dict(src_m.retention),
-            backup_of=result.source,
-        )
+    # 3. commit: the source's record of each checkpoint, with the bytes that were copied; a placed file
+    # of another size raises CheckpointCorruptedError and stops the run (the storage is broken)
+    dest.commit_copied(src_m, [*kept, *staged], placed=[e.step for e in staged], backup_of=result.source)
     for entry in staged:
-        dest.event(
-            "checkpoint_saved",
-            exp_hash=exp_hash,
-            step=entry.step,
-            trigger=entry.trigger,
-            file=entry.file,
-            bytes=entry.bytes,
-            xxh3_128=entry.xxh3_128,
-            metrics=entry.metrics,
-            replaced=entry.step in replaced,
-            backup_of=result.source,
+        detail = DAMAGED + "; copied again" if states[entry.step] == "damaged" else ""
+        result.items.append(
+            BackupItem(exp_hash, entry.step, "copied", reasons[entry.step], entry.bytes, detail)
         )
-        result.items.append(BackupItem(exp_hash, entry.step, "copied", wanted[entry.step], entry.bytes))
     for entry in kept:
-        result.items.append(BackupItem(exp_hash, entry.step, "skipped", wanted[entry.step], entry.bytes))
-    prune, tagged = pruning
-    if prune and not any(i.action == "failed" and i.exp_hash == exp_hash for i in result.items):
-        # (after a failed copy the older copies stay: they may be the best the backup has)
-        for e in committed.checkpoints:
-            if backup_plan.prunable(e, wanted, tagged):
-                dest.delete(exp_hash, e.step, reason="backup prune")
-                result.items.append(BackupItem(exp_hash, e.step, "pruned", (), e.bytes))
+        result.items.append(BackupItem(exp_hash, entry.step, "skipped", reasons[entry.step], entry.bytes))
+
+
+def _stage_current(
+    source: CheckpointManager,
+    dest: CheckpointManager,
+    exp_hash: str,
+    entry: CheckpointEntry,
+    staging: Path,
+    tracker: Tracker,
+) -> CheckpointEntry:
+    """:func:`_stage` the planned ``entry``, or the source's newer version of its step when the source
+    saved it again meanwhile. Raises what :func:`_stage` raises, and CheckpointNotFoundError when the
+    source deleted the step after the plan read it (a running training's retention)."""
+    try:
+        return _stage(source, dest, exp_hash, entry, staging, tracker)
+    except (CheckpointCorruptedError, FileNotFoundError) as exc:
+        try:
+            now = source.manifest(exp_hash).entry(entry.step)
+        except ManifestError:
+            raise exc from None
+        if now is None:
+            raise CheckpointNotFoundError(
+                f"{exp_hash}@{entry.step} was removed from the source meanwhile (a running training's "
+                "retention); it is not in the backup"
+            ) from None
+        if (now.bytes, now.xxh3_128) == (entry.bytes, entry.xxh3_128):
+            raise  # the file is not what its unchanged entry says: the source is damaged
+        return _stage(source, dest, exp_hash, now, staging, tracker)
+
+
+def _why(exc: Exception) -> str:
+    """The detail of a ``failed`` item."""
+    if isinstance(exc, FileNotFoundError) and not isinstance(exc, CheckpointNotFoundError):
+        return (
+            f"the source file {exc.filename} is missing, though its manifest entry is not; "
+            "run `weightslab verify` on the source"
+        )
+    return str(exc)
+
+
+def _prune(dest: CheckpointManager, plan: backup_plan.Plan, tagged: str | None, result: BackupResult) -> None:
+    """Delete the copies no longer chosen (see :func:`~weightslab.inspect.backup_plan.prune_candidates`)."""
+    if result.failed:
+        result.notes.append(
+            f"nothing pruned: {len(result.failed)} checkpoint(s) could not be copied, and the older "
+            "copies may be the best the backup has; run the backup again"
+        )
+        return
+    for exp_hash, planned in plan.items():
+        for e in backup_plan.prune_candidates(dest, exp_hash, planned.reasons, tagged):
+            dest.delete(exp_hash, e.step, reason="backup prune")
+            result.items.append(BackupItem(exp_hash, e.step, "pruned", (), e.bytes))
 
 
 def _files(entry: CheckpointEntry) -> list[str]:
@@ -288,7 +320,7 @@ def _stage(
     copied = entry
     for relative, accepted_versions in checks:
         path = src_exp.resolve(relative)
-        data = source.storage.read_bytes(path)
+        data = source.storage.read_bytes(path)  # whole: the Storage protocol has no streaming read
         digest = xxhash.xxh3_128(data).hexdigest()
         if (len(data), digest) not in accepted_versions:
             raise CheckpointCorruptedError(
@@ -308,22 +340,6 @@ def _stage(
             copied = dataclasses.replace(entry, bytes=len(data), xxh3_128=digest)
         tracker.advance(len(data))
     return copied
-
-
-def _check_sizes(dest: CheckpointManager, exp_hash: str, entry: CheckpointEntry) -> None:
-    """After the renames: each file of ``entry`` is where its entry says, with its size."""
-    exp = dest.experiment(exp_hash)
-    records = [(r.file, r.bytes) for r in entry.shards] or [(entry.file, entry.bytes)]
-    for relative, expected in records:
-        path = exp.resolve(relative)
-        size = dest.storage.size(path)
-        if size != expected:
-            raise CheckpointCorruptedError(
-                path,
-                entry.xxh3_128,
-                "<not computed>",
-                f"size is {size} bytes after the move, expected {expected}",
-            )
 
 
 def _copy_experiment_files(
@@ -350,20 +366,6 @@ def _copy_experiment_files(
 
 def _experiment_files(exp: ExperimentLayout) -> list[Path]:
     return [exp.config_yaml, exp.architecture_json, exp.architecture_text, exp.architecture_pickle]
-
-
-def _header(src: Manifest, dest: Manifest | None) -> Manifest:
-    """The destination's manifest with the source's record of the experiment (entries kept)."""
-    return Manifest(
-        exp_hash=src.exp_hash,
-        architecture_hash=src.architecture_hash,
-        hyperparams_hash=src.hyperparams_hash,
-        created=src.created,
-        parent=src.parent,
-        retention=dict(src.retention),
-        checkpoints=[] if dest is None else list(dest.checkpoints),
-        architecture=src.architecture,
-    )
 
 
 def _clear(storage: Storage, folder: Path) -> None:

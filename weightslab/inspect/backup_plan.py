@@ -1,9 +1,11 @@
 """What a backup copies and prunes, and the records of what it did.
 
 :func:`plan` chooses the checkpoints of each experiment (the newest and the best by default, every
-one, the tagged ones, or those named); :func:`already_there` says which of them the destination
-holds already, :func:`prunable` which copies there ``prune`` removes, and :func:`dry_run` reports
-all of it without writing. :mod:`weightslab.inspect.backup` runs the copy from the same plan.
+one, the tagged ones, or those named; with the checkpoints a child experiment continued from) and
+keeps the source's entries as it read them; :func:`existing_copy` says which of them the destination
+holds already, :func:`prune_candidates` which copies there ``prune`` removes (never a branch point),
+and :func:`dry_run` reports all of it without writing. :mod:`weightslab.inspect.backup` runs the
+copy from the same plan.
 """
 
 from __future__ import annotations
@@ -13,15 +15,33 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from weightslab.errors import ManifestError, UnsafePathError
+from weightslab.errors import CheckpointCorruptedError, ManifestError, UnsafePathError
 from weightslab.format.manifest import CheckpointEntry, Manifest
 from weightslab.inspect.experiments import Mode, best_metric
 from weightslab.store.manager import CheckpointManager
 
 Action = Literal["copied", "skipped", "would copy", "pruned", "would prune", "failed"]
 
-Plan = dict[str, dict[int, tuple[str, ...]]]
-"""{experiment: {step: reasons}}: what a backup copies, and why each was chosen."""
+Copy = Literal["there", "damaged", "absent"]
+"""What the destination holds of a source entry: that version intact, that version damaged, or not it."""
+
+DAMAGED = "the backup's copy does not match its manifest entry"
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One experiment of a plan: the source's manifest as the plan read it, and the entries chosen.
+
+    ``reasons``: why each step was chosen (best, latest, all, tagged, branch point, requested).
+    """
+
+    manifest: Manifest
+    entries: dict[int, CheckpointEntry]
+    reasons: dict[int, tuple[str, ...]]
+
+
+Plan = dict[str, Planned]
+"""{experiment: what a backup copies of it}, oldest experiment first."""
 
 
 @dataclass(frozen=True)
@@ -88,74 +108,145 @@ def plan(
 ) -> Plan:
     """What to copy from ``source``, oldest experiment first (parents before children).
 
-    The arguments are :func:`~weightslab.inspect.backup.backup_root`'s; an experiment skipped (an
+    The arguments are :func:`~weightslab.inspect.backup.backup_root`'s. Unless ``checkpoints`` names
+    exactly what to copy, the checkpoints that child experiments in the source continued from are
+    chosen too ("branch point"), so that the lineage resumes in the backup. An experiment skipped (an
     unreadable manifest, no committed checkpoint) gets a note in ``result``. Raises
     UnknownExperimentError/AmbiguousExperimentError for a prefix, CheckpointNotFoundError for a
     requested step that is not committed.
     """
-    chosen: Plan = {}
     if checkpoints is not None:
-        for prefix, step in checkpoints:
-            h = source.resolve_hash(prefix)
-            entry = source.entry(h, step)  # CheckpointNotFoundError for a step that is not committed
-            chosen.setdefault(h, {})[entry.step] = ("requested",)
-        return chosen
+        return _requested(source, checkpoints)
+    every = source.experiments()
     hashes = (
-        list(dict.fromkeys(source.resolve_hash(p) for p in experiments))
-        if experiments is not None
-        else source.experiments()
+        list(dict.fromkeys(source.resolve_hash(p) for p in experiments)) if experiments is not None else every
     )
-    for h in hashes:
+    readable: dict[str, Manifest] = {}
+    for h in dict.fromkeys([*hashes, *every]):  # every manifest: the children name their parents
         try:
-            m = source.manifest(h)
+            readable[h] = source.manifest(h)
         except ManifestError as exc:
-            result.notes.append(f"experiment {h} not backed up: {exc}")
-            continue
-        wanted: dict[int, list[str]] = {}
-        if all_checkpoints:
-            for e in m.checkpoints:
-                wanted.setdefault(e.step, []).append("all")
-        else:
-            latest = m.latest()
-            if latest is not None:
-                wanted.setdefault(latest.step, []).append("latest")
-            best = best_metric(m, monitor, mode)
-            if best is not None:
-                wanted.setdefault(best.step, []).append("best")
-            if tagged is not None:
-                for e in m.checkpoints:
-                    if tagged in e.tags:
-                        wanted.setdefault(e.step, []).append(f"tagged {tagged}")
-        if wanted:
-            chosen[h] = {step: tuple(reasons) for step, reasons in sorted(wanted.items())}
+            if h in hashes:
+                result.notes.append(f"experiment {h} not backed up: {exc}")
+    children = _children(readable.values())
+    chosen: Plan = {}
+    for h in hashes:
+        if h not in readable:
+            continue  # noted above
+        m = readable[h]
+        wanted = _chosen(m, all_checkpoints, tagged, monitor, mode)
+        for step, kids in sorted(children.get(h, {}).items()):
+            if m.entry(step) is None:
+                result.notes.append(
+                    f"experiment {h}: step {step}, which {', '.join(k[:8] for k in kids)} continued from, "
+                    "is no longer committed in the source, so this backup cannot copy it"
+                )
+            else:
+                wanted.setdefault(step, []).append("branch point")
+        entries = {step: e for step in sorted(wanted) if (e := m.entry(step)) is not None}
+        if entries:
+            chosen[h] = Planned(m, entries, {step: tuple(wanted[step]) for step in entries})
         else:
             result.notes.append(f"experiment {h} has no committed checkpoint; nothing to back up")
     return chosen
 
 
-def already_there(dest: CheckpointManager | None, exp_hash: str, entry: CheckpointEntry) -> bool:
-    """Whether the destination has this step with the same checksum, and a file of the recorded size.
+def _requested(source: CheckpointManager, checkpoints: Iterable[tuple[str, int]]) -> Plan:
+    """The plan of exactly the named (hash or prefix, step) pairs."""
+    chosen: Plan = {}
+    for prefix, step in checkpoints:
+        h = source.resolve_hash(prefix)
+        entry = source.entry(h, step)  # CheckpointNotFoundError for a step that is not committed
+        planned = chosen.setdefault(h, Planned(source.manifest(h), {}, {}))
+        planned.entries[entry.step] = entry
+        planned.reasons[entry.step] = ("requested",)
+    return chosen
 
-    ``dest`` is None for a destination that is not a root yet. The checksum of either version of a
-    source entry that is mid-replacement counts; a copy that is itself mid-replacement does not.
+
+def _chosen(
+    m: Manifest, all_checkpoints: bool, tagged: str | None, monitor: str | None, mode: Mode | None
+) -> dict[int, list[str]]:
+    """{step: reasons} of one experiment: every checkpoint, or the newest, the best and the tagged ones."""
+    wanted: dict[int, list[str]] = {}
+    if all_checkpoints:
+        for e in m.checkpoints:
+            wanted.setdefault(e.step, []).append("all")
+        return wanted
+    latest = m.latest()
+    if latest is not None:
+        wanted.setdefault(latest.step, []).append("latest")
+    best = best_metric(m, monitor, mode)
+    if best is not None:
+        wanted.setdefault(best.step, []).append("best")
+    if tagged is not None:
+        for e in m.checkpoints:
+            if tagged in e.tags:
+                wanted.setdefault(e.step, []).append(f"tagged {tagged}")
+    return wanted
+
+
+def _children(manifests: Iterable[Manifest]) -> dict[str, dict[int, list[str]]]:
+    """{parent: {checkpoint: the children that continued from it}} of one root's manifests."""
+    found: dict[str, dict[int, list[str]]] = {}
+    for m in manifests:
+        if m.parent is not None and m.parent.checkpoint is not None:
+            found.setdefault(m.parent.exp_hash, {}).setdefault(m.parent.checkpoint, []).append(m.exp_hash)
+    return found
+
+
+def existing_copy(
+    dest: CheckpointManager | None, exp_hash: str, entry: CheckpointEntry, *, verify: bool = False
+) -> Copy:
+    """What the destination holds of ``entry``: "there", "damaged" (to copy again) or "absent".
+
+    "there": the step with the same checksum in the manifest and files of the recorded sizes, or,
+    with ``verify``, files whose bytes are read again and match. ``dest`` is None for a destination
+    that is not a root yet. The checksum of either version of a source entry that is mid-replacement
+    counts; a copy that is itself mid-replacement is "absent".
     """
     if dest is None or not dest.has_experiment(exp_hash):
-        return False
+        return "absent"
     have = dest.manifest(exp_hash).entry(entry.step)
     accepted = {entry.xxh3_128} | ({entry.pending.xxh3_128} if entry.pending else set())
     if have is None or have.xxh3_128 not in accepted or have.pending is not None:
-        return False
+        return "absent"
     exp = dest.experiment(exp_hash)
     records = [(r.file, r.bytes) for r in have.shards] or [(have.file, have.bytes)]
     try:
-        return all(dest.storage.size(exp.resolve(f)) == n for f, n in records)
-    except (OSError, UnsafePathError):
-        return False
+        if verify:
+            dest.verify_entry(exp_hash, have)
+        elif not all(dest.storage.size(exp.resolve(f)) == n for f, n in records):
+            return "damaged"
+    except (CheckpointCorruptedError, OSError, UnsafePathError):
+        return "damaged"
+    return "there"
 
 
-def prunable(entry: CheckpointEntry, wanted: Mapping[int, Any], tagged: str | None) -> bool:
-    """Whether ``prune`` removes this copy: not chosen this time, and not carrying the sparing tag."""
-    return entry.step not in wanted and (tagged is None or tagged not in entry.tags)
+def prunable(
+    entry: CheckpointEntry, wanted: Mapping[int, Any], tagged: str | None, protected: Iterable[int] = ()
+) -> bool:
+    """Whether ``prune`` removes this copy: not chosen this time, not ``protected`` (the destination's
+    branch points), and not carrying the sparing tag."""
+    return (
+        entry.step not in wanted
+        and entry.step not in set(protected)
+        and (tagged is None or tagged not in entry.tags)
+    )
+
+
+def prune_candidates(
+    dest: CheckpointManager | None, exp_hash: str, wanted: Mapping[int, Any], tagged: str | None
+) -> list[CheckpointEntry]:
+    """The copies of one experiment in the destination that ``prune`` removes; never one that a child
+    experiment in the destination continued from. Empty for an unreadable manifest (noted elsewhere)."""
+    if dest is None or not dest.has_experiment(exp_hash):
+        return []
+    try:
+        copies = dest.manifest(exp_hash).checkpoints
+    except ManifestError:
+        return []
+    protected = dest.branch_points(exp_hash)
+    return [e for e in copies if prunable(e, wanted, tagged, protected)]
 
 
 def as_copied(entry: CheckpointEntry, dest_m: Manifest | None) -> CheckpointEntry:
@@ -171,39 +262,47 @@ def as_copied(entry: CheckpointEntry, dest_m: Manifest | None) -> CheckpointEntr
 
 
 def dry_run(
-    source: CheckpointManager,
     dest: CheckpointManager | None,
     exp_hash: str,
-    wanted: dict[int, tuple[str, ...]],
-    prune: bool,
-    tagged: str | None,
+    planned: Planned,
+    options: tuple[bool, str | None, bool],
     result: BackupResult,
 ) -> None:
-    """Add to ``result`` what backing up ``wanted`` of one experiment would copy, skip and prune.
+    """Add to ``result`` what backing up ``planned`` of one experiment would copy, skip and prune.
 
     ``dest``: the destination opened read-only, None when it is not a root yet (everything would be
-    copied); ``tagged``: the tag that spares a copy from ``prune``. Writes nothing anywhere.
+    copied); ``options``: (prune, the tag that spares a copy from it, verify existing copies).
+    Writes nothing anywhere.
     """
-    m = source.manifest(exp_hash)
-    for step, reasons in wanted.items():
-        entry = m.entry(step)
-        assert entry is not None  # planned from this manifest
-        action: Action = "skipped" if already_there(dest, exp_hash, entry) else "would copy"
-        result.items.append(BackupItem(exp_hash, step, action, reasons, entry.bytes))
-    if prune and dest is not None and dest.has_experiment(exp_hash):
-        for e in dest.manifest(exp_hash).checkpoints:
-            if prunable(e, wanted, tagged):
-                result.items.append(BackupItem(exp_hash, e.step, "would prune", (), e.bytes))
+    prune, tagged, verify = options
+    try:
+        if dest is not None and dest.has_experiment(exp_hash):
+            dest.manifest(exp_hash)
+    except ManifestError as exc:
+        result.notes.append(f"experiment {exp_hash} would not be backed up: the destination's {exc}")
+        return
+    for step, entry in planned.entries.items():
+        state = existing_copy(dest, exp_hash, entry, verify=verify)
+        action: Action = "skipped" if state == "there" else "would copy"
+        detail = DAMAGED if state == "damaged" else ""
+        result.items.append(BackupItem(exp_hash, step, action, planned.reasons[step], entry.bytes, detail))
+    if prune:
+        for e in prune_candidates(dest, exp_hash, planned.reasons, tagged):
+            result.items.append(BackupItem(exp_hash, e.step, "would prune", (), e.bytes))
 
 
 __all__ = [
+    "DAMAGED",
     "Action",
     "BackupItem",
     "BackupResult",
+    "Copy",
     "Plan",
-    "already_there",
+    "Planned",
     "as_copied",
     "dry_run",
+    "existing_copy",
     "plan",
     "prunable",
+    "prune_candidates",
 ]

@@ -1,4 +1,4 @@
-"""Saving, replacing, annotating, going back and deleting checkpoints: the commit side of the manager.
+"""Saving, replacing, annotating, going back, deleting and copying in checkpoints: the commit side.
 
 A mixin of :class:`~weightslab.store.manager.CheckpointManager` (the methods keep their names there):
 every change of a manifest entry happens here, after the bytes it names are durable.
@@ -15,12 +15,12 @@ from typing import Any
 
 import xxhash
 
-from weightslab.errors import CheckpointNotFoundError
+from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError, ConfigError
 from weightslab.format.layout import SHARD_STATE, TMP_MARKER, ExperimentLayout
 from weightslab.format.manifest import CheckpointEntry, FileRecord, Manifest, PendingReplacement
 from weightslab.format.stepfile import save_state
 from weightslab.policy.retention import RetentionPolicy
-from weightslab.storage.base import HashingWriter, WrittenFile
+from weightslab.storage.base import HashingWriter, Storage, WrittenFile
 from weightslab.store import retention
 from weightslab.store.parts import ManagerParts
 from weightslab.store.recovery import _with_pending
@@ -279,6 +279,90 @@ class Committing(ManagerParts):
             self.storage.remove_dir(path)
         journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
 
+    # -- copies from another root (a backup) -----------------------------------------------------
+    def mark_replacing(self, exp_hash: str, step: int, pending: PendingReplacement) -> CheckpointEntry:
+        """Record that committed ``step``'s file is about to be swapped for ``pending``'s version.
+
+        Call it once the new bytes are durable, before the rename: until the step's next commit either
+        version verifies, and a writer's open keeps the one the file holds. Not journalled (as in
+        :meth:`save`): the commit that follows is. Raises CheckpointNotFoundError for a step that is
+        not committed, ConfigError for a sharded one (delete it and commit the new version instead).
+        """
+        self._require_writer()
+        with self._lock:
+            m = self.manifest(exp_hash)
+            entry = m.entry(step)
+            if entry is None:
+                raise CheckpointNotFoundError(
+                    f"experiment {exp_hash} has no checkpoint at step {step}; committed steps: {m.steps()}"
+                )
+            if entry.shards:
+                raise ConfigError(
+                    f"checkpoint {exp_hash}@{step} is sharded and is never rewritten in place; "
+                    "delete it, then commit the new version"
+                )
+            marked = _with_pending(entry, pending)
+            self._write_manifest(m.with_entry(marked))
+        return marked
+
+    def commit_copied(
+        self,
+        record: Manifest,
+        entries: Iterable[CheckpointEntry],
+        *,
+        placed: Iterable[int] = (),
+        backup_of: str,
+    ) -> Manifest:
+        """Commit checkpoints copied from another root, as that root records them; returns the manifest.
+
+        ``record``: the other root's manifest of the experiment; its header (hashes, parent, retention,
+        architecture) replaces this one's, or creates the experiment (the caller wrote its config and
+        architecture files first). ``entries`` are committed as they are (seq, tags, metrics; pending
+        dropped) over any entry of their step. ``placed``: the steps whose files were just copied in,
+        each checked for its size and journalled as ``checkpoint_saved`` with ``backup_of``. Raises
+        CheckpointCorruptedError, committing nothing, for a placed file missing or of another size.
+        """
+        journal = self._require_writer()
+        copied = [dataclasses.replace(e, pending=None) for e in entries]
+        new = [e for e in copied if e.step in set(placed)]
+        for entry in new:
+            _check_placed(self.storage, self.experiment(record.exp_hash), entry)
+        with self._lock:
+            current = self.manifest(record.exp_hash) if self.has_experiment(record.exp_hash) else None
+            committed = dataclasses.replace(
+                record,
+                retention=dict(record.retention),
+                checkpoints=[] if current is None else list(current.checkpoints),
+            )
+            for entry in copied:
+                committed = committed.with_entry(entry)
+            self._write_manifest(committed)
+        if current is None:
+            journal.append(
+                "experiment_created",
+                exp_hash=record.exp_hash,
+                parent=None if record.parent is None else record.parent.to_dict(),
+                reason=None if record.parent is None else record.parent.reason,
+                architecture_hash=record.architecture_hash,
+                hyperparams_hash=record.hyperparams_hash,
+                retention=dict(record.retention),
+                backup_of=backup_of,
+            )
+        for entry in new:
+            journal.append(
+                "checkpoint_saved",
+                exp_hash=record.exp_hash,
+                step=entry.step,
+                trigger=entry.trigger,
+                file=entry.file,
+                bytes=entry.bytes,
+                xxh3_128=entry.xxh3_128,
+                metrics=entry.metrics,
+                replaced=current is not None and current.entry(entry.step) is not None,
+                backup_of=backup_of,
+            )
+        return committed
+
     def branch_points(self, exp_hash: str) -> set[int]:
         """Checkpoints of ``exp_hash`` that a child experiment continued from (its ``parent.checkpoint``)."""
         return retention.branch_points(self.manifests, exp_hash)
@@ -292,6 +376,20 @@ class Committing(ManagerParts):
         are deleted, then RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
         """
         return retention.apply_retention(self.manifests, self.delete, exp_hash, policy, protected)
+
+
+def _check_placed(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry) -> None:
+    """Each file of ``entry`` is where the entry says, with its size; else CheckpointCorruptedError."""
+    for relative, expected in [(r.file, r.bytes) for r in entry.shards] or [(entry.file, entry.bytes)]:
+        path = exp.resolve(relative)
+        try:
+            size = storage.size(path)
+        except FileNotFoundError:
+            raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "not there") from None
+        if size != expected:
+            raise CheckpointCorruptedError(
+                path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, expected {expected}"
+            )
 
 
 def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
