@@ -23,7 +23,7 @@ from lightning.fabric.utilities.warnings import PossibleUserWarning
 
 from tests.integrations.lightning_worker import TinyModule, fit, loaders, trainer
 from weightslab.components import CheckpointManager
-from weightslab.errors import RootError
+from weightslab.errors import ConfigError, RootError
 from weightslab.integrations.lightning import WeightslabCheckpoint
 
 pytestmark = pytest.mark.integrations
@@ -298,3 +298,51 @@ def test_ddp_on_two_cpu_ranks_resumes_bit_exact(tmp_path: Path) -> None:
     assert not torch.equal(full[0]["rng"], full[1]["rng"])  # each rank's own stream came back
     [exp] = steps(tmp_path / "runs" / "resumed").values()
     assert exp == [(20, "step"), (40, "step"), (60, "step")]
+
+
+def test_a_due_step_before_the_first_validation_is_saved_at_its_own_batch(tmp_path: Path) -> None:
+    """Validation every 2 epochs: step 10 ends epoch 0 with no validation and no val_loss yet.
+
+    It is a step save, an epoch save, and (in the 10-step run) the last step: all three land on step
+    10's batch end, and a resume from there continues exactly. (A save once waited for the monitored
+    metric instead: then 10 was never saved in the 30-step run, and saved as "last" at on_train_end
+    in the 10-step one. The sanity check is on: it is what set the validation loader up early.)
+    """
+    options: dict[str, Any] = {
+        "checkpoint_frequency": 10,
+        "every_n_epochs": 1,
+        "monitor": "val_loss",
+        "trainer_options": {"check_val_every_n_epoch": 2, "num_sanity_val_steps": 1},
+    }
+    with pytest.warns(UserWarning, match="monitor='val_loss' is not among the metrics"):
+        full, _ = fit(tmp_path / "full", 30, **options)
+    assert list(steps(tmp_path / "full").values()) == [[(10, "step"), (20, "step"), (30, "step")]]
+    manager = CheckpointManager(tmp_path / "full", mode="r")
+    [h] = manager.experiments()
+    assert [e.metric("val_loss") is not None for e in manager.checkpoints(h)] == [False, True, True]
+    with pytest.warns(UserWarning, match="monitor='val_loss'"):
+        fit(tmp_path / "resumed", 10, **options)
+    assert list(steps(tmp_path / "resumed").values()) == [[(10, "step")]]  # not "last" at on_train_end
+    resumed, _ = fit(tmp_path / "resumed", 30, **options)
+    assert differences(full, resumed) == []
+    assert list(steps(tmp_path / "resumed").values()) == [[(10, "step"), (20, "step"), (30, "step")]]
+
+
+def test_an_optimizer_that_shards_its_state_is_refused_before_training(tmp_path: Path) -> None:
+    """ZeroRedundancyOptimizer holds its full state only after a collective that rank 0 cannot call alone."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    class Zero(TinyModule):
+        def configure_optimizers(self) -> Any:
+            return ZeroRedundancyOptimizer(self.parameters(), optimizer_class=torch.optim.SGD, lr=0.05)
+
+    init = f"file://{tmp_path / 'rdzv'}"
+    torch.distributed.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    try:
+        tr = trainer(20, [WeightslabCheckpoint(root_log_dir=tmp_path / "root", checkpoint_frequency=5)])
+        with pytest.raises(ConfigError, match="ZeroRedundancyOptimizer, which shards its state"):
+            tr.fit(Zero(), loaders()[0])
+        assert tr.global_step == 0
+    finally:
+        torch.distributed.destroy_process_group()
+    assert committed(tmp_path / "root") == set()

@@ -12,16 +12,23 @@ The hooks it relies on, in the order ``Trainer._run`` calls them:
   checkpoint dictionary when ``_CheckpointConnector.resume_start`` loads it (no ``.ckpt`` copy);
   any other path goes to the original ``CheckpointIO``.
 - ``on_fit_start`` (the last hook before ``FitLoop.setup_data`` draws the first epoch's order; the
-  sanity check in between runs under ``isolate_rng``): puts back the step file's RNG states, which
-  Lightning does not restore, so that shuffling and dropout continue as in an uninterrupted run.
+  sanity check in between runs under ``isolate_rng``): refuses an optimizer that shards its state
+  (ZeroRedundancyOptimizer), then puts back the step file's RNG states, which Lightning does not
+  restore, so that shuffling and dropout continue as in an uninterrupted run.
 - ``on_train_start`` (after ``restore_training_state``): registers the module, optimizers,
   schedulers, hyperparameters and the rest of the trainer state, and tells the system which
   checkpoint it continues (journalled as ``resumed``).
-- ``on_train_batch_end``: ``checkpoint_on_step(trainer.global_step, callback_metrics)``, the hook
-  and step of ModelCheckpoint's ``every_n_train_steps``; at an epoch's last batch also
-  ``checkpoint_on_epoch_end``, and at the run's last step the ``last`` save. When a validation
-  follows that batch, all of it waits for ``on_validation_end`` (fresh metrics, as ModelCheckpoint
-  does for a monitored metric). Lightning resumes exactly from both points.
+- ``on_train_batch_end``: ``checkpoint_on_step(trainer.global_step, callback_metrics)`` for every
+  optimizer step, at its own number (the hook and step of ModelCheckpoint's ``every_n_train_steps``);
+  at an epoch's last batch also ``checkpoint_on_epoch_end``, and at the run's last step the ``last``
+  save. When a validation follows an epoch's last batch, all of it waits for ``on_validation_end``
+  (same step, same state, fresh metrics). Lightning resumes exactly from both points.
+
+With DDP the system saves on rank 0 only, so Lightning's ``dump_checkpoint`` (the loops, callback
+states and ``on_save_checkpoint`` hooks in ``extra["lightning"]``) runs there alone: those hooks
+must not run collectives. Calling it on every rank first is not possible, since the other ranks
+cannot know every save in advance (the time check is rank 0's clock, changes are detected inside
+``checkpoint_on_step``, a signal may arrive).
 """
 
 from __future__ import annotations
@@ -52,6 +59,14 @@ from weightslab.integrations.lightning_state import (
     plain_hparams,
     to_lightning,
 )
+from weightslab.integrations.lightning_trainer import (
+    check_optimizers,
+    check_strategy,
+    epoch_exhausted,
+    final_step,
+    last_batch,
+    validation_follows,
+)
 from weightslab.store.manager import CheckpointManager
 from weightslab.system.api import get_checkpoint_system
 from weightslab.system.automatic import AutomaticCheckpointSystem
@@ -81,7 +96,8 @@ class WeightslabCheckpoint(Checkpoint):
     ``every_n_epochs``, ``train_time_interval``, ``async_save``, ...). ``save_on_train_end`` saves the
     last step when training ends (``trigger="last"``). It is a Lightning ``Checkpoint``, so the
     Trainer adds no ModelCheckpoint of its own (and refuses ``enable_checkpointing=False``). Raises
-    ConfigError for an unknown or invalid option.
+    ConfigError for an unknown or invalid option, and when a fit starts with a sharded strategy
+    (FSDP, DeepSpeed) or an optimizer that shards its state (ZeroRedundancyOptimizer).
     """
 
     def __init__(self, *, save_on_train_end: bool = True, **options: Any) -> None:
@@ -97,9 +113,7 @@ class WeightslabCheckpoint(Checkpoint):
         self._resumed: _Resumed | None = None
         self._registered: list[tuple[str, str]] = []
         self._seen: int | None = None  # the last step whose batch end this fit handled
-        self._recorded: int | None = None  # the last step given to checkpoint_on_step
         self._deferred: int | None = None  # a step waiting for the validation right after its batch
-        self._owed: int | None = None  # a save step that waits for the monitored metric
 
     # -- what users call ------------------------------------------------------------------------
     @property
@@ -171,17 +185,10 @@ class WeightslabCheckpoint(Checkpoint):
             trainer.strategy.checkpoint_io = StepFileIO(trainer.strategy.checkpoint_io, self._load)
         if stage != "fit":
             return
-        # by name: pytorch_lightning's Trainer has its own copies of these classes
-        kinds = {c.__name__ for c in type(trainer.strategy).__mro__}
-        if "DeepSpeedStrategy" in kinds or not kinds & {"SingleDeviceStrategy", "DDPStrategy"}:
-            raise ConfigError(
-                f"WeightslabCheckpoint saves replicated state (one device or DDP); the "
-                f"{type(trainer.strategy).__name__} shards the model across ranks. Use strategy='ddp', or "
-                "Lightning's ModelCheckpoint for sharded strategies"
-            )
+        check_strategy(trainer)
         self._system = get_checkpoint_system(**self._options)
         self._resumed = None
-        self._seen = self._recorded = self._deferred = self._owed = None
+        self._seen = self._deferred = None
 
     def _load(self, root: Path, exp_hash: str, step: int) -> dict[str, Any]:
         """Verify and convert a step file; in a fit of this root, remember it for the system to adopt."""
@@ -209,6 +216,8 @@ class WeightslabCheckpoint(Checkpoint):
         return checkpoint
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit":
+            check_optimizers(trainer)  # configure_optimizers ran in strategy.setup, before this hook
         if self._resumed is not None:
             self._restore_rng(trainer, self._resumed)
 
@@ -236,7 +245,7 @@ class WeightslabCheckpoint(Checkpoint):
             hparams[LIGHTNING_DATAMODULE_HPARAMS] = plain_hparams(datamodule.hparams, "LightningDataModule")
         resumed, self._resumed = self._resumed, None
         if resumed is not None:
-            if _epoch_exhausted(trainer):
+            if epoch_exhausted(trainer):
                 # The checkpoint was taken after its epoch's last batch (at on_validation_end):
                 # Lightning finishes that epoch without a batch and gives the next one a new
                 # iterator, so the one FitLoop.setup_data drew after on_fit_start is never used; the
@@ -302,27 +311,24 @@ class WeightslabCheckpoint(Checkpoint):
         if self._skip(trainer) or step == 0 or step == self._seen:
             return  # gradient accumulation: several batches end on the same optimizer step
         self._seen = step
-        metrics = metrics_of(trainer)
-        if _last_batch(trainer) and _validation_follows(trainer):
-            self._deferred = step  # recorded at on_validation_end, with this epoch's validation metrics
+        if last_batch(trainer) and validation_follows(trainer):
+            # recorded at on_validation_end, at this step: the validation moves neither the step nor
+            # the state, and it brings this epoch's metrics
+            self._deferred = step
             return
-        monitor = self.config.monitor
-        due = not step % self.config.checkpoint_frequency
-        if monitor and monitor not in metrics and due and _validation_follows(trainer, at_epoch_end=False):
-            self._owed = step  # ModelCheckpoint's rule: save once the monitored metric exists
-            return
-        self._record(trainer, step, metrics)
+        # every other step now, at its own number; a monitored metric that no validation reported yet
+        # is missing from its saves (the system warns once, as ModelCheckpoint does before validating)
+        self._record(trainer, step, metrics_of(trainer))
 
     def _record(self, trainer: pl.Trainer, step: int, metrics: dict[str, float]) -> None:
         """Give ``step`` to the system: its step and epoch schedules, and the run's last step."""
         system = self.system
-        self._recorded = step
         system.checkpoint_on_step(step, metrics)
-        if _last_batch(trainer):
+        if last_batch(trainer):
             # the epoch's save is taken at its last batch, not at on_train_epoch_end: Lightning resumes a
             # run without validation one batch off from a checkpoint taken there
             system.checkpoint_on_epoch_end(trainer.current_epoch, metrics, step=step)
-        if self.save_on_train_end and _final_step(trainer, step):
+        if self.save_on_train_end and final_step(trainer, step):
             # at the batch end, not at on_train_end: by then the loops count the epoch as done, and a
             # resume from there would skip the next epoch's batches
             system.save(step, metrics, trigger="last")
@@ -330,13 +336,9 @@ class WeightslabCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._skip(trainer):
             return
-        step, metrics = trainer.global_step, metrics_of(trainer)
-        if self._deferred == step:
+        if self._deferred == trainer.global_step:
             self._deferred = None
-            self._record(trainer, step, metrics)
-        if self._owed is not None and _monitor_in(self.config.monitor, metrics):
-            self._owed = None
-            self.system.save(step, metrics, trigger="step")  # at the step validation came, as Lightning does
+            self._record(trainer, trainer.global_step, metrics_of(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._skip(trainer) and self._deferred == trainer.global_step:
@@ -375,39 +377,3 @@ class WeightslabCheckpoint(Checkpoint):
         if system is not None and not system.closed:
             self._unregister(system)
             system.close()
-
-
-def _epoch_exhausted(trainer: pl.Trainer) -> bool:
-    """After a restore: whether the epoch loop resumes with no batch left (and will not start afresh)."""
-    loop = trainer.fit_loop.epoch_loop
-    if loop.restarted_on_train_batch_end:  # Lightning starts the next epoch on the loader made at setup
-        return False
-    return bool(loop.batch_progress.current.ready >= trainer.num_training_batches)
-
-
-def _last_batch(trainer: pl.Trainer) -> bool:
-    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-
-
-def _final_step(trainer: pl.Trainer, step: int) -> bool:
-    """Whether the run ends with this step: ``max_steps`` reached, or the last batch of the last epoch."""
-    if trainer.max_steps != -1 and step >= trainer.max_steps:
-        return True
-    max_epochs = trainer.max_epochs
-    return max_epochs not in (None, -1) and _last_batch(trainer) and trainer.current_epoch + 1 >= max_epochs
-
-
-def _validation_follows(trainer: pl.Trainer, *, at_epoch_end: bool = True) -> bool:
-    """Whether a validation runs after this epoch's last batch (``at_epoch_end``), or at all in this fit."""
-    batches = trainer.num_val_batches
-    total = sum(batches) if isinstance(batches, list) else batches
-    if not (trainer.enable_validation and total):
-        return False
-    if not at_epoch_end:
-        return True
-    every = trainer.check_val_every_n_epoch
-    return every is None or (trainer.current_epoch + 1) % every == 0
-
-
-def _monitor_in(monitor: str | None, metrics: dict[str, float]) -> bool:
-    return monitor is None or monitor in metrics

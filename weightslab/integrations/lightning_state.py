@@ -52,6 +52,8 @@ class TrainerState:
 
     ``state_dict()`` runs Lightning's own ``dump_checkpoint`` (so every ``on_save_checkpoint`` hook
     runs, as with ModelCheckpoint) and leaves out what the step file holds in its own sections.
+    With DDP the system calls it on rank 0 alone, where it saves: the hooks run there only and must
+    not run collectives (an optimizer that needs one to gather its state is refused at fit start).
     Lightning restores this state itself through ``ckpt_path``; ``load_state_dict`` only keeps it.
     """
 
