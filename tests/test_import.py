@@ -36,9 +36,6 @@ from weightslab.system.automatic import AutomaticCheckpointSystem
 from weightslab.system.identity import ExperimentHashGenerator
 from weightslab.util.canonical import canonicalize
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
 MakeSystem = Callable[..., AutomaticCheckpointSystem]
 
 

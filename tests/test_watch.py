@@ -181,8 +181,11 @@ def test_two_quick_edits_end_with_the_second(ledger: Ledger, config_file: Path) 
     edit_in_place(config_file, CONFIG.replace("lr: 0.1", "lr: 0.2"))
     edit_rename_over(config_file, CONFIG.replace("lr: 0.1", "lr: 0.3"))
 
-    wait_for(lambda: config["lr"] == 0.3, what="the second edit")
-    assert [values["lr"] for _, _, values in recorder.changes][-1] == 0.3
+    # the values are applied before the listeners hear of it: wait for the event, not the value
+    wait_for(
+        lambda: config["lr"] == 0.3 and bool(recorder.changes) and recorder.changes[-1][2]["lr"] == 0.3,
+        what="the second edit",
+    )
     assert recorder.rejected() == []
 
 

@@ -22,8 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if __name__ == "__main__":
+    # the test's subprocess never reaches the Hub; imported by the tests, it leaves their process's
+    # environment alone (the analysis tests talk to a local Hub server in the same process)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch
 from transformers import (
