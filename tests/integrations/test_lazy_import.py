@@ -1,4 +1,4 @@
-"""``import weightslab`` (and the seed adapters) never import Lightning or transformers."""
+"""``import weightslab`` (and the adapters of other checkpoint APIs) never import Lightning or transformers."""
 
 from __future__ import annotations
 
