@@ -53,7 +53,8 @@ def get_checkpoint_system(
     with _SYSTEM_LOCK:
         current = _SYSTEM
         if current is not None and not current.closed:
-            _check_same_options(current, options)
+            if options:  # nothing to compare without options: the common call stays a slot read
+                _check_same_options(current, options)
             return current
         if not auto_init:
             raise SystemConfigurationError(
@@ -64,6 +65,18 @@ def get_checkpoint_system(
         system._on_close.append(_release)
         _SYSTEM = system
         return system
+
+
+def _open_system() -> AutomaticCheckpointSystem:
+    """The open process-wide system, without taking the lock when there is one (the per-step path).
+
+    Reading the slot is one reference read; a system closed by another thread meanwhile raises
+    SystemConfigurationError from its own check, as a call on a closed system always does.
+    """
+    system = _SYSTEM
+    if system is not None and not system._closed:
+        return system
+    return get_checkpoint_system()
 
 
 def _check_same_options(current: AutomaticCheckpointSystem, options: dict[str, Any]) -> None:
@@ -91,30 +104,30 @@ def checkpoint_on_step(
 ) -> None:
     """Call once per training step (see :meth:`AutomaticCheckpointSystem.checkpoint_on_step`)."""
     if tags is None and description is None:
-        get_checkpoint_system().checkpoint_on_step(step, metrics)
+        _open_system().checkpoint_on_step(step, metrics)
     else:
-        get_checkpoint_system().checkpoint_on_step(step, metrics, tags=tags, description=description)
+        _open_system().checkpoint_on_step(step, metrics, tags=tags, description=description)
 
 
 def checkpoint_on_epoch_end(
     epoch: int, metrics: Mapping[str, Any] | None = None, *, step: int | None = None
 ) -> None:
     """Call when an epoch ends (see :meth:`AutomaticCheckpointSystem.checkpoint_on_epoch_end`)."""
-    get_checkpoint_system().checkpoint_on_epoch_end(epoch, metrics, step=step)
+    _open_system().checkpoint_on_epoch_end(epoch, metrics, step=step)
 
 
 def checkpoint_on_model_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
     """Record a model change now (pruning, added layers...)."""
-    get_checkpoint_system().checkpoint_on_model_change(step, metrics)
+    _open_system().checkpoint_on_model_change(step, metrics)
 
 
 def checkpoint_on_config_change(step: int | None = None, metrics: Mapping[str, Any] | None = None) -> None:
     """Record a hyperparameter change now."""
-    get_checkpoint_system().checkpoint_on_config_change(step, metrics)
+    _open_system().checkpoint_on_config_change(step, metrics)
 
 
 def checkpoint_on_state_change(
     label: str = "state_change", step: int | None = None, metrics: Mapping[str, Any] | None = None
 ) -> None:
     """Save now with ``trigger=label`` in the current experiment ("freeze", "reset", ...)."""
-    get_checkpoint_system().checkpoint_on_state_change(label, step, metrics)
+    _open_system().checkpoint_on_state_change(label, step, metrics)
