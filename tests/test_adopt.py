@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from weightslab.errors import CheckpointNotFoundError
 from weightslab.registry.ledger import Ledger
@@ -57,3 +58,38 @@ def test_adopt_of_a_step_that_is_not_committed_names_it(make_system: Any, ledger
     system.flush()
     with pytest.raises(CheckpointNotFoundError, match="15"):
         system.adopt(system.exp_hash or "", 15)
+
+
+def test_find_resume_finds_what_resume_would_restore_and_restores_nothing(
+    make_system: Any, tmp_path: Path
+) -> None:
+    first = make_system(checkpoint_frequency=10, save_last=False, ledger=Ledger())
+    model, opt, _ = setup_run(first.ledger)
+    assert first.find_resume("latest") is None  # a fresh root
+    for step in range(1, 36):
+        train_step(model, opt)
+        first.checkpoint_on_step(step)
+    h = first.exp_hash
+    assert h is not None
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    found = first.find_resume("latest")
+    assert found is not None
+    data, entry, exp_hash, skipped = found
+    assert (entry.step, exp_hash, skipped, data["step"]) == (30, h, [], 30)
+    saved = data["models"]["model"]
+    assert any(not torch.equal(saved[k], weights[k]) for k in weights)  # five steps were trained since
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # nothing restored
+    assert (first.exp_hash, first.last_step) == (h, 35)
+    first.close()
+
+    newest = tmp_path / "root" / "checkpoints" / h / "model" / f"{h}_step_000030.pt"
+    flipped = bytearray(newest.read_bytes())
+    flipped[len(flipped) // 2] ^= 0x10  # same size: only the checksum tells
+    newest.write_bytes(bytes(flipped))
+    second = make_system(checkpoint_frequency=10, save_last=False, ledger=Ledger())
+    setup_run(second.ledger)
+    found = second.find_resume("latest")
+    assert found is not None
+    data, entry, exp_hash, skipped = found
+    assert (entry.step, exp_hash, data["step"]) == (20, h, 20)
+    assert skipped == [second.manager.entry(h, 30).file]

@@ -15,3 +15,20 @@ def test_importing_weightslab_imports_no_trainer_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_missing_framework_says_which_extra_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['lightning'] = sys.modules['transformers'] = None  # as if not installed\n"
+        "for name in ('weightslab.integrations.lightning', 'weightslab.integrations.transformers'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ImportError as exc:\n"
+        "        print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "weightslab.integrations.lightning needs Lightning >= 2.4: pip install 'weightslab[lightning]'",
+        "weightslab.integrations.transformers needs transformers >= 4.44: pip install 'weightslab[transformers]'",
+    ]

@@ -38,7 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # the optional extra is not installed
+    raise ImportError(
+        "weightslab.integrations.lightning needs Lightning >= 2.4: pip install 'weightslab[lightning]'"
+    ) from exc
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Checkpoint
 

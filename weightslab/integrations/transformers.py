@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+try:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as exc:  # the optional extra is not installed
+    raise ImportError(
+        "weightslab.integrations.transformers needs transformers >= 4.44: "
+        "pip install 'weightslab[transformers]'"
+    ) from exc
 
 from weightslab.errors import ConfigError, SystemConfigurationError
 from weightslab.format.trainers import (
@@ -52,26 +59,10 @@ from weightslab.registry.events import Kind
 from weightslab.system.api import get_checkpoint_system
 from weightslab.system.automatic import AutomaticCheckpointSystem
 from weightslab.system.config import CheckpointConfig
-from weightslab.system.snapshot import capture_rng, restore_rng
 
 log = logging.getLogger("weightslab")
 
 __all__ = ["TRAINING_ARGUMENTS", "WeightslabCallback"]
-
-
-class _NotRestoredFilter(logging.Filter):
-    """Drops resume()'s "not registered; not restored" notes about the callback's own objects: while
-    ``resume_path()`` runs they are not registered on purpose (the Trainer loads them from the folder)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (
-            isinstance(record.msg, str)
-            and record.msg.endswith("which is not registered; not restored")
-            and isinstance(args, tuple)
-            and len(args) == 3
-            and args[2] in OWN_NAMES
-        )
 
 
 class WeightslabCallback(TrainerCallback):
@@ -122,8 +113,9 @@ class WeightslabCallback(TrainerCallback):
         """Resume the weightslab run and return a ``checkpoint-N/`` folder for ``Trainer.train``.
 
         None on a fresh root. Otherwise the newest checkpoint that verifies, of the experiment active
-        last, is resumed (journalled; the next saves continue that experiment, or branch from it when
-        the model or the training arguments changed) and laid out as the Trainer's checkpoint files:
+        last, is found (``system.find_resume``), continued (``system.adopt``, journalled; the next saves
+        continue that experiment, or branch from it when the model or the training arguments changed)
+        and laid out as the Trainer's checkpoint files:
         ``model.safetensors``, ``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``,
         ``trainer_state.json`` (and ``scaler.pt``). The folder is deleted at the first
         ``on_step_begin`` (or ``on_train_end``) of the training that follows, when the Trainer has
@@ -135,30 +127,29 @@ class WeightslabCallback(TrainerCallback):
             return str(self._folder)
         system = self._open_system()
         if self._args is not None:
-            # registered before resume() so that the journal names exactly the arguments that changed
+            # registered before adopt() restores the saved values into it, and updated with the live
+            # ones at on_train_begin: the journal names exactly the arguments that changed
             self._register_args(system.ledger, self._args)
-        rng = capture_rng()
-        quiet = _NotRestoredFilter()
-        log.addFilter(quiet)
-        try:
-            start = system.resume("latest")
-        finally:
-            log.removeFilter(quiet)
-            restore_rng(rng)
-        if start == 0:
+        found = system.find_resume("latest")
+        if found is None:
             return None
-        exp_hash, step = system.exp_hash, system.last_step
-        assert exp_hash is not None and step is not None  # set by a resume that found a checkpoint
-        entry = system.manager.entry(exp_hash, step)
-        # resume() has just verified this file; a second, memory-mapped read costs no checksum pass
-        data = system.manager.load_entry(exp_hash, entry, verify=False)
+        data, entry, exp_hash, skipped = found
+        step = entry.step
         if self._resume_dir is not None:
             self._resume_dir.mkdir(parents=True, exist_ok=True)
         base = Path(tempfile.mkdtemp(prefix="weightslab-resume-", dir=self._resume_dir))
         self._cleanup = weakref.finalize(self, shutil.rmtree, base, ignore_errors=True)
         folder = base / f"checkpoint-{step}"
+        # what the Trainer does not load from the folder: frozen parameters, the user's stateful objects
+        # and hyperparameters (the training arguments included, see above)
+        restore = {
+            "frozen": data.get("frozen", {}),
+            "extra": {k: v for k, v in data.get("extra", {}).items() if k not in OWN_NAMES},
+            "hyperparams": data.get("hyperparams", {}),
+        }
         try:
             written = write_trainer_checkpoint(folder, data)
+            system.adopt(exp_hash, step, restore, skipped=skipped, mode="transformers")
         except BaseException:
             self._drop_folder()
             raise

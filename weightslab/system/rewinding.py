@@ -58,6 +58,20 @@ class Rewinding(SystemParts):
             log.info("weightslab: resumed %s at step %d from %s", source_hash, entry.step, entry.file)
             return entry.step + 1
 
+    def find_resume(self, mode: ResumeMode = "latest") -> Found | None:
+        """The checkpoint ``resume(mode)`` would restore, found and verified without restoring anything.
+
+        For trainers that restore the state themselves and then call :meth:`adopt`: returns its
+        verified step dict, its entry, its experiment hash and the files skipped before it; None on a
+        fresh root. Registered objects, the RNG and the active experiment are left as they are. Raises
+        CheckpointNotFoundError when nothing verifies.
+        """
+        with self._lock:
+            self._check_open()
+            if self._writer is not None:
+                self._writer.wait()
+            return self._resume_agreed(mode)
+
     def adopt(
         self,
         exp_hash: str,
