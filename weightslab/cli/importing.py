@@ -14,6 +14,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from weightslab.cli.arguments import non_negative
 from weightslab.cli.output import make_console
 from weightslab.errors import ConfigError
 from weightslab.inspect.importing import ImportResult, import_checkpoint
@@ -47,7 +48,10 @@ def add_import_parser(subparsers: Any) -> None:
         help="what SOURCE is (default: auto, from its bytes and keys; hf is a checkpoint-N/ folder)",
     )
     p.add_argument(
-        "--step", type=_step, metavar="N", help="the step to record (default: the source's own step, else 0)"
+        "--step",
+        type=non_negative,
+        metavar="N",
+        help="the step to record (default: the source's own step, else 0)",
     )
     p.add_argument(
         "--trust",
@@ -125,16 +129,6 @@ def _keys(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--key takes ROLE=KEY (for example --key model=generator), got {pair!r}")
         out[role] = key
     return out
-
-
-def _step(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 __all__ = ["add_import_parser", "print_import", "run_import"]

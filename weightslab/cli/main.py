@@ -31,6 +31,7 @@ from typing import Any
 from weightslab import __version__
 from weightslab.cli import console
 from weightslab.cli import render as cli_render
+from weightslab.cli.arguments import non_negative, positive
 from weightslab.cli.backup import add_backup_parser
 from weightslab.cli.compare import add_compare_parser
 from weightslab.cli.importing import add_import_parser
@@ -114,9 +115,9 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
         json_help="print what was (or would be) removed as JSON",
     )
     p.add_argument("--dry-run", action="store_true", help="print what would be removed; remove nothing")
-    p.add_argument("--keep-last", type=_positive, metavar="N", help="override the recorded keep_last")
-    p.add_argument("--keep-best", type=_positive, metavar="K", help="override the recorded keep_best")
-    p.add_argument("--keep-every", type=_positive, metavar="M", help="override the recorded keep_every")
+    p.add_argument("--keep-last", type=positive, metavar="N", help="override the recorded keep_last")
+    p.add_argument("--keep-best", type=positive, metavar="K", help="override the recorded keep_best")
+    p.add_argument("--keep-every", type=positive, metavar="M", help="override the recorded keep_every")
     p.add_argument("--monitor", metavar="METRIC", help="override the recorded monitor (for --keep-best)")
     p.add_argument("--mode", choices=("min", "max"), help="override the recorded mode (for --keep-best)")
     p.epilog = (
@@ -133,7 +134,7 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
         json_help="print what was written as JSON",
     )
     p.add_argument("hash", metavar="HASH", help="experiment hash or unique prefix")
-    p.add_argument("--step", type=_non_negative, metavar="N", help="the step to export (default: the newest)")
+    p.add_argument("--step", type=non_negative, metavar="N", help="the step to export (default: the newest)")
     p.add_argument("--to", required=True, metavar="DIR", help="the folder to write into (created if missing)")
     p.add_argument(
         "--format",
@@ -170,23 +171,6 @@ def _add_analyze(sub: Any, *, real: bool) -> None:
         add_help=False,
     )
     placeholder.add_argument("rest", nargs=argparse.REMAINDER)
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 # -- commands ---------------------------------------------------------------------------------------

@@ -23,7 +23,13 @@ import torch
 from weightslab.errors import CheckpointNotFoundError, ConfigError, ConfigFileError
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.inspect import NullTracker, Tracker
-from weightslab.inspect.diff import HyperparamChange, LayerChange, Tensors, diff_hyperparams, diff_layers
+from weightslab.inspect.diff import (
+    HyperparamChange,
+    LayerChange,
+    diff_hyperparams,
+    diff_layers,
+    tensor_shapes,
+)
 from weightslab.inspect.distance import WeightDistance, weight_distance
 from weightslab.inspect.experiments import best_metric
 from weightslab.inspect.export import step_hyperparams
@@ -243,21 +249,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
-
-
-def tensor_shapes(data: Mapping[str, Any]) -> Tensors:
-    """The layers of a step dict's models: {model: {layer: {tensor: (shape, dtype)}}}, for diff_layers."""
-    out: Tensors = {}
-    for model, state in (data.get("models") or {}).items():
-        layers = out.setdefault(str(model), {})
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor):
-                layer, _, tensor = name.rpartition(".")
-                layers.setdefault(layer, {})[tensor] = (
-                    tuple(value.shape),
-                    str(value.dtype).removeprefix("torch."),
-                )
-    return out
 
 
 __all__ = [

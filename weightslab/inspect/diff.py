@@ -161,8 +161,13 @@ def _tensors_from_checkpoints(manager: CheckpointManager, exp_hash: str) -> Tens
         data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
     except (CheckpointNotFoundError, CheckpointFormatError, UnsafePathError):
         return None
+    return tensor_shapes(data)
+
+
+def tensor_shapes(data: Mapping[str, Any]) -> Tensors:
+    """The layers of a step dict's models: {model: {layer: {tensor: (shape, dtype)}}}, for diff_layers."""
     out: Tensors = {}
-    for model, state in data.get("models", {}).items():
+    for model, state in (data.get("models") or {}).items():
         layers = out.setdefault(str(model), {})
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
