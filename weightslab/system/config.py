@@ -15,6 +15,8 @@ from weightslab.errors import ConfigError
 
 Mode = Literal["min", "max"]
 OnError = Literal["warn", "raise"]
+StorageMode = Literal["files", "dedup"]
+Compression = Literal["zstd"]
 
 
 def _positive_int(name: str, value: object, *, allow_none: bool = False, allow_zero: bool = False) -> None:
@@ -58,6 +60,10 @@ class CheckpointConfig:
         every_n_epochs: also save at ``checkpoint_on_epoch_end(epoch)`` after every N-th epoch.
         train_time_interval: also save (``trigger="time"``) at the first ``checkpoint_on_step`` once
             this many seconds passed since the last save or since the system opened.
+        max_staging_bytes: with ``async_save``, the most bytes of snapshot buffers kept between saves.
+        storage: "files" writes one self-contained step file per checkpoint; "dedup" writes each
+            tensor once, by digest, and lets checkpoints reference unchanged ones.
+        compression: "zstd" compresses the tensors of a "dedup" root losslessly (None: off).
     """
 
     root_log_dir: str | os.PathLike[str] = "experiments"
@@ -80,6 +86,9 @@ class CheckpointConfig:
     every_n_epochs: int | None = None
     train_time_interval: float | timedelta | None = None
     storage_options: Mapping[str, Any] | None = None
+    max_staging_bytes: int | None = 1 << 30
+    storage: StorageMode = "files"
+    compression: Compression | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.root_log_dir, (str, os.PathLike)) or not os.fspath(self.root_log_dir):
@@ -100,6 +109,16 @@ class CheckpointConfig:
         ):
             raise ConfigError(
                 f"train_time_interval must be a positive number of seconds (or None), got {interval!r}"
+            )
+        _positive_int("max_staging_bytes", self.max_staging_bytes, allow_none=True, allow_zero=True)
+        if self.storage not in get_args(StorageMode):
+            raise ConfigError(f"storage must be 'files' or 'dedup', got {self.storage!r}")
+        if self.compression is not None and self.compression not in get_args(Compression):
+            raise ConfigError(f"compression must be 'zstd' or None, got {self.compression!r}")
+        if self.compression is not None and self.storage != "dedup":
+            raise ConfigError(
+                f"compression={self.compression!r} needs storage='dedup' (a 'files' step file is torch.save's "
+                "format, which does not compress); pass storage='dedup' too"
             )
         if self.mode not in get_args(Mode):
             raise ConfigError(f"mode must be 'min' or 'max', got {self.mode!r}")
