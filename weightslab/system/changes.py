@@ -4,13 +4,20 @@ Every ``checkpoint_on_step`` asks :meth:`ChangeDetector.changed` whether anythin
 the experiment hash (or the trainable set) moved since the last baseline. It compares, in order of
 cost: the ledger version, a process-wide counter bumped by torch's module, parameter and buffer
 registration hooks (adding or replacing layers, ``torch.nn.utils.prune``), the hyperparameter
-values against deep copies, then every parameter's size in bytes (which catches ``p.data = smaller``:
-pruning always changes it) and ``requires_grad``. Only when it says yes does the system recompute the
-full hash. A reshape that keeps a parameter's size is not seen here; the full hash that runs before
-every save still records it, at that save.
+values against deep copies, then the size in bytes (which catches ``p.data = smaller``: pruning
+always changes it) and ``requires_grad`` of the parameters. Only when it says yes does the system
+recompute the full hash. A reshape that keeps a parameter's size is not seen here; the full hash
+that runs before every save still records it, at that save.
 
-Cost: the per-parameter reads dominate (about 70 ns each per attribute on a 2-core CI machine), so a
-100-tensor model costs about 15 us per call; a small MLP about 2 us.
+Why amortised: torch has no event for ``requires_grad`` or ``.data`` changes, and each tensor
+attribute read costs 35-80 ns from Python on a 2-core CI machine, so checking every parameter on
+every call costs 0.1-0.3 ms per call at 1,000 tensors. Event-driven detection would need patching
+``torch.nn.Parameter`` (process-wide, every user of the process) or swapping the class of the
+user's parameters; we do neither. Instead each call checks the next :data:`SCAN_BUDGET` parameters,
+round robin: a model of up to that many parameter tensors is checked whole on every call (a freeze
+is recorded at the step it happens), a larger one within ``ceil(n / SCAN_BUDGET)`` calls
+(:attr:`ChangeDetector.window`), and in every case at the next save, whose full check reads every
+parameter. The call costs the same at 1,000 tensors as at 16.
 """
 
 from __future__ import annotations
@@ -88,12 +95,19 @@ def structure_version() -> int:
 _nbytes = attrgetter("nbytes")
 _requires_grad = attrgetter("requires_grad")
 
+SCAN_BUDGET = 16
+"""Parameters whose ``requires_grad`` and size one :meth:`ChangeDetector.changed` call reads."""
+
+# one slice of the parameters: (the parameters, their requires_grad, their sizes at the baseline)
+_Chunk = tuple[list[torch.nn.Parameter], list[bool], list[int]]
+
 
 class ChangeDetector:
     """Remembers a baseline of the registered objects and says cheaply whether it moved."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, scan_budget: int = SCAN_BUDGET) -> None:
         install_structure_hooks()
+        self._budget = scan_budget
         self._hooked = True
         self.ledger = ledger
         self._ledger_version = -1
@@ -103,6 +117,8 @@ class ChangeDetector:
         self._sizes: list[int] = []
         self._grads: list[bool] = []
         self._names: list[tuple[str, str]] = []
+        self._chunks: list[_Chunk] = []
+        self._cursor = 0
 
     def close(self) -> None:
         """Give back this detector's share of the global torch hooks. Idempotent."""
@@ -124,16 +140,33 @@ class ChangeDetector:
         self._names = names
         self._sizes = list(map(_nbytes, params))
         self._grads = list(map(_requires_grad, params))
+        b = self._budget
+        self._chunks = [
+            (params[i : i + b], self._grads[i : i + b], self._sizes[i : i + b])
+            for i in range(0, len(params), b)
+        ] or [([], [], [])]
+        self._cursor = 0
+
+    @property
+    def window(self) -> int:
+        """Calls of :meth:`changed` that read every parameter once (1 up to :data:`SCAN_BUDGET` tensors)."""
+        return len(self._chunks)
 
     def changed(self) -> bool:
-        """True when something may have changed since :meth:`rebaseline` (false positives are fine)."""
-        if self.ledger.version != self._ledger_version or structure_version() != self._structure:
+        """True when something may have changed since :meth:`rebaseline` (false positives are fine).
+
+        Reads the versions and hyperparameters on every call, and the next slice of parameters.
+        """
+        if self.ledger.version != self._ledger_version or _structure_version != self._structure:
             return True
         for live, snap in self._hp:
             if live != snap:
                 return True
-        params = self._params
-        return list(map(_requires_grad, params)) != self._grads or list(map(_nbytes, params)) != self._sizes
+        chunks = self._chunks
+        cursor = self._cursor
+        params, grads, sizes = chunks[cursor]
+        self._cursor = cursor + 1 if cursor + 1 < len(chunks) else 0
+        return list(map(_requires_grad, params)) != grads or list(map(_nbytes, params)) != sizes
 
     def trainable_changes(self) -> tuple[list[str], list[str]]:
         """(params frozen, params unfrozen) since the baseline, as "model.param" names."""
