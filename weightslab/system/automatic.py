@@ -163,8 +163,6 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         (to annotate one already saved, use :meth:`tag`). Raises CheckpointSaveError only with
         on_error="raise"; TypeError/ValueError for a bad step, metric or tag.
         """
-        # Over 60 lines on purpose: the common case (no save, nothing changed) is kept inline, to a
-        # few attribute reads, because it runs on every training step (benchmarks/bench_step_overhead).
         if tags is not None or description is not None:
             notes = check_notes(tags, description)
             with self._lock:  # another thread's save must not pick up this call's notes
@@ -175,42 +173,72 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
                     self._notes = ((), "")
             return
         with self._lock:
-            if self._closed:
-                self._check_open()
-            if self._writer is not None and self._writer.has_errors:
-                self._surface_errors()
-            if type(step) is not int or step < 0:
-                step = check_step(step)
-            if self._resume_floor is not None:
-                if step <= self._resume_floor:
-                    self._check_backwards(step)
-            elif self._last_step is not None and step < self._last_step:
+            # The common case, a step that neither saves nor changes anything, is one expression of
+            # attribute reads: it runs on every training step (benchmarks/bench_step_overhead.py).
+            last = self._last_step
+            if (
+                type(step) is int
+                and last is not None
+                and step >= last
+                and self._resume_floor is None
+                and not self._pending
+                and self._signals.signal is None
+                and self._timer is None
+                and not self._closed
+                and not self._should_save(step)
+                and (self._writer is None or not self._writer.has_errors)
+                and self._exp.identity is not None
+            ):
+                if not (self._detect and self._detector.changed()):
+                    self._last_step = step
+                    self._last_metrics = metrics
+                    return
+                self._step(step, metrics, changed=True)
+                return
+            self._step(step, metrics, changed=None)
+
+    def _step(self, step: int, metrics: Mapping[str, Any] | None, *, changed: bool | None) -> None:
+        """``checkpoint_on_step`` when the step may save, record a change, or needs a check.
+
+        ``changed``: what the change check already said this call (None: not asked yet).
+        """
+        if self._closed:
+            self._check_open()
+        if self._writer is not None and self._writer.has_errors:
+            self._surface_errors()
+        if type(step) is not int or step < 0:
+            step = check_step(step)
+        if self._resume_floor is not None:
+            if step <= self._resume_floor:
                 self._check_backwards(step)
-            if self._signals.signal is not None:
-                self._preempt(step, metrics)
-            if self._exp.identity is None:
-                self._begin(step)
-            if self._pending:
-                pending, self._pending = self._pending, []
-                self._save_announced(step, pending, clean_metrics(metrics))
-            elif self._detect and self._detector.changed():
-                self._record_changes(step, clean_metrics(metrics), announced=None)
-            self._last_step = step
-            self._last_metrics = metrics
-            self._resume_floor = None
-            if self._should_save(step):
-                clean = clean_metrics(metrics)
-                # the full hash is recomputed before every save, whatever the cheap check said
-                self._record_changes(step, clean, announced=None)
-                assert self._exp.identity is not None
-                if (self._exp.identity.exp_hash, step) not in self._submitted:
-                    self._save(step, "step", clean)
-            elif self._timer is not None and self._time_due():
-                clean = clean_metrics(metrics)
-                self._record_changes(step, clean, announced=None)
-                assert self._exp.identity is not None
-                if (self._exp.identity.exp_hash, step) not in self._submitted:
-                    self._save(step, "time", clean)
+        elif self._last_step is not None and step < self._last_step:
+            self._check_backwards(step)
+        if self._signals.signal is not None:
+            self._preempt(step, metrics)
+        if self._exp.identity is None:
+            self._begin(step)
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._save_announced(step, pending, clean_metrics(metrics))
+        elif self._detect and (self._detector.changed() if changed is None else changed):
+            self._record_changes(step, clean_metrics(metrics), announced=None)
+        self._last_step = step
+        self._last_metrics = metrics
+        self._resume_floor = None
+        if self._should_save(step):
+            clean = clean_metrics(metrics)
+            # the full hash (and a read of every parameter) runs before every save, whatever the
+            # cheap check said
+            self._record_changes(step, clean, announced=None)
+            assert self._exp.identity is not None
+            if (self._exp.identity.exp_hash, step) not in self._submitted:
+                self._save(step, "step", clean)
+        elif self._timer is not None and self._time_due():
+            clean = clean_metrics(metrics)
+            self._record_changes(step, clean, announced=None)
+            assert self._exp.identity is not None
+            if (self._exp.identity.exp_hash, step) not in self._submitted:
+                self._save(step, "time", clean)
 
     def checkpoint_on_model_change(
         self, step: int | None = None, metrics: Mapping[str, Any] | None = None
