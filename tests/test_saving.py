@@ -56,21 +56,13 @@ def test_snapshot_is_consistent_while_training_mutates_in_place(tmp_path: Path) 
 def test_buffers_are_reused_while_shapes_stay_the_same() -> None:
     bufs = SnapshotBuffers()
     t = torch.randn(64, 64)
-    bufs.begin()
-    first = bufs.tensor(("w",), t)
-    bufs.end()
+    first = bufs.stage({"w": t})[0]["w"]
     t.add_(1.0)
-    bufs.begin()
-    second = bufs.tensor(("w",), t)
-    bufs.end()
+    second = bufs.stage({"w": t})[0]["w"]
     assert first.data_ptr() == second.data_ptr() and torch.equal(second, t)
-    bufs.begin()
-    third = bufs.tensor(("w",), torch.randn(32, 64))  # pruned: a new buffer
-    bufs.end()
-    assert third.shape == (32, 64) and third.data_ptr() != first.data_ptr()
-    bufs.begin()
-    bufs.end()
-    assert bufs._buffers == {}  # unused buffers are released
+    third = bufs.stage({"w": torch.randn(32, 64)})[0]["w"]  # pruned: a new buffer
+    assert third.shape == (32, 64) and torch.equal(second, t)  # the earlier snapshot is untouched
+    assert bufs.stage({})[0] == {} and bufs.kept_bytes == 0  # unused buffers are released
 
 
 def run_and_hash(tmp_path: Path, async_save: bool) -> dict[str, str]:

@@ -60,7 +60,9 @@ class CheckpointConfig:
         every_n_epochs: also save at ``checkpoint_on_epoch_end(epoch)`` after every N-th epoch.
         train_time_interval: also save (``trigger="time"``) at the first ``checkpoint_on_step`` once
             this many seconds passed since the last save or since the system opened.
-        max_staging_bytes: with ``async_save``, the most bytes of snapshot buffers kept between saves.
+        max_staging_bytes: with ``async_save``, the most bytes of snapshot staging memory kept between
+            saves (None: no bound). A state that fits is staged into memory kept and reused; a larger
+            one into memory allocated per save and freed when its write ends (a longer stall).
         storage: "files" writes one self-contained step file per checkpoint; "dedup" writes each
             tensor once, by digest, and lets checkpoints reference unchanged ones.
         compression: "zstd" compresses the tensors of a "dedup" root losslessly (None: off).
@@ -86,7 +88,7 @@ class CheckpointConfig:
     every_n_epochs: int | None = None
     train_time_interval: float | timedelta | None = None
     storage_options: Mapping[str, Any] | None = None
-    max_staging_bytes: int | None = 1 << 30
+    max_staging_bytes: int | None = 2 << 30
     storage: StorageMode = "files"
     compression: Compression | None = None
 

@@ -35,7 +35,6 @@ def build_payload(
     ``tensors=False`` leaves out the models and optimizers (a sharded save writes them through DCP).
     Raises CheckpointSaveError (from the buffers) or a canonicalisation error naming the bad value.
     """
-    buffers.begin()
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "exp_hash": exp_hash,
@@ -45,15 +44,15 @@ def build_payload(
         "metrics": dict(metrics),
     }
     models = ledger.items("model")
-    payload["models"] = (
-        {n: buffers.tree(("models", n), m.state_dict()) for n, m in models.items()} if tensors else {}
-    )
+    # every state tree first, then one staging pass: all tensors land in one arena, copied in one call
+    state: dict[str, Any] = {"models": {n: m.state_dict() for n, m in models.items()} if tensors else {}}
     for kind, key in _STATEFUL_KINDS:
         if kind == "optimizer" and not tensors:
-            payload[key] = {}
+            state[key] = {}
             continue
-        objs = ledger.items(kind)
-        payload[key] = {n: buffers.tree((key, n), o.state_dict()) for n, o in objs.items()}
+        state[key] = {n: o.state_dict() for n, o in ledger.items(kind).items()}
+    staged, event = buffers.stage(state)
+    payload.update(staged)
     payload["rng"] = capture_rng() if save_rng else {}
     # the plain form (int keys, tuples, inf) so that resume restores values with their types
     hyperparams = ledger.items("hyperparams")
@@ -63,4 +62,4 @@ def build_payload(
     payload["frozen"] = {
         n: [pn for pn, p in m.named_parameters() if not p.requires_grad] for n, m in models.items()
     }
-    return payload, buffers.end()
+    return payload, event

@@ -1,99 +1,263 @@
-"""Consistent copies of training state, taken on the training thread into reusable CPU buffers.
+"""Consistent copies of training state, taken on the training thread into reusable CPU staging memory.
 
 A snapshot must not change after the call returns, whatever training does to its tensors, so every
-tensor is copied. Buffers are allocated once per (path, shape, dtype) and reused while they match,
-so steady-state saves allocate nothing; they are pinned when the source lives on a CUDA device so
-that the device-to-host copy can run without blocking.
+tensor is copied. All tensors of a snapshot are staged in one flat allocation (a
+:class:`~weightslab.system.staging.StagingArena`) and copied in one batched call, so that a state of
+thousands of small tensors costs about what its bytes cost. The arena is kept and reused while the
+state keeps its layout and fits ``max_staging_bytes``; a larger state is staged into a fresh arena
+that is freed once its write ends, so the process keeps nothing between saves. The arena is pinned
+when a source lives on a CUDA device, so that the device-to-host copies can run without blocking.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from operator import attrgetter
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
 from weightslab.errors import CheckpointSaveError
+from weightslab.system.staging import StagingArena
 
 Key = tuple[Any, ...]
 # what torch.load(weights_only=True) reads back, besides tensors and containers
 _LEAVES = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+_STRIDED = torch.strided
+# what must stay the same for a source to take its slot again without a look at it one by one
+_SIGNATURE = attrgetter("is_cpu", "layout", "dtype", "shape")
 # torch leaves is_initialized unannotated; this is its signature
 _cuda_is_initialized: Callable[[], bool] = torch.cuda.is_initialized
+# one C++ loop over all pairs instead of a Python call per tensor; private, so guarded
+_foreach_copy: Callable[..., None] | None = getattr(torch, "_foreach_copy_", None)
 
 
 class SnapshotBuffers:
-    """A pool of CPU tensors keyed by where their source sits in the state tree."""
+    """Stages state trees into CPU memory: tensors copied into one flat arena, containers rebuilt.
 
-    def __init__(self, *, copy_cpu: bool = True) -> None:
-        # copy_cpu=False (synchronous saves) serialises live CPU tensors directly: training is
-        # blocked until the write ends, so they cannot change under us.
+    Args:
+        copy_cpu: False (synchronous saves) passes live CPU tensors through uncopied: training is
+            blocked until the write ends, so they cannot change under the writer.
+        max_staging_bytes: the most staging memory kept between saves (None: no bound). A snapshot
+            that needs more is staged into memory freed when the snapshot is dropped.
+    """
+
+    # the pass in progress
+    _srcs: list[torch.Tensor]  # every source staged through the general pass, in slot order
+    _batch_src: list[torch.Tensor]  # plain CPU tensors: one batched copy
+    _batch_dst: list[torch.Tensor]
+    _single: list[tuple[torch.Tensor, torch.Tensor, bool]]  # (dst, src, non_blocking): one by one
+
+    def __init__(self, *, copy_cpu: bool = True, max_staging_bytes: int | None = 2 << 30) -> None:
         self.copy_cpu = copy_cpu
-        self._buffers: dict[Key, torch.Tensor] = {}
-        self._used: set[Key] = set()
-        self.cuda_pending = False
-        self.nbytes = 0
+        self.max_staging_bytes = max_staging_bytes
+        self._arena: StagingArena | None = None  # kept only while it fits the bound
+        # the layout of the last snapshot: a transient arena for the next one is allocated from it
+        self._specs: list[tuple[torch.Size, torch.dtype]] = []
+        self._pinned = False
+        # what the sources looked like when every one was a plain CPU tensor (else None): the fast
+        # pass compares against it
+        self._types: list[type] = []
+        self._signature: list[tuple[Any, ...]] | None = None
+        self.staged_bytes = 0
+        """Bytes of staging memory the last snapshot used."""
+        self._reset(None)
 
-    def begin(self) -> None:
-        self._used = set()
-        self.cuda_pending = False
-        self.nbytes = 0
+    @property
+    def kept_bytes(self) -> int:
+        """Staging memory held between saves (0 when the last snapshot exceeded the bound)."""
+        return self._arena.nbytes if self._arena is not None else 0
 
-    def end(self) -> torch.cuda.Event | None:
-        """Drop buffers no longer used; return an event to wait on when device copies are in flight."""
-        for key in [k for k in self._buffers if k not in self._used]:
-            del self._buffers[key]
-        if self.cuda_pending:
+    def stage(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], torch.cuda.Event | None]:
+        """Copy ``state``, a mapping of state trees; return the copy and the CUDA event to wait on.
+
+        The event (None when no device copy is in flight) must be synchronised before the copy's bytes
+        are read. Raises CheckpointSaveError naming the path of a leaf that a weights_only load could
+        not read back.
+        """
+        arena = self._arena
+        if arena is None and self._specs:
+            arena = StagingArena(self._specs, pinned=self._pinned)  # transient: the last layout
+        out: dict[str, Any] | None = None
+        if arena is not None and self._signature is not None:
+            out = self._fast_pass(state, arena)
+        if out is None:
+            # hand the arena over, so that the general pass can release it before allocating anew
+            self._arena, arena = arena, None
+            out, arena = self._general_pass(state)
+        assert out is not None
+        pending = self._copy()
+        self.staged_bytes = arena.nbytes if arena is not None else 0
+        bound = self.max_staging_bytes
+        self._arena = arena if bound is None or self.staged_bytes <= bound else None
+        self._reset(None)  # the snapshot alone keeps the slots alive from here on
+        if pending:
             # record_event() is Event() recorded on the current stream (torch leaves Event.__new__ unannotated)
             event: torch.cuda.Event = torch.cuda.current_stream().record_event()
-            return event
-        return None
+            return out, event
+        return out, None
 
-    def tensor(self, key: Key, src: torch.Tensor) -> torch.Tensor:
-        src = src.detach()
-        self._used.add(key)
-        if not self.copy_cpu and src.device.type == "cpu":
-            self.nbytes += src.numel() * src.element_size()
-            return src
-        if src.layout is not torch.strided or src.is_quantized or src.device.type == "meta":
-            out = src.clone().cpu() if src.device.type != "meta" else src
-            self._buffers.pop(key, None)
-            return out
-        buf = self._buffers.get(key)
-        if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-            pin = src.is_cuda and torch.cuda.is_available()
-            buf = torch.empty(src.shape, dtype=src.dtype, device="cpu", pin_memory=pin)
-            self._buffers[key] = buf
-        if src.is_cuda:
-            buf.copy_(src, non_blocking=True)
-            self.cuda_pending = True
-        else:
-            buf.copy_(src)
-        self.nbytes += buf.numel() * buf.element_size()
-        return buf
+    def _fast_pass(self, state: Mapping[str, Any], arena: StagingArena) -> dict[str, Any] | None:
+        """The steady state: every tensor a plain CPU tensor, in the layout of the arena.
 
-    def tree(self, key: Key, obj: Any) -> Any:
-        """Copy a state tree: tensors into buffers, containers rebuilt, immutable leaves shared.
-
-        Raises CheckpointSaveError naming the path of a leaf that a weights_only load could not read.
+        Tensors take the next slot without a look at them; one C-level comparison of all their
+        signatures afterwards confirms the layout (None: it changed, take the general pass). Much
+        cheaper per tensor than classifying each on its own.
         """
+        srcs: list[torch.Tensor] = []
+        add = srcs.append
+        take = partial(next, iter(arena.tensors), None)
+        tensor_type, leaves, refuse = torch.Tensor, _LEAVES, _refuse
+
+        def tree(key: Key, obj: Any) -> Any:
+            if isinstance(obj, tensor_type):
+                add(obj)
+                return take()
+            if isinstance(obj, (dict, Mapping)):
+                # `add(v) or take()`: record the source (add returns None), then hand out its slot
+                return {
+                    k: add(v) or take() if isinstance(v, tensor_type) else tree((*key, k), v)
+                    for k, v in obj.items()
+                }
+            if isinstance(obj, list):
+                return [tree((*key, i), v) for i, v in enumerate(obj)]
+            if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+                return tuple([tree((*key, i), v) for i, v in enumerate(obj)])
+            if obj is None or isinstance(obj, leaves):
+                return obj
+            refuse(key, obj)
+
+        out = {k: tree((k,), v) for k, v in state.items()}
+        if (
+            len(srcs) != len(arena)
+            or list(map(type, srcs)) != self._types
+            or list(map(_SIGNATURE, srcs)) != self._signature
+        ):
+            return None
+        self._reset(None)
+        self._batch_src = srcs
+        self._batch_dst = arena.tensors
+        return out
+
+    def _general_pass(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], StagingArena | None]:
+        """Classify every tensor on its own, with the slots of ``self._arena``; build a new arena
+        when the layout changed. Returns the copy and the arena it uses."""
+        arena = self._arena
+        out: dict[str, Any] | None = self._pass(state, arena)
+        if self._miss or self._n != (len(arena) if arena is not None else 0):
+            # The layout changed (first save, new shapes, added or removed tensors). Release the old
+            # arena before allocating the new one, so that the two never coexist; a pass without
+            # slots collects the new layout.
+            out = arena = self._arena = None
+            self._pass(state, None)
+            specs = [(t.shape, t.dtype) for t in self._srcs]
+            pinned = self._wants_pin
+            self._reset(None)
+            arena = StagingArena(specs, pinned=pinned) if specs else None
+            out = self._pass(state, arena)
+            assert not self._miss
+            self._specs, self._pinned = specs, pinned
+        # the next snapshot may take the fast pass when every tensor went into the batched copy
+        plain = not self._special and len(self._batch_src) == self._n
+        self._types = [torch.Tensor] * self._n if plain else []
+        self._signature = list(map(_SIGNATURE, self._batch_src)) if plain else None
+        assert out is not None
+        return out, arena
+
+    def _reset(self, arena: StagingArena | None) -> None:
+        self._slots = arena.tensors if arena is not None else []
+        self._shapes = arena.shapes if arena is not None else []
+        self._dtypes = arena.dtypes if arena is not None else []
+        self._nslots = len(self._slots)
+        self._slots_pinned = arena is not None and arena.pinned
+        self._n = 0
+        self._miss = False
+        self._special = False  # a tensor passed through or copied apart from the arena
+        self._wants_pin = False
+        self._srcs = []
+        self._batch_src = []
+        self._batch_dst = []
+        self._single = []
+
+    def _pass(self, state: Mapping[str, Any], arena: StagingArena | None) -> dict[str, Any]:
+        self._reset(arena)
+        return {k: self._tree((k,), v) for k, v in state.items()}
+
+    def _copy(self) -> bool:
+        """Run the copies of the pass just made; True when device copies are in flight."""
+        pending = False
+        with torch.no_grad():  # a source that requires grad must not make its copy part of a graph
+            if self._batch_dst:
+                if _foreach_copy is not None:
+                    _foreach_copy(self._batch_dst, self._batch_src)
+                else:  # pragma: no cover - depends on the torch version
+                    for dst, src in zip(self._batch_dst, self._batch_src, strict=True):
+                        dst.copy_(src)
+            for dst, src, non_blocking in self._single:
+                dst.copy_(src, non_blocking=non_blocking)
+                pending = pending or non_blocking
+        return pending
+
+    def _tensor(self, src: torch.Tensor) -> torch.Tensor:
+        if src.layout is not _STRIDED or src.is_quantized or src.is_meta:
+            # rare layouts get a copy of their own (meta tensors hold no data to copy)
+            self._special = True
+            return src if src.is_meta else src.detach().clone().cpu()
+        if src.is_cpu:
+            if not self.copy_cpu:
+                self._special = True
+                return src.detach()
+            batch, non_blocking = type(src) is torch.Tensor, False
+        else:
+            # CUDA: into pinned memory without blocking; other devices: a plain synchronous copy
+            batch, non_blocking = False, src.is_cuda
+            self._wants_pin = self._wants_pin or non_blocking
+        i = self._n
+        self._n = i + 1
+        self._srcs.append(src)
+        if (
+            i >= self._nslots
+            or self._shapes[i] != src.shape
+            or self._dtypes[i] != src.dtype
+            or (non_blocking and not self._slots_pinned)
+        ):
+            self._miss = True  # this pass is redone with a new arena
+            return src
+        dst = self._slots[i]
+        if batch:
+            self._batch_src.append(src)
+            self._batch_dst.append(dst)
+        else:
+            self._single.append((dst, src, non_blocking))
+        return dst
+
+    def _tree(self, key: Key, obj: Any) -> Any:
         if isinstance(obj, torch.Tensor):
-            return self.tensor(key, obj)
-        if isinstance(obj, Mapping):
-            return {k: self.tree((*key, k), v) for k, v in obj.items()}
+            return self._tensor(obj)
+        if isinstance(obj, (dict, Mapping)):  # dict first: the ABC check is slow
+            # tensors inline: most leaves of a state dict are tensors one level down
+            tensor, tree = self._tensor, self._tree
+            return {
+                k: tensor(v) if isinstance(v, torch.Tensor) else tree((*key, k), v) for k, v in obj.items()
+            }
         if isinstance(obj, list):
-            return [self.tree((*key, i), v) for i, v in enumerate(obj)]
+            return [self._tree((*key, i), v) for i, v in enumerate(obj)]
         if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(self.tree((*key, i), v) for i, v in enumerate(obj))
+            return tuple(self._tree((*key, i), v) for i, v in enumerate(obj))
         if obj is None or isinstance(obj, _LEAVES):
             return obj
-        where = ".".join(str(k) for k in key)
-        raise CheckpointSaveError(
-            f"state at {where} is a {type(obj).__name__}, which torch.load(weights_only=True) cannot read "
-            "back; make that object's state_dict() return tensors, numbers, strings, lists and dicts"
-        )
+        _refuse(key, obj)
+
+
+def _refuse(key: Key, obj: Any) -> NoReturn:
+    where = ".".join(str(k) for k in key)
+    raise CheckpointSaveError(
+        f"state at {where} is a {type(obj).__name__}, which torch.load(weights_only=True) cannot read "
+        "back; make that object's state_dict() return tensors, numbers, strings, lists and dicts"
+    )
 
 
 def capture_rng() -> dict[str, Any]:
