@@ -9,11 +9,12 @@ the same few operations, which is why the list is short and each one says what i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import xxhash
+from weightslab.util.digests import RELEASES_GIL, Xxh3Stream, as_bytes
 
 TMP_MARKER = ".tmp-"
 """In the name of every temporary file a write leaves until its rename (a crash leftover once found)."""
@@ -28,6 +29,10 @@ class WrittenFile:
     xxh3_128: str
 
 
+PARALLEL_HASH_MIN = 1 << 20
+"""Writes at least this large are hashed on a second thread while the calling thread writes them."""
+
+
 class HashingWriter:
     """A binary file-like object that writes through to ``raw`` and hashes what passes.
 
@@ -35,23 +40,46 @@ class HashingWriter:
     C++, and an exception unwinding through it makes its destructor write again and abort the whole
     process. The first error is kept in :attr:`error`, later writes are dropped, and the caller
     raises it once the serialiser has returned (``write_atomic`` does).
+
+    A large write (tensor storages: :data:`PARALLEL_HASH_MIN` bytes or more) is hashed on a helper
+    thread while this thread passes it to ``raw``: both the hash (libxxhash, see
+    :mod:`weightslab.util.digests`) and the write syscall release the GIL, so the hash costs no time
+    on the save's path when a core is free. ``write`` waits for both before it returns, because
+    torch's buffer is only valid during the call. Call :meth:`close` when done (the helper thread
+    also ends when the writer is garbage collected).
     """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._hash = xxhash.xxh3_128()
+        self._hash = Xxh3Stream()
+        self._pool: ThreadPoolExecutor | None = None
+        self._hash_failure: BaseException | None = None
         self.bytes = 0
         self.error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Pass ``data`` on and hash it; returns its length even after an error (see the class)."""
-        view = memoryview(data)
+        view = as_bytes(data)
+        pending = None
+        if view.nbytes >= PARALLEL_HASH_MIN and RELEASES_GIL and self._hash_failure is None:
+            try:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-hash")
+                pending = self._pool.submit(self._hash.update, view)
+            except Exception:  # no new thread at interpreter exit (an atexit flush): hash it here
+                pending = None
         if self.error is None:
             try:
                 self._raw.write(view)
             except OSError as exc:
                 self.error = exc
-        self._hash.update(view)
+        try:
+            if pending is None:
+                self._hash.update(view)
+            else:
+                pending.result()
+        except BaseException as exc:  # kept like a write error: never raised through torch's C++
+            self._hash_failure = exc
         self.bytes += view.nbytes
         return view.nbytes
 
@@ -64,13 +92,23 @@ class HashingWriter:
                 self.error = exc
 
     def raise_error(self) -> None:
-        """Raise the first write or flush error, if there was one."""
+        """Raise the first write or flush error (or a failure of the hash), if there was one."""
         if self.error is not None:
             raise self.error
+        if self._hash_failure is not None:
+            raise self._hash_failure
 
     def hexdigest(self) -> str:
         """The xxh3-128 of every byte written so far."""
+        if self._hash_failure is not None:
+            raise self._hash_failure
         return self._hash.hexdigest()
+
+    def close(self) -> None:
+        """End the hashing thread (the digest stays readable); idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     # torch.save checks for these on file-like objects
     def writable(self) -> bool:

@@ -15,6 +15,7 @@ from weightslab.errors import CheckpointCorruptedError, ManifestError, UnsafePat
 from weightslab.format.layout import TMP_MARKER, ExperimentLayout, parse_shard_dir, parse_step_file
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.storage.base import Storage
+from weightslab.store.blob_check import BlobChecker
 from weightslab.store.manifests import ManifestStore
 
 
@@ -54,15 +55,27 @@ def verify_entry(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry
             )
         return folder
     path = exp.resolve(entry.file)
-    accepted = {(entry.bytes, entry.xxh3_128)}
-    if entry.pending is not None:
-        accepted.add((entry.pending.bytes, entry.pending.xxh3_128))
-    _verify_file(storage, path, accepted, entry.xxh3_128)
+    _verify_file(storage, path, _accepted(entry), entry.xxh3_128)
     return path
 
 
-def _verify_file(storage: Storage, path: Path, accepted: set[tuple[int, str]], digest_expected: str) -> None:
-    """Raise CheckpointCorruptedError unless the file's (size, xxh3_128) is one of ``accepted``."""
+def check_size(storage: Storage, path: Path, entry: CheckpointEntry) -> None:
+    """The cheap half of :func:`verify_entry` for a step file at ``path``: its size alone.
+
+    Raises CheckpointCorruptedError when the file is gone or its size is not one the entry accepts.
+    """
+    _check_size(storage, path, _accepted(entry), entry.xxh3_128)
+
+
+def _accepted(entry: CheckpointEntry) -> set[tuple[int, str]]:
+    """The (size, xxh3_128) pairs a step file of ``entry`` may have (two while it is being replaced)."""
+    accepted = {(entry.bytes, entry.xxh3_128)}
+    if entry.pending is not None:
+        accepted.add((entry.pending.bytes, entry.pending.xxh3_128))
+    return accepted
+
+
+def _check_size(storage: Storage, path: Path, accepted: set[tuple[int, str]], digest_expected: str) -> None:
     expected = min(b for b, _ in accepted)
     try:
         size = storage.size(path)
@@ -72,6 +85,11 @@ def _verify_file(storage: Storage, path: Path, accepted: set[tuple[int, str]], d
         raise CheckpointCorruptedError(
             path, digest_expected, "<not computed>", f"size is {size} bytes, manifest says {expected}"
         )
+
+
+def _verify_file(storage: Storage, path: Path, accepted: set[tuple[int, str]], digest_expected: str) -> None:
+    """Raise CheckpointCorruptedError unless the file's (size, xxh3_128) is one of ``accepted``."""
+    _check_size(storage, path, accepted, digest_expected)
     try:
         size, digest = storage.checksum(path)
     except FileNotFoundError:  # deleted between the two looks (a writer's retention)
@@ -89,6 +107,7 @@ def verify_root(
 ) -> VerifyReport:
     """Verify the experiments ``hashes``; see :meth:`CheckpointManager.verify` for the problem kinds."""
     report = VerifyReport(writer_active=writer_elsewhere)
+    blobs = BlobChecker(manifests.storage, manifests.layout.root)
     for h in hashes:
         exp = manifests.layout.experiment(h)
         try:
@@ -102,6 +121,9 @@ def verify_root(
         for entry in m.checkpoints:
             report.checked += 1
             problem = _entry_problem(manifests.storage, exp, entry)
+            found = blobs.problem(exp, entry) if problem is None else None
+            if found is not None:  # a dedup step file verifies, one of its blobs does not
+                problem = Problem(found[0], h, found[1], entry.step, found[2])  # type: ignore[arg-type]
             if problem is None:
                 report.ok += 1
             else:

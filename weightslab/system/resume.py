@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from weightslab.errors import (
     CheckpointCorruptedError,
@@ -16,8 +17,10 @@ from weightslab.errors import (
     UnsafePathError,
 )
 from weightslab.format.manifest import CheckpointEntry, Manifest
+from weightslab.format.stepfile import load_step_file
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager
+from weightslab.store.verify import check_size, verify_entry
 from weightslab.system.validation import check_step
 
 log = logging.getLogger("weightslab")
@@ -97,25 +100,149 @@ def candidates(
     return [(exp_hash, manager.entry(exp_hash, check_step(mode)))]
 
 
+Restore = Callable[[dict[str, Any], CheckpointEntry, str], None]
+"""Puts a loaded step dict into the live objects: (data, its entry, its experiment)."""
+
+
 def load_first(
-    manager: CheckpointManager, exp_hash: str, tried: list[Candidate], *, strict: bool, root: Path | Any
+    manager: CheckpointManager,
+    exp_hash: str,
+    tried: list[Candidate],
+    *,
+    strict: bool,
+    root: Path | Any,
+    restore: Restore | None = None,
 ) -> tuple[dict[str, Any], CheckpointEntry, str, list[str]]:
     """Load the first candidate that verifies: (data, entry, its experiment, files skipped).
 
     An unreadable file is journalled and skipped, or re-raised when ``strict`` (an explicit step).
     Raises CheckpointNotFoundError when none verifies.
+
+    With ``restore``, the candidate is also restored, and its checksum is computed on a helper
+    thread while its file is loaded and ``restore`` copies it into the live objects (see
+    :func:`load_and_restore`). A mismatch found then is a skip like any other, and the next
+    candidate is restored over the unverified state; if that candidate lacks the state of an object
+    the unverified one wrote into, or none verifies, CheckpointNotFoundError says the live objects
+    hold unverified state.
     """
     skipped: list[str] = []
+    unverified: str | None = None  # a file restored into the live objects that then failed its checksum
+    covered: set[tuple[str, str]] = set()  # the objects it wrote into
+    last: list[tuple[str, set[tuple[str, str]]]] = []  # the file restored last, and its objects
+
+    def tracked(data: dict[str, Any], entry: CheckpointEntry, h: str) -> None:
+        assert restore is not None
+        lacking = covered - _objects(data)
+        if lacking:  # they would keep the unverified bytes with only a warning: refuse instead
+            names = ", ".join(f"{kind} {name!r}" for kind, name in sorted(lacking))
+            raise CheckpointNotFoundError(
+                f"{entry.file} of experiment {h} holds no state for {names}, which hold unverified state "
+                f"from {unverified} (it failed its checksum after it was restored); do not train on "
+                "them: resume() again once a checkpoint with their state verifies"
+            )
+        restore(data, entry, h)
+        last.append((entry.file, _objects(data)))
+
     for h, entry in tried:
         try:
-            return manager.load_entry(h, entry, consolidate=False), entry, h, skipped
+            if restore is None:
+                return manager.load_entry(h, entry, consolidate=False), entry, h, skipped
+            return load_and_restore(manager, h, entry, tracked), entry, h, skipped
         except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
+            if last and last[-1][0] == entry.file:
+                unverified = entry.file
+                covered |= last[-1][1]
             skipped.append(entry.file)
             log.warning("weightslab: skipping %s/%s: %s", h, entry.file, exc)
             manager.event("checkpoint_unreadable", exp_hash=h, step=entry.step, error=str(exc))
             if strict:
                 raise
+        except CheckpointNotFoundError:
+            raise
+        except Exception as exc:
+            if unverified is None:
+                raise
+            raise CheckpointNotFoundError(
+                f"{entry.file} of experiment {h} could not be restored ({type(exc).__name__}: {exc}) "
+                f"after {unverified} failed its checksum: the registered objects hold unverified state "
+                f"from {unverified}; do not train on them. Fix the cause above and resume() again"
+            ) from exc
+    held = (
+        f"; the registered objects hold unverified state from {unverified}: do not train on them"
+        if unverified is not None
+        else ""
+    )
     raise CheckpointNotFoundError(
         f"no checkpoint of experiment {exp_hash} in {root} verifies (tried {len(skipped)}: "
-        f"{', '.join(skipped) or 'none'}); run `weightslab verify {root}` for details"
+        f"{', '.join(skipped) or 'none'}); run `weightslab verify {root}` for details{held}"
     )
+
+
+def _objects(data: dict[str, Any]) -> set[tuple[str, str]]:
+    """(section, name) of every object whose state the step dict ``data`` holds."""
+    sections = ("models", "optimizers", "schedulers", "extra", "hyperparams")
+    return {(key, name) for key in sections for name in data.get(key, {}) or {}}
+
+
+def load_and_restore(
+    manager: CheckpointManager, exp_hash: str, entry: CheckpointEntry, restore: Restore
+) -> dict[str, Any]:
+    """Load ``entry``, restore it with ``restore`` and verify it, the checksum overlapping the rest.
+
+    The step file's size is checked first (a truncated file is never parsed); its xxh3-128 is then
+    computed on a helper thread (libxxhash releases the GIL) while this thread loads the file
+    (``weights_only``: nothing in it runs) and ``restore`` copies it into the live tensors. The
+    checksum is waited for before returning. Returns the step dict.
+
+    Raises CheckpointCorruptedError when the checksum differs; if ``restore`` had run by then, the
+    live objects hold the unverified bytes (the caller restores another checkpoint over them or
+    says so). Any error of loading or restoring a file whose checksum differs is reported as that
+    CheckpointCorruptedError. A sharded checkpoint is verified first and then restored (its DCP
+    files are read by the restore itself).
+    """
+    exp = manager.experiment(exp_hash)
+    if entry.shards:
+        data = manager.load_entry(exp_hash, entry, consolidate=False)
+        restore(data, entry, exp_hash)
+        return data
+    path = exp.resolve(entry.file)
+    check_size(manager.storage, path, entry)
+    checking = _Background(lambda: verify_entry(manager.storage, exp, entry))
+    try:
+        data = load_step_file(path, mmap=True, storage=manager.storage, verify_blobs=True)
+        restore(data, entry, exp_hash)
+    except BaseException:
+        checking.result()  # a checksum mismatch is the error to report, not what parsing it raised
+        raise
+    checking.result()
+    return data
+
+
+T = TypeVar("T")
+
+
+class _Background(Generic[T]):
+    """Run ``fn`` on a new daemon thread now; :meth:`result` waits for it and returns or raises.
+
+    For work that releases the GIL (a checksum through libxxhash) overlapping this thread's own.
+    """
+
+    def __init__(self, fn: Callable[[], T]) -> None:
+        self._fn = fn
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="weightslab-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to whoever waits in result()
+            self._error = exc
+
+    def result(self) -> T:
+        """Wait for ``fn`` and return its value, or raise what it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set by _run when no error was kept

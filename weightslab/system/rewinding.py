@@ -42,11 +42,14 @@ class Rewinding(SystemParts):
             self._check_open()
             if self._writer is not None:
                 self._writer.wait()
-            found = self._resume_agreed(mode)
+            restored = not self._group.distributed  # restored while its checksum is computed
+            found = self._resume_agreed(mode, restore=restored)
             if found is None:
                 return 0
             data, entry, source_hash, skipped = found
-            self._adopt_resumed(data, entry, source_hash, f"resume({mode!r})")
+            if not restored:
+                self._restore_found(data, entry, source_hash)
+            self._continue_resumed(entry, source_hash, f"resume({mode!r})")
             self.manager.event(
                 "resumed",
                 exp_hash=source_hash,
@@ -104,11 +107,15 @@ class Rewinding(SystemParts):
                 mode=mode,
             )
 
-    def _resume_agreed(self, mode: ResumeMode) -> Found | None:
-        """What to resume, chosen on rank 0 and loaded on every rank (None: start at step 0)."""
+    def _resume_agreed(self, mode: ResumeMode, *, restore: bool = False) -> Found | None:
+        """What to resume, chosen on rank 0 and loaded on every rank (None: start at step 0).
+
+        With ``restore`` (one process only), the checkpoint found is also restored into the ledger,
+        its checksum computed meanwhile (:func:`~weightslab.system.resume.load_and_restore`).
+        """
         group = self._group
         if not group.distributed:
-            return self._find_resume(mode)
+            return self._find_resume(mode, restore=restore)
         found: Found | None = None
         failure: BaseException | None = None
         if group.is_main:
@@ -129,7 +136,7 @@ class Rewinding(SystemParts):
         entry = self.manager.entry(source_hash, step)
         return self.manager.load_entry(source_hash, entry, consolidate=False), entry, source_hash, []
 
-    def _find_resume(self, mode: ResumeMode) -> Found | None:
+    def _find_resume(self, mode: ResumeMode, *, restore: bool = False) -> Found | None:
         exp_hash = self.manager.last_active()
         if exp_hash is None:
             self.manager.event("resume_fresh")
@@ -142,11 +149,21 @@ class Rewinding(SystemParts):
             return None
         tried = resume_search.candidates(self.manager, exp_hash, mode, self.retention, self.config.monitor)
         return resume_search.load_first(
-            self.manager, exp_hash, tried, strict=isinstance(mode, int), root=self.root
+            self.manager,
+            exp_hash,
+            tried,
+            strict=isinstance(mode, int),
+            root=self.root,
+            restore=self._restore_found if restore else None,
         )
 
     def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
         """Restore ``data`` into the ledger and continue ``source_hash`` from ``entry``."""
+        self._restore_found(data, entry, source_hash)
+        self._continue_resumed(entry, source_hash, why)
+
+    def _restore_found(self, data: dict[str, Any], entry: Any, source_hash: str) -> None:
+        """Put ``data`` (checkpoint ``entry`` of ``source_hash``) into the ledger, RNG included."""
         where = f"checkpoint {source_hash} step {entry.step}"
         if "sharded" in data:  # the models and optimizers are in DCP's files, loaded on every rank
             folder = self.manager.experiment(source_hash).resolve(entry.file)
@@ -165,6 +182,9 @@ class Rewinding(SystemParts):
         ranks = data.get("rng_ranks")
         if self.config.save_rng and ranks and len(ranks) == self._group.world and ranks[self._group.rank]:
             restore_rng(ranks[self._group.rank])  # each rank its own stream (same world size only)
+
+    def _continue_resumed(self, entry: Any, source_hash: str, why: str) -> None:
+        """Continue ``source_hash`` from ``entry``, whose state is restored: protect it, rewind after it."""
         self.manager.record_retention(source_hash, self.config.retention())
         manifest = self.manager.manifest(source_hash)
         self._exp.adopt(

@@ -1,0 +1,224 @@
+"""The fast I/O paths: libxxhash digests, the hash beside the write, early writeback, and the resume
+whose checksum runs while the state is restored (a mismatch then falls back or says what is live)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import xxhash
+
+from weightslab.components import AutomaticCheckpointSystem
+from weightslab.errors import CheckpointNotFoundError
+from weightslab.format.stepfile import save_state
+from weightslab.registry.ledger import Ledger
+from weightslab.storage import writeback
+from weightslab.storage.base import PARALLEL_HASH_MIN, HashingWriter
+from weightslab.storage.local import LocalStorage
+from weightslab.store.manager import CheckpointManager
+from weightslab.util import digests
+
+from .conftest import mlp, train_step
+
+
+def test_libxxhash_digests_are_the_xxhash_modules() -> None:
+    data = os.urandom(3 << 20) + b"tail"
+    stream = digests.Xxh3Stream()
+    for start, end in ((0, 1), (1, 65_537), (65_537, 65_537), (65_537, len(data))):
+        stream.update(memoryview(data)[start:end])
+    assert stream.hexdigest() == xxhash.xxh3_128(data).hexdigest()
+    assert digests.digest(data) == xxhash.xxh3_128(data).hexdigest()
+    assert digests.digest(b"") == xxhash.xxh3_128(b"").hexdigest()
+    floats = torch.randn(1000)
+    assert digests.digest(memoryview(floats.numpy())) == xxhash.xxh3_128(floats.numpy().tobytes()).hexdigest()
+    parts = [memoryview(data)[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    assert digests.digests_parallel(parts, 2) == [xxhash.xxh3_128(p).hexdigest() for p in parts]
+
+
+def test_large_writes_are_hashed_beside_the_write_and_every_byte_counts() -> None:
+    raw = io.BytesIO()
+    writer = HashingWriter(raw)  # type: ignore[arg-type]
+    big = torch.randn(PARALLEL_HASH_MIN // 2 + 3)  # over the threshold in bytes: the threaded path
+    pieces = [b"head", memoryview(big.numpy()), bytearray(b"mid"), memoryview(big.numpy()).cast("B")[5:]]
+    for piece in pieces:
+        writer.write(piece)
+    writer.close()
+    expected = b"".join(bytes(memoryview(p).cast("B")) for p in pieces)
+    assert raw.getvalue() == expected and writer.bytes == len(expected)
+    assert writer.hexdigest() == xxhash.xxh3_128(expected).hexdigest()
+
+
+class FailingRaw:
+    """A raw stream whose disk fills up after ``room`` bytes."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.kept = bytearray()
+
+    def write(self, data: memoryview) -> int:
+        if len(self.kept) + data.nbytes > self.room:
+            raise OSError(28, "No space left on device")
+        self.kept += data
+        return data.nbytes
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_failed_large_write_is_kept_and_raised_after_the_serialiser() -> None:
+    raw = FailingRaw(room=PARALLEL_HASH_MIN)
+    writer = HashingWriter(raw)  # type: ignore[arg-type]
+    state = {"a": torch.randn(PARALLEL_HASH_MIN // 4), "b": torch.randn(PARALLEL_HASH_MIN // 4)}
+    save_state(state, writer)  # type: ignore[arg-type]  # returns normally: the error is held
+    with pytest.raises(OSError, match="No space left"):
+        writer.raise_error()
+    writer.close()
+    assert writer.bytes > raw.room  # every byte passed was counted, the later ones dropped
+
+
+def test_a_durable_write_with_early_writeback_is_whole_and_hashed(tmp_path: Path) -> None:
+    state = {"w": torch.randn(3, 1 << 20)}  # 12 MB: several writeback windows of 1 MB
+    path = tmp_path / "step.pt"
+    storage = LocalStorage(durable=True, writeback_window=1 << 20)
+    written = storage.write_atomic(path, lambda w: save_state(state, w))  # type: ignore[arg-type]
+    assert written.xxh3_128 == xxhash.xxh3_128(path.read_bytes()).hexdigest()
+    assert written.bytes == path.stat().st_size
+    assert torch.equal(torch.load(path, weights_only=True)["w"], state["w"])
+    assert storage.checksum(path) == (written.bytes, written.xxh3_128)
+    assert not [p for p in tmp_path.iterdir() if p.name != "step.pt"]  # no temporary file left
+
+
+def test_writeback_is_requested_on_a_real_file(tmp_path: Path) -> None:
+    with open(tmp_path / "f", "wb") as f:
+        wrapped = writeback.WritebackFile(f, window=1 << 16)  # type: ignore[arg-type]
+        for _ in range(4):
+            wrapped.write(os.urandom(1 << 16))
+        wrapped.flush()
+        assert writeback.start_writeback(f.fileno(), 0, 1 << 18) is writeback.AVAILABLE
+    assert (tmp_path / "f").stat().st_size == 1 << 18
+
+
+def test_a_file_hashed_by_the_xxhash_module_still_verifies(tmp_path: Path) -> None:
+    """Files written before libxxhash was used (the same whole-file xxh3-128) check as before."""
+    path = tmp_path / "old.pt"
+    torch.save({"w": torch.randn(300, 300)}, path)
+    data = path.read_bytes()
+    assert LocalStorage(durable=False).checksum(path) == (len(data), xxhash.xxh3_128(data).hexdigest())
+
+
+def _run(root: Path, steps: range, seed: int = 0) -> tuple[AutomaticCheckpointSystem, torch.nn.Module]:
+    ledger = Ledger()
+    system = AutomaticCheckpointSystem(root_log_dir=root, checkpoint_frequency=10, ledger=ledger)
+    model = mlp(seed=seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", opt)
+    ledger.register_hyperparams("config", {"lr": 1e-2})
+    for step in steps:
+        train_step(model, opt)
+        system.checkpoint_on_step(step)
+    return system, model
+
+
+def _damage_tensor(path: Path, tensor: torch.Tensor) -> None:
+    """Flip one byte inside ``tensor``'s record: the file still parses, only its checksum tells."""
+    data = bytearray(path.read_bytes())
+    at = data.find(tensor.detach().numpy().tobytes())
+    assert at > 0
+    data[at + 5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_bytes_restored_before_their_checksum_fails_are_replaced_by_the_fallback(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, model = _run(root, range(21))
+    h = first.exp_hash
+    at_20 = {k: v.clone() for k, v in model.state_dict().items()}
+    first.close()
+    assert h is not None
+    newest = root / "checkpoints" / h / "model" / f"{h}_step_000020.pt"
+    saved = CheckpointManager(root, mode="r").load(h, 20)["models"]["model"]["0.weight"].clone()
+    _damage_tensor(newest, saved)
+
+    second, fresh = _run(root, range(0), seed=7)
+    assert second.resume() == 11  # 20 parsed and restored, failed its checksum, 10 restored over it
+    older = CheckpointManager(root, mode="r").load(h, 10)["models"]["model"]
+    assert all(torch.equal(v, older[k]) for k, v in fresh.state_dict().items())
+    assert not torch.equal(fresh.state_dict()["0.weight"], at_20["0.weight"])
+    unreadable = [e for e in second.manager.events() if e["event"] == "checkpoint_unreadable"]
+    assert [e["step"] for e in unreadable] == [20] and "corrupted" in unreadable[0]["error"]
+    second.close()
+
+
+def test_when_nothing_verifies_the_error_says_the_live_state_is_unverified(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, _ = _run(root, range(11))
+    h = first.exp_hash
+    first.close()
+    assert h is not None
+    only = root / "checkpoints" / h / "model" / f"{h}_step_000010.pt"
+    _damage_tensor(only, CheckpointManager(root, mode="r").load(h, 10)["models"]["model"]["0.weight"])
+
+    second, _ = _run(root, range(0), seed=7)
+    with pytest.raises(CheckpointNotFoundError, match="unverified state from model/") as exc:
+        second.resume()
+    assert "do not train on them" in str(exc.value)
+    second.close()
+
+
+def test_a_truncated_file_is_refused_by_its_size_before_it_is_parsed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, _ = _run(root, range(21))
+    h = first.exp_hash
+    first.close()
+    assert h is not None
+    newest = root / "checkpoints" / h / "model" / f"{h}_step_000020.pt"
+    newest.write_bytes(newest.read_bytes()[:-10])
+
+    second, _ = _run(root, range(0), seed=7)
+    assert second.resume() == 11
+    (event,) = [e for e in second.manager.events() if e["event"] == "checkpoint_unreadable"]
+    assert "size is" in event["error"]  # the size check, not a parse error of the cut file
+    second.close()
+
+
+def test_a_fallback_without_the_state_of_an_object_the_unverified_one_wrote_into_is_refused(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    ledger = Ledger()
+    first = AutomaticCheckpointSystem(root_log_dir=root, checkpoint_frequency=10, ledger=ledger)
+    model = mlp(seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", opt)
+    for step in range(11):
+        train_step(model, opt)
+        first.checkpoint_on_step(step)
+    head = mlp((4, 6), seed=1)
+    ledger.register_model("head", head)  # a new model: a new experiment, branched from step 10
+    for step in range(11, 21):
+        train_step(model, opt)
+        first.checkpoint_on_step(step)
+    h = first.exp_hash
+    first.close()
+    assert h is not None
+    reader = CheckpointManager(root, mode="r")
+    assert [e.step for e in reader.checkpoints(h)] == [11, 20]  # the change saved at 11, with the head
+    for step in (11, 20):  # both checkpoints with the head are damaged: the parent's step 10 has none
+        saved = reader.load(h, step)["models"]["head"]["0.weight"]
+        _damage_tensor(root / "checkpoints" / h / "model" / f"{h}_step_{step:06d}.pt", saved)
+
+    ledger2 = Ledger()
+    second = AutomaticCheckpointSystem(root_log_dir=root, checkpoint_frequency=10, ledger=ledger2)
+    model2 = mlp(seed=5)
+    ledger2.register_model("model", model2)
+    ledger2.register_optimizer("optimizer", torch.optim.AdamW(model2.parameters(), lr=1e-2))
+    ledger2.register_model("head", mlp((4, 6), seed=9))
+    with pytest.raises(CheckpointNotFoundError, match="holds no state for models 'head'") as exc:
+        second.resume()
+    assert "unverified state" in str(exc.value) and "do not train on them" in str(exc.value)
+    second.close()
