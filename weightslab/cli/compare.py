@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -20,10 +20,12 @@ from weightslab.cli.formatting import format_size, format_time, format_value, ne
 from weightslab.cli.output import RichTracker, make_console
 from weightslab.cli.render import print_diff
 from weightslab.inspect import open_root
-from weightslab.inspect.compare import Comparison, PairComparison, compare_checkpoints
 from weightslab.inspect.diff import ExperimentDiff
-from weightslab.inspect.distance import WeightDistance
 from weightslab.util.jsonsafe import to_jsonable
+
+if TYPE_CHECKING:  # they import torch: loaded by the compare command itself, not by every command
+    from weightslab.inspect.compare import Comparison, PairComparison
+    from weightslab.inspect.distance import WeightDistance
 
 TENSOR_ROWS = 20  # the text view shows the tensors that moved most; --json lists every one
 
@@ -59,6 +61,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(args.checkpoints) < 2:
         sys.stderr.write("weightslab: error: compare needs at least two checkpoints, as <hash>@<step>\n")
         return 2
+    from weightslab.inspect.compare import compare_checkpoints
+
     manager = open_root(args.root)
     with RichTracker() as tracker:
         comparison = compare_checkpoints(manager, args.checkpoints, tracker=tracker)

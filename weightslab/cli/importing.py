@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
 from weightslab.cli.arguments import non_negative
 from weightslab.cli.output import make_console
 from weightslab.errors import ConfigError
-from weightslab.inspect.importing import ImportResult, import_checkpoint
 from weightslab.inspect.importing_formats import FORMATS, FORMATS_HELP, ROLE_KEYS
 from weightslab.util.jsonsafe import to_jsonable
+
+if TYPE_CHECKING:  # torch: loaded by the import command itself
+    from weightslab.inspect.importing import ImportResult
 
 _EPILOG = (
     "The source is read completely before anything is written, with torch.load(weights_only=True) "
@@ -75,6 +77,8 @@ def add_import_parser(subparsers: Any) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     """The ``import`` command; returns the exit status (errors are raised for main to report)."""
+    from weightslab.inspect.importing import import_checkpoint  # torch: this command only
+
     result = import_checkpoint(
         args.root,
         args.source,

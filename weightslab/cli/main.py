@@ -40,7 +40,6 @@ from weightslab.inspect import open_root
 from weightslab.inspect.checkpoints import checkpoint_infos
 from weightslab.inspect.diff import diff_experiments
 from weightslab.inspect.experiments import experiment_info, experiment_infos
-from weightslab.inspect.export import export_checkpoint
 from weightslab.inspect.gc import run_gc
 from weightslab.inspect.lineage import lineage
 from weightslab.inspect.overview import architecture_summary
@@ -262,6 +261,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    # torch and safetensors: imported by the command that writes weights, not by ls, show or verify
+    from weightslab.inspect.export import export_checkpoint
+
     manager = open_root(args.root)
     h = manager.resolve_hash(args.hash)
     with console.RichTracker() as tracker:

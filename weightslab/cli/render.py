@@ -7,6 +7,7 @@ The pictures shared with Python users (experiments, checkpoints, lineage) live i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -16,9 +17,11 @@ from rich.text import Text
 from weightslab.cli.formatting import format_size, format_value, new_table, plural
 from weightslab.cli.output import make_console
 from weightslab.inspect.diff import ExperimentDiff, LayerChange
-from weightslab.inspect.export import ExportResult
 from weightslab.inspect.gc import GcResult
 from weightslab.store.verify import VerifyReport
+
+if TYPE_CHECKING:  # export imports torch and safetensors: only `weightslab export` loads it
+    from weightslab.inspect.export import ExportResult
 
 
 def print_verify(report: VerifyReport, root: Path, *, console: Console | None = None) -> None:

@@ -1,20 +1,62 @@
 """The checkpointing components: the automatic system, the manager of one root, and hashing."""
 
-from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
-from weightslab.inspect.importing import ImportResult, import_checkpoint
-from weightslab.policy.retention import RetentionPolicy
-from weightslab.store.manager import CheckpointManager, VerifyReport
-from weightslab.system.api import (
-    checkpoint_on_config_change,
-    checkpoint_on_epoch_end,
-    checkpoint_on_model_change,
-    checkpoint_on_state_change,
-    checkpoint_on_step,
-    get_checkpoint_system,
-)
-from weightslab.system.automatic import AutomaticCheckpointSystem
-from weightslab.system.config import CheckpointConfig
-from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they load on first use
+    from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
+    from weightslab.inspect.importing import ImportResult, import_checkpoint
+    from weightslab.policy.retention import RetentionPolicy
+    from weightslab.store.manager import CheckpointManager, VerifyReport
+    from weightslab.system.api import (
+        checkpoint_on_config_change,
+        checkpoint_on_epoch_end,
+        checkpoint_on_model_change,
+        checkpoint_on_state_change,
+        checkpoint_on_step,
+        get_checkpoint_system,
+    )
+    from weightslab.system.automatic import AutomaticCheckpointSystem
+    from weightslab.system.config import CheckpointConfig
+    from weightslab.system.identity import ExperimentHashGenerator, ExperimentIdentity
+
+
+# Loaded on first use (PEP 562), so that importing this package, or weightslab, imports no torch.
+_LAZY = {
+    "CheckpointEntry": "weightslab.format.manifest",
+    "Manifest": "weightslab.format.manifest",
+    "ParentRef": "weightslab.format.manifest",
+    "ImportResult": "weightslab.inspect.importing",
+    "import_checkpoint": "weightslab.inspect.importing",
+    "RetentionPolicy": "weightslab.policy.retention",
+    "CheckpointManager": "weightslab.store.manager",
+    "VerifyReport": "weightslab.store.manager",
+    "checkpoint_on_config_change": "weightslab.system.api",
+    "checkpoint_on_epoch_end": "weightslab.system.api",
+    "checkpoint_on_model_change": "weightslab.system.api",
+    "checkpoint_on_state_change": "weightslab.system.api",
+    "checkpoint_on_step": "weightslab.system.api",
+    "get_checkpoint_system": "weightslab.system.api",
+    "AutomaticCheckpointSystem": "weightslab.system.automatic",
+    "CheckpointConfig": "weightslab.system.config",
+    "ExperimentHashGenerator": "weightslab.system.identity",
+    "ExperimentIdentity": "weightslab.system.identity",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'weightslab.components' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AutomaticCheckpointSystem",

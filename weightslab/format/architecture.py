@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -24,6 +25,8 @@ def meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     ``torch.nn.utils.prune``: a pruned module's ``weight`` is a computed (non-leaf) tensor, which
     cannot be deep-copied; its pruning hook recomputes it from ``weight_orig * weight_mask``.
     """
+    import torch  # here, not at the top: reading a root's architecture summary needs no torch
+
     memo: dict[int, Any] = {}
     for module in model.modules():
         for _name, p in module.named_parameters(recurse=False):

@@ -81,9 +81,27 @@ def read_events(path: Path, storage: Storage | None = None) -> Iterator[dict[str
 
 
 def last_active_experiment(path: Path, storage: Storage | None = None) -> str | None:
-    """The hash of the experiment that was active last, from the journal."""
-    active = None
-    for record in read_events(path, storage):
-        if record["event"] in ACTIVATING_EVENTS and isinstance(record.get("exp_hash"), str):
-            active = record["exp_hash"]
-    return active
+    """The hash of the experiment that was active last, from the journal.
+
+    Read from the end: the journal grows with every commit, and ``weightslab ls`` asks on each run.
+    """
+    storage = storage if storage is not None else LocalStorage(durable=False)
+    if not storage.is_file(path):
+        return None
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        return None
+    for line in reversed(data.split(b"\n")):
+        try:
+            record = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("event"), str)
+            and record["event"] in ACTIVATING_EVENTS
+            and isinstance(record.get("exp_hash"), str)
+        ):
+            return str(record["exp_hash"])
+    return None

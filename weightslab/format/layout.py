@@ -18,13 +18,17 @@ from weightslab.util.names import validate_hash
 
 CHECKPOINT_FORMAT = "weightslab.checkpoint/1"
 MANIFEST_FORMAT = "weightslab.manifest/1"
+MANIFEST_LOGGED_FORMAT = "weightslab.manifest/2"
+"""A manifest that is the base of a commit log: ``log_generation`` names the log that continues it."""
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MANIFEST_FORMAT",
+    "MANIFEST_LOGGED_FORMAT",
     "TMP_MARKER",
     "ExperimentLayout",
     "RootLayout",
+    "parse_manifest_log",
     "parse_shard_dir",
     "parse_step_file",
 ]
@@ -37,6 +41,15 @@ SHARD_FILE_RE = re.compile(r"^(state\.pt|\.metadata|__\d+_\d+\.distcp)$")
 """The files of a sharded checkpoint's folder: DCP's shards and metadata, and the rest of the state."""
 SHARD_STATE = "state.pt"
 """What a sharded checkpoint holds besides the DCP tensors (written by rank 0, a step dict)."""
+
+
+_MANIFEST_LOG_RE = re.compile(r"^manifest\.(?P<generation>\d{6,})\.jsonl$")
+
+
+def parse_manifest_log(name: str) -> int | None:
+    """``manifest.{generation:06d}.jsonl`` (a manifest's commit log) -> its generation, else None."""
+    m = _MANIFEST_LOG_RE.match(name)
+    return int(m["generation"]) if m else None
 
 
 def parse_shard_dir(name: str) -> tuple[str, int] | None:
@@ -91,6 +104,10 @@ class ExperimentLayout:
     @property
     def manifest(self) -> Path:
         return self.dir / "manifest.json"
+
+    def manifest_log(self, generation: int) -> Path:
+        """The commit log that continues the manifest whose ``log_generation`` is ``generation``."""
+        return self.dir / f"manifest.{generation:06d}.jsonl"
 
     @property
     def model_dir(self) -> Path:

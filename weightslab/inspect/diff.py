@@ -14,8 +14,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ConfigFileError, UnsafePathError
 from weightslab.inspect.overview import architecture_summary
 from weightslab.store.manager import CheckpointManager
@@ -166,6 +164,8 @@ def _tensors_from_checkpoints(manager: CheckpointManager, exp_hash: str) -> Tens
 
 def tensor_shapes(data: Mapping[str, Any]) -> Tensors:
     """The layers of a step dict's models: {model: {layer: {tensor: (shape, dtype)}}}, for diff_layers."""
+    import torch  # here: `weightslab diff` reads the architecture summary and imports no torch
+
     out: Tensors = {}
     for model, state in (data.get("models") or {}).items():
         layers = out.setdefault(str(model), {})

@@ -18,12 +18,13 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, UntrustedLoadError
 from weightslab.storage.local import LocalStorage
+
+if TYPE_CHECKING:  # imported by the functions that read files: the CLI's parser needs only the names
+    import torch
 
 ImportFormat = Literal["auto", "torch", "lightning", "hf", "safetensors"]
 FORMATS: tuple[str, ...] = ("auto", "torch", "lightning", "hf", "safetensors")
@@ -106,6 +107,8 @@ def load_torch(path: Path, *, trust: bool, what: str) -> Any:
     Raises UntrustedLoadError (naming the file, the objects it needs and ``--trust``) when only a
     code-executing unpickler can read it, CheckpointFormatError when it is not a torch file or damaged.
     """
+    import torch
+
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=not trust, mmap=True)
@@ -131,6 +134,8 @@ def load_torch(path: Path, *, trust: bool, what: str) -> Any:
 
 
 def _needed_globals(path: Path) -> str:
+    import torch
+
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # a legacy file: torch cannot list them without loading
@@ -141,6 +146,8 @@ def _needed_globals(path: Path) -> str:
 # -- torch.save dicts ---------------------------------------------------------------------------------
 def is_state_dict(value: Any) -> bool:
     """A non-empty mapping of names to tensors (what ``module.state_dict()`` returns)."""
+    import torch
+
     return (
         isinstance(value, Mapping)
         and bool(value)
@@ -155,6 +162,8 @@ def is_optimizer_state(value: Any) -> bool:
 
 def numbers(values: Mapping[Any, Any], notes: list[str], where: str) -> dict[str, float]:
     """The entries of ``values`` that are numbers (or 1-element tensors), as floats; notes the rest."""
+    import torch
+
     out: dict[str, float] = {}
     for k, v in values.items():
         if isinstance(v, torch.Tensor) and v.numel() == 1:

@@ -10,9 +10,8 @@ import io
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from weightslab.errors import CheckpointCorruptedError, ConfigFileError
@@ -26,6 +25,9 @@ from weightslab.format.architecture import (
 from weightslab.format.layout import ExperimentLayout
 from weightslab.format.manifest import FileRecord
 from weightslab.storage.base import Storage
+
+if TYPE_CHECKING:  # imported where used: the read-only commands import this module, never torch
+    import torch
 
 log = logging.getLogger("weightslab")
 
@@ -76,6 +78,8 @@ def write_architecture_pickle(
     on_failure: Callable[[Exception], None],
 ) -> FileRecord | None:
     """The module structure with parameters on the meta device; None (after ``on_failure``) if it cannot be pickled."""
+    import torch
+
     try:
         skeletons = {name: meta_copy(model) for name, model in models.items()}
         buf = io.BytesIO()
@@ -96,6 +100,8 @@ def load_architecture_pickle(
         size, digest = storage.checksum(path)
         if (size, digest) != (record.bytes, record.xxh3_128):
             raise CheckpointCorruptedError(path, record.xxh3_128, digest, "the architecture pickle changed")
+    import torch
+
     data = torch.load(storage.local_file(path), weights_only=False, map_location="meta")
     return dict(data["models"])
 

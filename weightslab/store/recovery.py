@@ -20,7 +20,6 @@ from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, Ma
 from weightslab.format.journal import Journal, read_events
 from weightslab.format.layout import TMP_MARKER, RootLayout, parse_shard_dir, parse_step_file
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
-from weightslab.format.stepfile import load_step_file
 from weightslab.storage.base import Storage
 from weightslab.store.manifests import ManifestStore
 from weightslab.util.names import is_hash
@@ -97,6 +96,8 @@ class Recovery:
                 rebuild.append(name)
                 found += [exp.model_dir / f for f in self.storage.listdir(exp.model_dir) if TMP_MARKER in f]
                 continue
+            if m is not None:
+                found += self.manifests.stale_logs(name)  # a compaction that crashed before its cleanup
             listed = {e.file for e in m.checkpoints} if m else set()
             for sub in (exp.model_dir, exp.hp_dir, exp.dir):
                 for fname in self.storage.listdir(sub):
@@ -173,7 +174,8 @@ class Recovery:
 
         Each step file is opened with ``weights_only=True`` and kept when its format, hash and step
         agree with its name; its entry gets a fresh checksum. Parent and hashes come from the journal.
-        The broken file is kept beside it as ``manifest.json.broken-<time>``; nothing is silently emptied.
+        The broken file is kept beside it as ``manifest.json.broken-<time>`` (and each commit log as
+        ``manifest.<generation>.jsonl.broken-<time>``); nothing is silently emptied.
         """
         journal = self._writer_journal()
         exp = self.layout.experiment(exp_hash)
@@ -190,9 +192,12 @@ class Recovery:
                     entries.append(entry)
         kept_as = None
         with self.manifests.lock:
+            stamp = int(time.time())
             if self.storage.exists(exp.manifest):
-                kept_as = exp.manifest.with_name(f"manifest.json.broken-{int(time.time())}")
+                kept_as = exp.manifest.with_name(f"manifest.json.broken-{stamp}")
                 self.storage.replace(exp.manifest, kept_as)
+            for log_file in self.manifests.log_files(exp_hash):  # its commit logs are kept with it
+                self.storage.replace(log_file, log_file.with_name(f"{log_file.name}.broken-{stamp}"))
             m = Manifest(
                 exp_hash=exp_hash,
                 architecture_hash=str((created or {}).get("architecture_hash", "unknown")),
@@ -234,6 +239,8 @@ class Recovery:
         self, path: Path, exp_hash: str, step: int, journalled: dict[int, str]
     ) -> CheckpointEntry | None:
         """The entry of a step file that loads, holds what its name says and matches the journal; else None."""
+        from weightslab.format.stepfile import load_step_file  # torch: only a rebuild needs it
+
         try:
             data = load_step_file(path, mmap=True, storage=self.storage)
             if data.get("exp_hash") != exp_hash or data.get("step") != step:

@@ -38,6 +38,8 @@ def apply_retention(
     A checkpoint whose deletion is refused as unsafe is kept; the others are deleted, then
     RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
     """
+    if policy.keeps_all:  # nothing to delete: skip ranking every entry (a commit stays O(1))
+        return []
     entries = manifests.read(exp_hash).checkpoints
     doomed = policy.to_delete(entries, set(protected) | branch_points(manifests, exp_hash))
     deleted: list[int] = []

@@ -1,0 +1,160 @@
+"""The records inside a manifest: checkpoint entries, the parent reference, file records.
+
+:mod:`weightslab.format.manifest` holds the manifest that lists them (and re-exports these names).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from weightslab.util.names import validate_hash
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """Where an experiment branched from.
+
+    ``step`` is the branch point: the step at which the change was recorded, which is the new
+    experiment's first checkpoint. ``checkpoint`` is the parent's newest committed checkpoint at that
+    moment (the state the branch continued from), or None when the parent had none yet.
+    """
+
+    exp_hash: str
+    step: int | None
+    reason: str
+    checkpoint: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "exp_hash": self.exp_hash,
+            "step": self.step,
+            "reason": self.reason,
+            "checkpoint": self.checkpoint,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ParentRef:
+        step = None if raw.get("step") is None else int(raw["step"])
+        # Manifests written before the branch point was recorded kept the parent's checkpoint in `step`.
+        checkpoint = raw.get("checkpoint", step)
+        return cls(
+            exp_hash=validate_hash(raw["exp_hash"]),
+            step=step,
+            reason=str(raw.get("reason", "")),
+            checkpoint=None if checkpoint is None else int(checkpoint),
+        )
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A file of the experiment other than a step file, with its size and checksum."""
+
+    file: str
+    bytes: int
+    xxh3_128: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "bytes": self.bytes, "xxh3_128": self.xxh3_128}
+
+
+@dataclass(frozen=True)
+class PendingReplacement:
+    """A replacement of a committed step file that is under way (the file may hold either version)."""
+
+    bytes: int
+    xxh3_128: str
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One committed checkpoint.
+
+    ``seq`` is the commit order within the experiment: "latest", ``keep_last`` and the protection of
+    the newest follow it, not the step number. ``abandoned`` marks a checkpoint of a future the run
+    went back from (a resume of an earlier step, a step counter that restarted): it is never resumed
+    as "latest" and ages out like any older checkpoint.
+    """
+
+    step: int
+    file: str
+    bytes: int
+    xxh3_128: str
+    created: float
+    trigger: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    pending: PendingReplacement | None = None
+    seq: int = 0
+    abandoned: bool = False
+    # a sharded checkpoint (written through torch.distributed.checkpoint by every rank): ``file`` is
+    # its folder, these are all its files, and ``bytes``/``xxh3_128`` cover them all
+    shards: tuple[FileRecord, ...] = ()
+
+    @property
+    def sharded(self) -> bool:
+        return bool(self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "step": self.step,
+            "seq": self.seq,
+            "file": self.file,
+            "bytes": self.bytes,
+            "xxh3_128": self.xxh3_128,
+            "created": self.created,
+            "trigger": self.trigger,
+            "metrics": dict(self.metrics),
+            "tags": list(self.tags),
+            "description": self.description,
+        }
+        if self.abandoned:
+            d["abandoned"] = True
+        if self.pending is not None:
+            d["pending"] = asdict(self.pending)
+        if self.shards:
+            d["shards"] = [r.to_dict() for r in self.shards]
+        return d
+
+    def metric(self, name: str) -> float | None:
+        value = self.metrics.get(name)
+        if value is None or not math.isfinite(value):
+            return None
+        return value
+
+
+def entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
+    """A :class:`CheckpointEntry` from its dict; fields it does not know are ignored."""
+    return _entry_from_dict(e)
+
+
+def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
+    pending = e.get("pending")
+    return CheckpointEntry(
+        step=int(e["step"]),
+        file=str(e["file"]),
+        bytes=int(e["bytes"]),
+        xxh3_128=str(e["xxh3_128"]),
+        created=float(e["created"]),
+        trigger=str(e["trigger"]),
+        metrics={str(k): (None if v is None else float(v)) for k, v in (e.get("metrics") or {}).items()},
+        tags=tuple(str(t) for t in e.get("tags") or ()),
+        description=str(e.get("description") or ""),
+        pending=None if not pending else PendingReplacement(int(pending["bytes"]), str(pending["xxh3_128"])),
+        seq=int(e.get("seq", 0)),
+        abandoned=bool(e.get("abandoned", False)),
+        shards=tuple(r for raw in e.get("shards") or () if (r := _file_record(raw)) is not None),
+    )
+
+
+def _file_record(raw: Any) -> FileRecord | None:
+    if raw is None:
+        return None
+    return FileRecord(file=str(raw["file"]), bytes=int(raw["bytes"]), xxh3_128=str(raw["xxh3_128"]))
+
+
+def commit_order(entry: CheckpointEntry) -> tuple[bool, int, int]:
+    """Sort key: abandoned checkpoints first, then the live run, each in commit order."""
+    return (not entry.abandoned, entry.seq, entry.step)
