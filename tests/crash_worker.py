@@ -115,7 +115,11 @@ CRASH_POINTS: dict[str, tuple[str, str, Callable[[FrameType], bool]]] = {
         lambda f: _caller(f) == "write_atomic" and _is_step_file(_path_local(f.f_back) or Path()),
     ),
     # between the file and the manifest: the step file is durable, its entry not written
-    "before_manifest_commit": ("call", "_write_manifest", lambda f: _caller(f) == "save"),
+    "before_manifest_commit": (
+        "call",
+        "_write_manifest",
+        lambda f: _caller(f) in ("save", "_write_and_commit"),
+    ),
     # a new manifest.json sits in its temporary file
     "manifest_before_rename": (
         "c_call",

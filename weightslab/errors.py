@@ -201,6 +201,21 @@ class AmbiguousExperimentError(UnknownExperimentError):
     """A hash prefix matches more than one experiment."""
 
 
+class CompressedBlobError(CheckpointCorruptedError):
+    """A compressed tensor blob is damaged: bad header, checksum mismatch, or a wrong decompressed length."""
+
+    def __init__(self, reason: str, where: str | Path = "compressed tensor blob") -> None:
+        self.path = str(where)
+        self.expected = "a valid compressed tensor blob"
+        self.actual = reason
+        self.reason = reason
+        WeightslabError.__init__(
+            self,
+            f"{self.path} is damaged: {reason}; it will not be loaded. Resume falls back to an older "
+            "checkpoint; run `weightslab verify ROOT` to list every damaged file",
+        )
+
+
 __all__ = [
     "ImportConflictError",
     "ProtectedCheckpointError",
@@ -212,6 +227,7 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointNotFoundError",
     "CheckpointSaveError",
+    "CompressedBlobError",
     "ConfigError",
     "ConfigFileError",
     "HubUnavailableError",

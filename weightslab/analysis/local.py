@@ -38,6 +38,7 @@ from weightslab.errors import (
     ManifestError,
     RootError,
 )
+from weightslab.format.blobs import REFS_KEY, resolve_references
 from weightslab.format.layout import CHECKPOINT_FORMAT
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.format.stepfile import load_torch_file
@@ -273,7 +274,8 @@ def _load_step_file(checkpoint: LocalCheckpoint, manager: CheckpointManager) -> 
             f"{checkpoint.path} is not a weightslab step file of format {CHECKPOINT_FORMAT!r} "
             f"(found {found!r}); upgrade weightslab if it was written by a newer version"
         )
-    return obj
+    # a storage="dedup" step file: its blob references become (memory-mapped) tensors
+    return resolve_references(dict(obj), manager.storage, checkpoint.path) if REFS_KEY in obj else obj
 
 
 def _local_optimizer(

@@ -23,8 +23,10 @@ from typing import Any, BinaryIO
 import torch
 
 from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, WeightslabError
+from weightslab.format import blobs
 from weightslab.format.layout import CHECKPOINT_FORMAT
 from weightslab.storage.base import Storage
+from weightslab.storage.local import LocalStorage
 
 try:  # private in torch; guarded so that weightslab keeps working if it moves
     from torch.serialization import DEFAULT_PROTOCOL, _get_storage_alignment
@@ -105,11 +107,19 @@ def load_torch_file(
 
 
 def load_step_file(
-    path: Path, *, map_location: Any = "cpu", mmap: bool = True, storage: Storage | None = None
+    path: Path,
+    *,
+    map_location: Any = "cpu",
+    mmap: bool = True,
+    storage: Storage | None = None,
+    verify_blobs: bool = False,
 ) -> dict[str, Any]:
     """Open a step file with ``weights_only=True`` (no code runs) and check its format field.
 
-    With a ``storage``, the file is opened where that storage keeps a local copy of it.
+    With a ``storage``, the file is opened where that storage keeps a local copy of it. The blob
+    references of a ``storage="dedup"`` step file are resolved into tensors (memory-mapped with
+    ``mmap``), so the caller sees an ordinary step dict; ``verify_blobs`` also checks each blob's
+    xxh3-128 (CheckpointCorruptedError naming the blob when one differs or is gone).
     """
     local = path if storage is None else storage.local_file(path)
     try:
@@ -132,5 +142,14 @@ def load_step_file(
         raise CheckpointFormatError(
             f"{path} is not a {CHECKPOINT_FORMAT} step file (format field: {fmt!r}); "
             "weightslab reads only its own step files"
+        )
+    if blobs.REFS_KEY in data:
+        data = blobs.resolve_references(
+            data,
+            storage if storage is not None else LocalStorage(),
+            path,
+            mmap=mmap,
+            map_location=map_location,
+            verify=verify_blobs,
         )
     return data

@@ -69,6 +69,7 @@ from weightslab.inspect.backup_plan import DAMAGED, Action, BackupItem, BackupRe
 from weightslab.inspect.experiments import Mode
 from weightslab.storage.base import Storage
 from weightslab.storage.open import display, open_storage
+from weightslab.store.blob_copy import copy_referenced_blobs
 from weightslab.store.manager import CheckpointManager
 
 STAGING = "backup-staging"
@@ -338,6 +339,8 @@ def _stage(
             raise CheckpointCorruptedError(target, digest, back, "the copy read back differs from the source")
         if not entry.shards:
             copied = dataclasses.replace(entry, bytes=len(data), xxh3_128=digest)
+            # a storage="dedup" step file: the blobs it references go first, durable before the commit
+            copy_referenced_blobs(source, dest, target)
         tracker.advance(len(data))
     return copied
 

@@ -32,6 +32,7 @@ import yaml
 from safetensors.torch import save_file
 
 from weightslab.errors import HyperparamsError
+from weightslab.format.blobs import REFS_KEY
 from weightslab.inspect import NullTracker, Tracker
 from weightslab.store.manager import CheckpointManager
 from weightslab.util.canonical import canonicalize
@@ -105,7 +106,9 @@ def export_checkpoint(
     # a sharded checkpoint is consolidated here: full tensors, whatever world size wrote it
     data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
     if fmt == "pt":
-        writes["checkpoint.pt"] = _bytes_of(_serialised(data)) if entry.shards else _copy_from(source)
+        # a dedup step file holds references: the standalone copy gets every tensor inline
+        self_contained = not entry.shards and REFS_KEY not in data
+        writes["checkpoint.pt"] = _copy_from(source) if self_contained else _bytes_of(_serialised(data))
     else:
         for name, raw_state in data.get("models", {}).items():
             state, pruned = unpruned_state(raw_state)
@@ -243,7 +246,7 @@ def standalone_tensors(
 def _serialised(data: Mapping[str, Any]) -> bytes:
     """A step dict as ``torch.save`` bytes (a consolidated sharded checkpoint has no file to copy)."""
     buf = io.BytesIO()
-    torch.save(dict(data), buf)
+    torch.save({k: v for k, v in data.items() if k != REFS_KEY}, buf)
     return buf.getvalue()
 
 

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weightslab.errors import ConfigError, ManifestError, RetentionRefusedError, UnsafePathError
-from weightslab.format.layout import TMP_MARKER, parse_step_file
+from weightslab.format.blobs import blob_path, blobs_dir
+from weightslab.format.layout import TMP_MARKER, RootLayout, parse_step_file
 from weightslab.inspect import NullTracker, Tracker, open_root
 from weightslab.inspect.experiments import describe_policy, policy_from
 from weightslab.inspect.verify import relative_to_root
 from weightslab.policy.retention import RetentionPolicy
+from weightslab.storage.base import Storage
+from weightslab.store.blobs import BlobStore, committed_entries
 from weightslab.store.manager import CheckpointManager
 from weightslab.util.names import is_hash
 
@@ -35,7 +38,7 @@ from weightslab.util.names import is_hash
 class GcItem:
     """One file ``gc`` removes (or would remove): a checkpoint retention drops, or a crash leftover."""
 
-    kind: Literal["checkpoint", "leftover", "upload"]
+    kind: Literal["checkpoint", "leftover", "upload", "blob"]
     exp_hash: str
     path: str
     bytes: int
@@ -81,6 +84,7 @@ class GcResult:
             "checkpoints": sum(1 for i in self.items if i.kind == "checkpoint"),
             "leftovers": sum(1 for i in self.items if i.kind == "leftover"),
             "uploads": sum(1 for i in self.items if i.kind == "upload"),
+            "blobs": sum(1 for i in self.items if i.kind == "blob"),
             "skipped": list(self.skipped),
             "policies": dict(self.policies),
             "rebuilt": list(self.rebuilt),
@@ -184,6 +188,12 @@ def run_gc(
         policies, planned, skipped, refused = plan_retention(reader, overrides)
         items = [_leftover(reader, p, _size(reader, p)) for p in leftovers]
         items += [_upload(reader, key) for key in _uploads(reader, abort=False)]
+        # blobs no committed checkpoint references now (those the retention above would free are not
+        # predicted: they are found by the real run)
+        items += [
+            _blob(reader, p, size)
+            for p, size in _orphan_blobs(reader.storage, reader.layout, reader.manifests)
+        ]
         return GcResult(
             root=reader.root,
             dry_run=True,
@@ -197,6 +207,7 @@ def run_gc(
     plan_retention(reader, overrides)  # a bad override fails here, before anything is touched
     # what opening the writer cleans is reported from the disk itself: the files that disappeared
     before = _files(reader)
+    blobs_before = _blob_files(reader)
     # the same backend: an object-store root stays on its store
     with CheckpointManager(reader.root, mode="w", storage=reader.storage) as writer:  # cleans leftovers
         after = _files(writer)
@@ -221,7 +232,47 @@ def run_gc(
                     by_step.get((h, step), GcItem("checkpoint", h, path, 0, step, "retention"))
                 )
             tracker.advance()
+        # retention removed the blobs only its checkpoints referenced; this also removes the orphans
+        # of crashed saves and of a crash during an earlier collection
+        writer.collect_blobs()
+        blobs_after = _blob_files(writer)
+        result.items += [_blob(writer, p, size) for p, size in blobs_before.items() if p not in blobs_after]
     return result
+
+
+def _orphan_blobs(storage: Storage, layout: RootLayout, manifests: Any) -> list[tuple[Path, int]]:
+    """The blobs no committed checkpoint references, found without touching anything (a dry run)."""
+    store = BlobStore(layout, lambda: storage)
+    if not store.has_blobs():
+        return []
+    store.ensure_index(committed_entries(manifests))
+    if not store.complete:
+        return []
+    live = store.referenced()
+    out = []
+    for digest, codec in sorted(store.known().items()):
+        if digest not in live:
+            path = blob_path(layout.root, digest, codec)
+            try:
+                out.append((path, storage.size(path)))
+            except FileNotFoundError:
+                continue
+    return out
+
+
+def _blob(manager: CheckpointManager, path: Path, size: int) -> GcItem:
+    return GcItem(
+        kind="blob", exp_hash="", path=relative_to_root(path, manager.root), bytes=size, reason="unreferenced"
+    )
+
+
+def _blob_files(manager: CheckpointManager) -> dict[Path, int]:
+    """Every stored blob of the root with its size."""
+    out = {}
+    for path in manager.storage.files_under(blobs_dir(manager.root)):
+        with contextlib.suppress(FileNotFoundError):
+            out[path] = manager.storage.size(path)
+    return out
 
 
 def _leftover(manager: CheckpointManager, path: Path, size: int) -> GcItem:

@@ -10,26 +10,22 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
-import xxhash
-
 from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError, ConfigError
-from weightslab.format.layout import SHARD_STATE, TMP_MARKER, ExperimentLayout
-from weightslab.format.manifest import CheckpointEntry, FileRecord, Manifest, PendingReplacement
-from weightslab.format.stepfile import save_state
+from weightslab.format.layout import TMP_MARKER, ExperimentLayout
+from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.storage.base import HashingWriter, Storage, WrittenFile
 from weightslab.store import retention
-from weightslab.store.parts import ManagerParts
+from weightslab.store.blobs import committed_entries
 from weightslab.store.recovery import _with_pending
-from weightslab.util.canonical import canonical_json
+from weightslab.store.sharded_commits import ShardedCommitting, torch_save_into
 
 log = logging.getLogger("weightslab")
 
 
-class Committing(ManagerParts):
+class Committing(ShardedCommitting):
     """The manager's methods that write checkpoints and their manifest entries."""
 
     # -- saving ---------------------------------------------------------------------------------
@@ -52,8 +48,54 @@ class Committing(ManagerParts):
         """
         journal = self._require_writer()
         exp = self.experiment(exp_hash)
+        digests: list[str] = []
+        if not callable(payload) and self.blobs.storage_mode == "dedup":
+            # the blobs are durable before the step file that references them is written
+            payload, digests = self.blobs.externalize(payload)
+        try:
+            entry, old, abandoned = self._write_and_commit(
+                exp, step, payload, trigger, metrics, tags, description
+            )
+        except BaseException:
+            self.blobs.abandoned(digests)
+            raise
+        swept = self.blobs.committed((exp_hash, step), digests)
+        if abandoned:
+            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
+        stats = self.blobs.last_save if digests else None
+        journal.append(
+            "checkpoint_saved",
+            exp_hash=exp_hash,
+            step=step,
+            trigger=trigger,
+            file=entry.file,
+            bytes=entry.bytes,
+            xxh3_128=entry.xxh3_128,
+            metrics=entry.metrics,
+            replaced=old is not None,
+            **(
+                {"blobs_written": stats.blobs_written, "blob_bytes": stats.bytes_written}
+                if stats is not None
+                else {}
+            ),
+            **({"blobs_removed": len(swept.removed)} if swept.removed else {}),
+        )
+        return entry
+
+    def _write_and_commit(
+        self,
+        exp: ExperimentLayout,
+        step: int,
+        payload: Mapping[str, Any] | Callable[[HashingWriter], None],
+        trigger: str,
+        metrics: Mapping[str, float | None] | None,
+        tags: Iterable[str],
+        description: str,
+    ) -> tuple[CheckpointEntry, CheckpointEntry | None, list[int]]:
+        """Write the step file durably and commit its entry; returns (entry, replaced entry, abandoned steps)."""
+        exp_hash = exp.exp_hash
         final = exp.step_file(step)
-        produce = payload if callable(payload) else _torch_save_into(payload)
+        produce = payload if callable(payload) else torch_save_into(payload)
         with self._lock:
             m = self.manifest(exp_hash)
             old = m.entry(step)
@@ -78,20 +120,7 @@ class Committing(ManagerParts):
             committed = current.committing(entry)
             self._write_manifest(committed)
             entry = committed.entry(step) or entry
-        if abandoned:
-            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
-        journal.append(
-            "checkpoint_saved",
-            exp_hash=exp_hash,
-            step=step,
-            trigger=trigger,
-            file=entry.file,
-            bytes=entry.bytes,
-            xxh3_128=entry.xxh3_128,
-            metrics=entry.metrics,
-            replaced=old is not None,
-        )
-        return entry
+        return entry, old, abandoned
 
     def _replace(
         self,
@@ -112,83 +141,6 @@ class Committing(ManagerParts):
         # 3. swap; the caller commits the new entry (which drops the pending mark)
         self.storage.replace(staging, exp.step_file(old.step))  # fsyncs the folder
         return written
-
-    # -- sharded checkpoints ----------------------------------------------------------------------
-    def prepare_shard_dir(self, exp_hash: str, step: int) -> Path:
-        """Empty the folder the ranks write the sharded checkpoint of ``step`` into; returns it.
-
-        A committed checkpoint of that step is deleted first (a sharded one is never rewritten in
-        place), and so are the leftovers of a save that crashed before its commit.
-        """
-        self._require_writer()
-        exp = self.experiment(exp_hash)
-        folder = exp.shard_dir(step)
-        if self.manifest(exp_hash).entry(step) is not None:
-            self.delete(exp_hash, step, reason="replaced")
-        for path in list(self.storage.files_under(folder)):
-            self.storage.remove(path)
-        self.storage.makedirs(folder)
-        return folder
-
-    def save_sharded(
-        self,
-        exp_hash: str,
-        step: int,
-        state: Mapping[str, Any],
-        shards: Iterable[FileRecord],
-        *,
-        trigger: str,
-        metrics: Mapping[str, float | None] | None = None,
-        tags: Iterable[str] = (),
-        description: str = "",
-    ) -> CheckpointEntry:
-        """Commit the sharded checkpoint of ``step``: ``shards`` are the durable files every rank wrote
-        through DCP (paths relative to the experiment); ``state`` (the rest of the step dict) is written
-        beside them, then one manifest entry lists them all."""
-        journal = self._require_writer()
-        exp = self.experiment(exp_hash)
-        folder = exp.shard_dir(step)
-        written = self.storage.write_atomic(
-            folder / SHARD_STATE, _torch_save_into(state)
-        )  # fsyncs the folder
-        records = sorted(
-            [*shards, FileRecord(exp.relative(written.path), written.bytes, written.xxh3_128)],
-            key=lambda r: r.file,
-        )
-        digest = xxhash.xxh3_128(canonical_json([r.to_dict() for r in records])).hexdigest()
-        entry = CheckpointEntry(
-            step=step,
-            file=exp.relative(folder),
-            bytes=sum(r.bytes for r in records),
-            xxh3_128=digest,
-            created=time.time(),
-            trigger=trigger,
-            metrics=dict(metrics or {}),
-            tags=tuple(tags),
-            description=description,
-            shards=tuple(records),
-        )
-        with self._lock:
-            current = self.manifest(exp_hash)
-            abandoned = current.abandoned_after(step)
-            committed = current.committing(entry)
-            self._write_manifest(committed)
-            entry = committed.entry(step) or entry
-        if abandoned:
-            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
-        journal.append(
-            "checkpoint_saved",
-            exp_hash=exp_hash,
-            step=step,
-            trigger=trigger,
-            file=entry.file,
-            bytes=entry.bytes,
-            xxh3_128=entry.xxh3_128,
-            metrics=entry.metrics,
-            shards=len(records),
-            replaced=False,
-        )
-        return entry
 
     def annotate(
         self,
@@ -270,6 +222,10 @@ class Committing(ManagerParts):
             exp = self.experiment(exp_hash)
             path = exp.resolve(entry.file)
             files = [exp.resolve(r.file) for r in entry.shards] if entry.shards else [path]
+            # the reference counts include this checkpoint until its entry goes
+            first_count = self.blobs.has_blobs() and self.blobs.ensure_index(
+                committed_entries(self.manifests)
+            )
             self._write_manifest(m.without_steps({step}))
         for file in files:
             self.storage.remove(file)
@@ -277,7 +233,18 @@ class Committing(ManagerParts):
             for leftover in list(self.storage.files_under(path)):  # a shard written but never listed
                 self.storage.remove(leftover)
             self.storage.remove_dir(path)
-        journal.append("checkpoint_deleted", exp_hash=exp_hash, step=step, file=entry.file, reason=reason)
+        # blobs last: a crash before this leaves orphans (swept later), never a dangling reference
+        swept = self.blobs.deleted((exp_hash, step))
+        if first_count:  # the writer's first collection also removes the orphans of earlier crashes
+            swept.removed += self.blobs.sweep(committed_entries(self.manifests)).removed
+        journal.append(
+            "checkpoint_deleted",
+            exp_hash=exp_hash,
+            step=step,
+            file=entry.file,
+            reason=reason,
+            **({"blobs_removed": len(swept.removed), "blob_bytes": swept.bytes} if swept.removed else {}),
+        )
 
     # -- copies from another root (a backup) -----------------------------------------------------
     def mark_replacing(self, exp_hash: str, step: int, pending: PendingReplacement) -> CheckpointEntry:
@@ -337,6 +304,7 @@ class Committing(ManagerParts):
             for entry in copied:
                 committed = committed.with_entry(entry)
             self._write_manifest(committed)
+            self.blobs.invalidate_index()  # the copies may reference blobs: count them afresh when needed
         if current is None:
             journal.append(
                 "experiment_created",
@@ -390,10 +358,3 @@ def _check_placed(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntr
             raise CheckpointCorruptedError(
                 path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, expected {expected}"
             )
-
-
-def _torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
-    def produce(writer: HashingWriter) -> None:
-        save_state(dict(payload), writer)  # type: ignore[arg-type]
-
-    return produce

@@ -13,9 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from weightslab.errors import (
     AmbiguousExperimentError,
@@ -26,7 +24,6 @@ from weightslab.errors import (
     UnsafePathError,
     UntrustedLoadError,
 )
-from weightslab.format.architecture import architecture_text
 from weightslab.format.journal import Journal
 from weightslab.format.layout import ExperimentLayout, RootLayout
 from weightslab.format.manifest import (
@@ -34,16 +31,22 @@ from weightslab.format.manifest import (
     Manifest,
     ParentRef,
 )
-from weightslab.format.stepfile import load_step_file
 from weightslab.storage.base import Storage, WriterLock
 from weightslab.storage.open import open_storage
 from weightslab.store import experiment_files
+from weightslab.store.blobs import BlobStore, SweepResult, check_modes, committed_entries
 from weightslab.store.commits import Committing
 from weightslab.store.manifests import ManifestStore
 from weightslab.store.reads import Reading, Which
 from weightslab.store.recovery import Recovery, _with_pending
 from weightslab.store.verify import Problem, VerifyReport, verify_root
 from weightslab.util.names import validate_hash
+
+if TYPE_CHECKING:  # torch is imported by what saves and loads, never by the read-only CLI's open
+    import torch
+
+    from weightslab.format.architecture import architecture_text
+    from weightslab.format.stepfile import load_step_file
 
 log = logging.getLogger("weightslab")
 
@@ -52,7 +55,10 @@ class CheckpointManager(Committing, Reading):
     """Checkpoints of one root on local storage.
 
     ``mode="w"`` takes the root's writer lock (a second writer gets RootLockedError) and cleans crash
-    leftovers; ``mode="r"`` only reads and may run beside a writer.
+    leftovers; ``mode="r"`` only reads and may run beside a writer. ``storage_mode="dedup"`` writes new
+    checkpoints' large tensors once each as content-addressed blobs (``compression="zstd"``: stored
+    compressed); "files" (the default) writes self-contained step files. Readers need neither option.
+    Raises ConfigError for another mode, or zstd without dedup.
     """
 
     def __init__(
@@ -63,9 +69,12 @@ class CheckpointManager(Committing, Reading):
         durable: bool = True,
         storage: Storage | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        storage_mode: str = "files",
+        compression: str | None = None,
     ) -> None:
         if mode not in ("r", "w"):
             raise ValueError(f"mode must be 'r' or 'w', got {mode!r}")
+        check_modes(storage_mode, compression)
         if storage is None:
             self.root, storage = open_storage(root, storage_options=storage_options, durable=durable)
         else:
@@ -77,6 +86,10 @@ class CheckpointManager(Committing, Reading):
         self.manifests = ManifestStore(self.layout, lambda: self._storage, caching=mode == "w")
         self._lock = self.manifests.lock  # one lock orders every manifest change
         self.recovery = Recovery(self.layout, lambda: self._storage, self.manifests, lambda: self.journal)
+        # how new checkpoints are written; every reader resolves blob references whatever this says
+        self.blobs = BlobStore(
+            self.layout, lambda: self._storage, storage_mode=storage_mode, compression=compression
+        )
         self._lock_file: WriterLock | None = None
         if self.storage.exists(self.root) and not self.storage.is_dir(self.root):
             raise RootError(f"checkpoint root {self.root} is a file, not a folder; pass a folder path")
@@ -341,6 +354,21 @@ class CheckpointManager(Committing, Reading):
         hashes = [exp_hash] if exp_hash is not None else self.experiments()
         return verify_root(self.manifests, hashes, writer_elsewhere=writer_elsewhere, on_entry=on_entry)
 
+    def collect_blobs(self) -> SweepResult:
+        """Delete every blob that no committed checkpoint of any experiment references; returns them.
+
+        Blobs of a save in flight in this process are kept. Nothing is deleted while a step file or
+        manifest cannot be read (its references are unknown). Raises RootError for a reader.
+        """
+        self._require_writer()
+        with self._lock:
+            if not self.blobs.has_blobs():
+                return SweepResult()
+            result = self.blobs.sweep(committed_entries(self.manifests))
+        if result.removed:
+            self.event("blobs_collected", blobs=len(result.removed), bytes=result.bytes)
+        return result
+
     def find_leftovers(self) -> tuple[list[Path], list[str]]:
         """What a writer cleans on opening, found without touching anything: (files, manifests to rebuild)."""
         return self.recovery.find_leftovers()
@@ -378,6 +406,19 @@ class CheckpointManager(Committing, Reading):
                 relative, "a file of an experiment must be named inside its folder", where=exp.dir
             )
         return self.storage.read_bytes(exp.dir.joinpath(*parts))
+
+
+def __getattr__(name: str) -> object:
+    """``architecture_text`` and ``load_step_file``, importable from here as before, loaded on use."""
+    if name == "architecture_text":
+        from weightslab.format.architecture import architecture_text
+
+        return architecture_text
+    if name == "load_step_file":
+        from weightslab.format.stepfile import load_step_file
+
+        return load_step_file
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

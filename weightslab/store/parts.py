@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from weightslab.format.layout import ExperimentLayout, RootLayout
     from weightslab.format.manifest import CheckpointEntry, Manifest
     from weightslab.storage.base import Storage
+    from weightslab.store.blobs import BlobStore
     from weightslab.store.manifests import ManifestStore
 
 
@@ -26,6 +27,7 @@ class ManagerParts:
         root: Path
         layout: RootLayout
         manifests: ManifestStore
+        blobs: BlobStore
         _lock: threading.RLock
 
         @property

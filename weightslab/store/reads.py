@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weightslab.errors import CheckpointNotFoundError
-from weightslab.format import sharded
 from weightslab.format.journal import last_active_experiment, read_events
 from weightslab.format.layout import SHARD_STATE
 from weightslab.format.manifest import CheckpointEntry
-from weightslab.format.stepfile import load_step_file
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.parts import ManagerParts
 from weightslab.store.verify import verify_entry
@@ -120,9 +118,14 @@ class Reading(ManagerParts):
         ``consolidate=False`` its ``state.pt`` alone is returned (its ``sharded`` record says what
         DCP holds, for a resume that loads into sharded objects).
         """
+        from weightslab.format import sharded  # torch: imported by loads only, not by the read-only CLI
+        from weightslab.format.stepfile import load_step_file
+
         path = self.verify_entry(exp_hash, entry) if verify else self.experiment(exp_hash).resolve(entry.file)
-        if not entry.shards:
-            return load_step_file(path, map_location=map_location, mmap=mmap, storage=self.storage)
+        if not entry.shards:  # a dedup step file's blobs are checked too when verifying
+            return load_step_file(
+                path, map_location=map_location, mmap=mmap, storage=self.storage, verify_blobs=verify
+            )
         state = load_step_file(path / SHARD_STATE, map_location=map_location, mmap=mmap, storage=self.storage)
         if not consolidate:
             return state

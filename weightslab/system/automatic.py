@@ -80,11 +80,15 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
             durable=self.config.durable,
             group=self._group,
             storage_options=self.config.storage_options,
+            storage_mode=self.config.storage,
+            compression=self.config.compression,
         )
         self.retention = RetentionPolicy(**self.config.retention())
         self._lock = threading.RLock()
         self._writer = BackgroundWriter() if self.config.async_save else None
-        self._buffers = SnapshotBuffers(copy_cpu=self.config.async_save)
+        self._buffers = SnapshotBuffers(
+            copy_cpu=self.config.async_save, max_staging_bytes=self.config.max_staging_bytes
+        )
         self._clock = clock  # the `created` stamp of step files (injectable for reproducible files)
         self._errors = ErrorPolicy(self.manager, self.config.on_error)
         self._detector = ChangeDetector(self.ledger)

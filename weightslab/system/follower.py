@@ -80,20 +80,33 @@ class FollowerManager(CheckpointManager):
 
 
 def open_manager(
-    root: str | Path, *, durable: bool, group: Group, storage_options: Mapping[str, Any] | None = None
+    root: str | Path,
+    *,
+    durable: bool,
+    group: Group,
+    storage_options: Mapping[str, Any] | None = None,
+    storage_mode: str = "files",
+    compression: str | None = None,
 ) -> CheckpointManager:
     """The writer of ``root`` on rank 0 (and in one process), a :class:`FollowerManager` elsewhere.
 
     Rank 0 opens the root first (taking its lock, cleaning crash leftovers) and tells the others
     whether it could; they then read it. A failure on rank 0 is raised on every rank.
+    ``storage_mode``/``compression``: how rank 0 writes new checkpoints ("files" or "dedup").
     """
+    options: dict[str, Any] = {
+        "durable": durable,
+        "storage_options": storage_options,
+        "storage_mode": storage_mode,
+        "compression": compression,
+    }
     if not group.distributed:
-        return CheckpointManager(root, mode="w", durable=durable, storage_options=storage_options)
+        return CheckpointManager(root, mode="w", **options)
     manager: CheckpointManager | None = None
     failure: BaseException | None = None
     if group.is_main:
         try:
-            manager = CheckpointManager(root, mode="w", durable=durable, storage_options=storage_options)
+            manager = CheckpointManager(root, mode="w", **options)
         except Exception as exc:
             failure = exc
     got = group.steps.exchange(
