@@ -4,7 +4,7 @@
 
 Each peer runs in a fresh subprocess per round (rounds interleave the peers). The child builds the
 state (``--layers`` Linear(width, width) layers with AdamW state; default 10 x 2048, 0.50 GB, under
-the default ``max_staging_bytes`` of 1 GiB; ``--width 3072`` gives 1.13 GB, over it), resets its
+the default ``max_staging_bytes`` of 2 GiB; ``--layers 20 --width 3072`` gives 2.26 GB, over it), resets its
 peak-RSS counter (``/proc/self/clear_refs``), then saves ``--saves`` times, each time after training
 changed every tensor in place, waiting for each write to finish. It reports, above the RSS it had
 before the first save:
@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 
 PEERS = [
-    "weightslab async (default bound, 1 GiB)",
+    "weightslab async (default bound, 2 GiB)",
     "weightslab async (small bound)",
     "weightslab async (max_staging_bytes=None)",
     "weightslab sync",

@@ -9,10 +9,10 @@ layers (default 500 x 128: 4,000 tensors, 0.1 GB). For each, the peers run inter
 round:
 
 - weightslab as the README drives it: ``wl.register_*``, ``get_checkpoint_system(...)`` with default
-  options (async_save, ``max_staging_bytes`` 1 GiB) and the module function ``checkpoint_on_step``;
+  options (async_save, ``max_staging_bytes`` 2 GiB) and the module function ``checkpoint_on_step``;
 - weightslab with ``max_staging_bytes=None`` (its staging memory always kept; an isolated
   ``AutomaticCheckpointSystem`` on its own ledger, the same model and optimizer) - for a state over
-  1 GiB this is the fast path the default gives up to keep memory bounded;
+  the bound this is the fast path the default gives up to keep memory bounded;
 - ``torch.distributed.checkpoint.async_save`` (default mode: a background thread, staging into CPU
   memory it allocates per save);
 - plain ``torch.save`` (blocks for the whole write);
@@ -90,7 +90,7 @@ def run_case(layers: int, width: int, repeats: int, base: Path | None) -> tuple[
             torch.save(state, d / f"plain{r}.pt")
 
         peers: dict[str, tuple[Callable[[int], object], Callable[[int], object]]] = {
-            "weightslab (default, max_staging_bytes 1 GiB)": (checkpoint_on_step, lambda r: system.flush()),
+            "weightslab (default, max_staging_bytes 2 GiB)": (checkpoint_on_step, lambda r: system.flush()),
             "weightslab (max_staging_bytes=None)": (kept.checkpoint_on_step, lambda r: kept.flush()),
             "dcp.async_save (thread mode)": (dcp_save, lambda r: dcp_futures.pop().result()),  # type: ignore[attr-defined]
             "torch.save": (plain_save, lambda r: (d / f"plain{r}.pt").unlink()),
