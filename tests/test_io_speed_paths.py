@@ -12,7 +12,7 @@ import torch
 import xxhash
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.errors import CheckpointNotFoundError
+from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError
 from weightslab.format.stepfile import save_state
 from weightslab.registry.ledger import Ledger
 from weightslab.storage import writeback
@@ -221,4 +221,22 @@ def test_a_fallback_without_the_state_of_an_object_the_unverified_one_wrote_into
     with pytest.raises(CheckpointNotFoundError, match="holds no state for models 'head'") as exc:
         second.resume()
     assert "unverified state" in str(exc.value) and "do not train on them" in str(exc.value)
+    second.close()
+
+
+def test_an_explicit_step_is_verified_before_anything_is_restored(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    first, _ = _run(root, range(21))
+    h = first.exp_hash
+    first.close()
+    assert h is not None
+    newest = root / "checkpoints" / h / "model" / f"{h}_step_000020.pt"
+    _damage_tensor(newest, CheckpointManager(root, mode="r").load(h, 20)["models"]["model"]["0.weight"])
+
+    second, model = _run(root, range(0), seed=7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointCorruptedError):
+        second.resume(20)
+    # the error of resume(N) still means that nothing was touched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     second.close()

@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import xxhash
-
 from weightslab.errors import CheckpointCorruptedError, CheckpointFormatError, ConfigError
 from weightslab.storage.base import TMP_MARKER, Storage
+from weightslab.util.digests import digest as _xxh3_128_hex
 
 if TYPE_CHECKING:  # torch is imported by the functions that need it: `weightslab ls` never loads it
     import torch
@@ -184,7 +183,7 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 def digest_of(data: bytes | memoryview) -> str:
     """The xxh3-128 hex digest that names a blob."""
-    return xxhash.xxh3_128(data).hexdigest()
+    return _xxh3_128_hex(data)  # libxxhash when present: the GIL is released while it hashes
 
 
 def externalizable(obj: Any) -> bool:

@@ -104,7 +104,12 @@ def export_checkpoint(
     writes: dict[str, Callable[[Path], None]] = {}
     # weights_only and memory-mapped: no code runs, and the pt format reads only the hyperparameters
     # a sharded checkpoint is consolidated here: full tensors, whatever world size wrote it
-    data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
+    if entry.shards:
+        data = manager.load_entry(exp_hash, entry, verify=False, mmap=True)
+    else:  # the step file is verified above; a dedup step file's blobs are verified as they are read
+        from weightslab.format.stepfile import load_step_file
+
+        data = load_step_file(source, mmap=True, storage=manager.storage, verify_blobs=True)
     if fmt == "pt":
         # a dedup step file holds references: the standalone copy gets every tensor inline
         self_contained = not entry.shards and REFS_KEY not in data

@@ -166,7 +166,13 @@ class ManifestStore:
                 line = change_line(m, cached, state.generation, state.lines + 1)
                 if line is not None and state.bytes + len(line) <= state.base_bytes:
                     log_path = self.layout.experiment(exp_hash).manifest_log(state.generation)
-                    self.storage.append_line(log_path, line)  # whole or not at all; raises OSError
+                    try:
+                        self.storage.append_line(log_path, line)  # whole or not at all; raises OSError
+                    except BaseException:
+                        # the line may be on disk all the same (a failed fsync, a truncate that
+                        # failed): never append after it; the next commit rewrites the manifest whole
+                        state.appendable = False
+                        raise
                     state.lines += 1
                     state.bytes += len(line)
                     m.forget_change()

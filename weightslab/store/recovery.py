@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from weightslab.errors import CheckpointFormatError, CheckpointNotFoundError, ManifestError, RootError
+from weightslab.errors import CheckpointFormatError, ManifestError, RootError, WeightslabError
 from weightslab.format.journal import Journal, read_events
 from weightslab.format.layout import TMP_MARKER, RootLayout, parse_shard_dir, parse_step_file
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
@@ -250,7 +250,7 @@ class Recovery:
                 raise CheckpointFormatError(
                     f"its xxh3_128 {digest} differs from the journalled {journalled[step]}"
                 )
-        except (CheckpointFormatError, CheckpointNotFoundError, OSError) as exc:
+        except (WeightslabError, OSError) as exc:  # a missing blob, a codec not installed...
             log.warning(
                 "weightslab: %s does not verify and is left out of the rebuilt manifest: %s", path, exc
             )

@@ -140,14 +140,16 @@ def load_first(
                 f"from {unverified} (it failed its checksum after it was restored); do not train on "
                 "them: resume() again once a checkpoint with their state verifies"
             )
+        last.append((entry.file, _objects(data)))  # before: a restore that fails part-way wrote some
         restore(data, entry, h)
-        last.append((entry.file, _objects(data)))
 
     for h, entry in tried:
         try:
             if restore is None:
                 return manager.load_entry(h, entry, consolidate=False), entry, h, skipped
-            return load_and_restore(manager, h, entry, tracked), entry, h, skipped
+            # an explicit step (strict) is verified before anything is restored: its error then means
+            # that nothing was touched, as the caller of resume(N) expects
+            return load_and_restore(manager, h, entry, tracked, overlap=not strict), entry, h, skipped
         except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
             if last and last[-1][0] == entry.file:
                 unverified = entry.file
@@ -185,7 +187,12 @@ def _objects(data: dict[str, Any]) -> set[tuple[str, str]]:
 
 
 def load_and_restore(
-    manager: CheckpointManager, exp_hash: str, entry: CheckpointEntry, restore: Restore
+    manager: CheckpointManager,
+    exp_hash: str,
+    entry: CheckpointEntry,
+    restore: Restore,
+    *,
+    overlap: bool = True,
 ) -> dict[str, Any]:
     """Load ``entry``, restore it with ``restore`` and verify it, the checksum overlapping the rest.
 
@@ -198,10 +205,11 @@ def load_and_restore(
     live objects hold the unverified bytes (the caller restores another checkpoint over them or
     says so). Any error of loading or restoring a file whose checksum differs is reported as that
     CheckpointCorruptedError. A sharded checkpoint is verified first and then restored (its DCP
-    files are read by the restore itself).
+    files are read by the restore itself). With ``overlap=False`` the checksum is waited for before
+    anything is restored.
     """
     exp = manager.experiment(exp_hash)
-    if entry.shards:
+    if entry.shards or not overlap:
         data = manager.load_entry(exp_hash, entry, consolidate=False)
         restore(data, entry, exp_hash)
         return data
