@@ -6,6 +6,8 @@ experiment is saved, named by its architecture and hyperparameters, traceable an
 
 from typing import TYPE_CHECKING
 
+from weightslab.util.lazy import lazy_names
+
 if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they load on first use
     from weightslab.components import (
         AutomaticCheckpointSystem,
@@ -85,19 +87,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'weightslab' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("weightslab", _LAZY, globals())
 
 
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
 from typing import TYPE_CHECKING
 
+from weightslab.util.lazy import lazy_names
+
 if TYPE_CHECKING:  # the names as mypy and editors see them; at run time they load on first use
     from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
     from weightslab.inspect.importing import ImportResult, import_checkpoint
@@ -43,19 +45,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'weightslab.components' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names("weightslab.components", _LAZY, globals())
 
 
 __all__ = [
