@@ -20,7 +20,7 @@ from weightslab.storage.base import HashingWriter, Storage, WrittenFile
 from weightslab.store import retention
 from weightslab.store.blobs import committed_entries
 from weightslab.store.recovery import _with_pending
-from weightslab.store.sharded_commits import ShardedCommitting, torch_save_into
+from weightslab.store.sharded_commits import ShardedCommitting, journal_saved, torch_save_into
 
 log = logging.getLogger("weightslab")
 
@@ -60,18 +60,13 @@ class Committing(ShardedCommitting):
             self.blobs.abandoned(digests)
             raise
         swept = self.blobs.committed((exp_hash, step), digests)
-        if abandoned:
-            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
         stats = self.blobs.last_save if digests else None
-        journal.append(
-            "checkpoint_saved",
-            exp_hash=exp_hash,
-            step=step,
-            trigger=trigger,
-            file=entry.file,
-            bytes=entry.bytes,
-            xxh3_128=entry.xxh3_128,
-            metrics=entry.metrics,
+        journal_saved(
+            journal,
+            exp_hash,
+            entry,
+            trigger,
+            abandoned,
             replaced=old is not None,
             **(
                 {"blobs_written": stats.blobs_written, "blob_bytes": stats.bytes_written}

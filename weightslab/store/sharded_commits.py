@@ -13,6 +13,7 @@ from typing import Any
 
 import xxhash
 
+from weightslab.format.journal import Journal
 from weightslab.format.layout import SHARD_STATE
 from weightslab.format.manifest import CheckpointEntry, FileRecord
 from weightslab.storage.base import HashingWriter
@@ -81,21 +82,32 @@ class ShardedCommitting(ManagerParts):
             committed = current.committing(entry)
             self._write_manifest(committed)
             entry = committed.entry(step) or entry
-        if abandoned:
-            journal.append("rewound", exp_hash=exp_hash, step=step, abandoned=abandoned)
-        journal.append(
-            "checkpoint_saved",
-            exp_hash=exp_hash,
-            step=step,
-            trigger=trigger,
-            file=entry.file,
-            bytes=entry.bytes,
-            xxh3_128=entry.xxh3_128,
-            metrics=entry.metrics,
-            shards=len(records),
-            replaced=False,
-        )
+        journal_saved(journal, exp_hash, entry, trigger, abandoned, shards=len(records), replaced=False)
         return entry
+
+
+def journal_saved(
+    journal: Journal,
+    exp_hash: str,
+    entry: CheckpointEntry,
+    trigger: str,
+    abandoned: list[int],
+    **fields: Any,
+) -> None:
+    """Journal a committed checkpoint (and the later steps its commit abandoned, if any)."""
+    if abandoned:
+        journal.append("rewound", exp_hash=exp_hash, step=entry.step, abandoned=abandoned)
+    journal.append(
+        "checkpoint_saved",
+        exp_hash=exp_hash,
+        step=entry.step,
+        trigger=trigger,
+        file=entry.file,
+        bytes=entry.bytes,
+        xxh3_128=entry.xxh3_128,
+        metrics=entry.metrics,
+        **fields,
+    )
 
 
 def torch_save_into(payload: Mapping[str, Any]) -> Callable[[HashingWriter], None]:
