@@ -194,9 +194,10 @@ def test_an_edit_right_after_an_applied_one_is_applied_too(ledger: Ledger, confi
     recorder = Recorder(ledger)
 
     edit_in_place(config_file, CONFIG.replace("lr: 0.1", "lr: 0.2"))
-    wait_for(lambda: config["lr"] == 0.2, what="the first edit")
+    wait_for(lambda: len(recorder.changes) == 1, what="the callback of the first edit")
     edit_in_place(config_file, CONFIG.replace("lr: 0.1", "lr: 0.3"))
-    wait_for(lambda: config["lr"] == 0.3, what="the second edit")
+    wait_for(lambda: len(recorder.changes) == 2, what="the callback of the second edit")
+    assert config["lr"] == 0.3
 
     assert [values["lr"] for _, _, values in recorder.changes] == [0.2, 0.3]
 
@@ -314,7 +315,9 @@ def test_a_write_in_place_is_read_when_the_writer_closes_the_file(ledger: Ledger
         time.sleep(0.2)
         f.write(CONFIG.replace("lr: 0.1", "").split("\n", 2)[2])
 
-    wait_for(lambda: config["lr"] == 0.08, what="the completed edit")
+    # the set changes in place before the listeners are called: wait for the callback itself
+    wait_for(lambda: len(recorder.changes) > 0, what="the change callback of the completed edit")
+    assert config["lr"] == 0.08
     assert [values for _, _, values in recorder.changes] == [
         {"lr": 0.08, "batch_size": 32, "optimizer": {"momentum": 0.9}}
     ]
