@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"system"},
     {"inspect"},
     {"analysis"},
-    {"cli"},
+    {"cli", "ui"},  # the dashboard serves what the command prints, and reuses its formatting
     {"components", "integrations", "__init__"},
 ]
 

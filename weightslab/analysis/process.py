@@ -50,6 +50,7 @@ def process_all_checkpoints(
     cache_dir: str | Path | None = None,
     token: str | bool | None = None,
     console: Console | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, CheckpointAnalysis]:
     """Analyse every checkpoint of a run, in parallel, and return ``{branch: analysis}`` sorted by step.
 
@@ -68,6 +69,8 @@ def process_all_checkpoints(
         steps: analyse only the checkpoints at these steps.
         verify: check each local step file against its manifest checksum first (a damaged file is then
             reported instead of analysed); it reads every file once more.
+        on_progress: called as ``on_progress(done, total)`` once the checkpoints are listed and after each
+            one finishes (from the calling thread), for a display other than the terminal's.
         include_weights, delete_weights_after, delete_optimizer_after: see
             :func:`~weightslab.analysis.analyze_complete_checkpoint`.
 
@@ -114,10 +117,14 @@ def process_all_checkpoints(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="weightslab-analysis") as pool,
     ):
         started = [pool.submit(_guarded, job, progress, source, local) for job in jobs]
-        for future in as_completed(started):
+        if on_progress is not None:
+            on_progress(0, len(jobs))
+        for done, future in enumerate(as_completed(started), start=1):
             analysis = future.result()
             results[analysis.branch] = analysis
             progress.advance()
+            if on_progress is not None:
+                on_progress(done, len(jobs))
     return dict(sorted(results.items(), key=lambda kv: _order(kv[1])))
 
 

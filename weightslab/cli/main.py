@@ -13,6 +13,7 @@
     weightslab backup ROOT --to DEST        copy the best and newest checkpoints to a second root
     weightslab import ROOT SOURCE           a torch, Lightning, Hugging Face or safetensors checkpoint
     weightslab analyze REPO_OR_ROOT         (from weightslab.analysis) analyse a run's checkpoints
+    weightslab ui ROOT                      a local web dashboard (pip install 'weightslab[ui]')
 
 Hashes may be abbreviated to any unique prefix, as in git. Every command takes ``--json`` for
 scripts. Exit status: 0 success, 1 ``verify`` found problems or ``gc`` refused to delete a checkpoint
@@ -35,6 +36,7 @@ from weightslab.cli.arguments import non_negative, positive
 from weightslab.cli.backup import add_backup_parser
 from weightslab.cli.compare import add_compare_parser
 from weightslab.cli.importing import add_import_parser
+from weightslab.cli.ui import add_ui_parser
 from weightslab.errors import ConfigFileError, WeightslabError
 from weightslab.inspect import open_root
 from weightslab.inspect.checkpoints import checkpoint_infos
@@ -149,6 +151,7 @@ def build_parser(*, analyze: bool = False) -> argparse.ArgumentParser:
     add_compare_parser(command)
     add_backup_parser(command)
     add_import_parser(sub)
+    add_ui_parser(sub)
     _add_analyze(sub, real=analyze)
     return parser
 

@@ -24,6 +24,8 @@ class CheckpointInfo:
     kept: tuple[str, ...]
     seq: int = 0
     abandoned: bool = False
+    tags: tuple[str, ...] = ()
+    description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,8 @@ class CheckpointInfo:
             "trigger": self.trigger,
             "metrics": dict(self.metrics),
             "kept": list(self.kept),
+            "tags": list(self.tags),
+            "description": self.description,
         }
 
 
@@ -83,9 +87,30 @@ def checkpoint_infos(
                 kept=tuple(dict.fromkeys(why)),
                 seq=e.seq,
                 abandoned=e.abandoned,
+                tags=tuple(e.tags),
+                description=e.description,
             )
         )
     return out
 
 
-__all__ = ["CheckpointInfo", "checkpoint_infos"]
+PROTECTING = {
+    "newest": "it is the newest checkpoint of its experiment (a resume starts from it)",
+    "best": "it is a best checkpoint by the recorded monitor",
+    "branch": "a later experiment continued from it",
+    "protected": "it is protected",
+}
+"""Reasons retention keeps a checkpoint that also forbid deleting it by hand.
+
+Being one of the last ``keep_last`` or every ``keep_every``-th does not: those are windows that the
+next commit moves anyway.
+"""
+
+
+def protection_reason(info: CheckpointInfo) -> str | None:
+    """Why ``info`` must not be deleted by hand (one sentence), or None when it may be."""
+    why = [PROTECTING[k] for k in info.kept if k in PROTECTING]
+    return "; ".join(why) if why else None
+
+
+__all__ = ["PROTECTING", "CheckpointInfo", "checkpoint_infos", "protection_reason"]
