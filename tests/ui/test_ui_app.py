@@ -27,8 +27,9 @@ from starlette.testclient import TestClient
 
 from weightslab.inspect import open_root
 from weightslab.store.manager import CheckpointManager
+from weightslab.ui.actions import EXPORT_PREFIX, sweep_exports
 from weightslab.ui.app import create_app
-from weightslab.ui.server import is_loopback
+from weightslab.ui.server import allowed_hosts, is_loopback
 
 BASE = "http://127.0.0.1"
 
@@ -177,6 +178,61 @@ def test_actions_need_the_page_token(root_copy: Path) -> None:
 def test_a_foreign_host_header_is_refused(client: TestClient) -> None:
     assert client.get("/", headers={"Host": "evil.example:8765"}).status_code == 400
     assert client.get("/", headers={"Host": "localhost:8765"}).status_code == 200
+
+
+def test_requests_another_site_makes_are_refused(client: TestClient, quickstart_root: Path) -> None:
+    active = experiments(quickstart_root)[2]
+    export = f"/exp/{active}/checkpoints/399/export.zip"
+    for site in ("cross-site", "same-site"):  # what a browser sends for an <img> or a form of another page
+        r = client.get(export, headers={"Sec-Fetch-Site": site})
+        assert r.status_code == 403 and "other web sites" in r.json()["error"]
+    assert client.get(export, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
+    assert client.get("/", headers={"Sec-Fetch-Site": "none"}).status_code == 200  # typed in the address bar
+
+
+def test_the_allowed_host_names_never_include_a_wildcard() -> None:
+    assert set(allowed_hosts("127.0.0.1")) == {"127.0.0.1", "localhost", "::1", "[::1]"}
+    assert "127.0.0.2" in allowed_hosts("127.0.0.2")  # any loopback address it is bound to
+    wide = allowed_hosts("0.0.0.0", extra=["box.example.org"])
+    assert "*" not in wide and "0.0.0.0" not in wide and "box.example.org" in wide and "127.0.0.1" in wide
+    with TestClient(
+        create_app("unused", allowed_hosts=allowed_hosts("127.0.0.2")), base_url="http://127.0.0.2"
+    ) as c:
+        assert c.get("/static/app.css").status_code == 200
+
+
+def test_bad_action_input_is_a_message(client: TestClient, quickstart_root: Path) -> None:
+    active = experiments(quickstart_root)[2]
+    tag = f"/api/exp/{active}/checkpoints/300/tag"
+    for body, words in (
+        ({"tags": ["a"]}, "one comma-separated string"),
+        ({"tags": "a", "description": {"x": 1}}, "must be a string"),
+        ({"tags": "a", "description": "d" * 2001}, "at most 2,000"),
+    ):
+        r = post(client, tag, body)
+        assert r.status_code == 400 and words in r.json()["error"], r.text
+    r = post(client, "/api/gc", {"dry_run": "yes"})
+    assert r.status_code == 400 and "dry_run" in r.json()["error"]
+    r = client.get(f"/exp/{active}/checkpoints/{'9' * 5000}/export.zip")
+    assert r.status_code == 400 and "not a step number" in r.text and "int_max_str_digits" not in r.text
+    check = client.get(f"/api/exp/{active}/checkpoints/123/export")
+    assert check.status_code == 404 and "123" in check.json()["error"]
+    ok = client.get(f"/api/exp/{active}/checkpoints/399/export").json()
+    assert ok["exp_hash"] == active and ok["step"] == 399 and ok["bytes"] > 0
+
+
+def test_export_folders_left_behind_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old, new = tmp_path / f"{EXPORT_PREFIX}old", tmp_path / f"{EXPORT_PREFIX}new"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "x.zip").write_bytes(b"zip")
+    os.utime(old, (1, 1))
+    assert sweep_exports() == 1
+    assert not old.exists() and new.exists()
 
 
 def test_loopback_detection() -> None:

@@ -56,7 +56,10 @@ def test_a_hub_run_page_lists_its_branches_and_lr(
         assert data["run"]["curves"]["lr"][0]["steps"] == [r["step"] for r in rows]
         again = c.get("/api/hub").json()  # a finished analysis is kept, not redone on every poll
         assert again["id"] == data["id"] and again["state"] == "done"
-        fresh = c.get("/api/hub?refresh=1").json()
+        page_token = re.search(r'name="weightslab-token" content="([^"]+)"', page)
+        assert page_token
+        assert c.post("/api/hub/refresh").status_code == 403  # it downloads: the page's token only
+        fresh = c.post("/api/hub/refresh", headers={"X-Weightslab-Token": page_token.group(1)}).json()
         assert fresh["id"] != data["id"]
         poll_hub(c)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -30,6 +31,13 @@ def add_ui_parser(sub: Any) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     p.add_argument("--port", type=non_negative, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the browser may use for this server (a DNS name; repeatable)",
+    )
     p.add_argument("--no-browser", action="store_true", help="do not open the browser")
     p.add_argument("--endpoint", metavar="URL", help="for hf://: the Hub endpoint (default $HF_ENDPOINT)")
     p.epilog = (
@@ -52,7 +60,8 @@ def run_ui(args: argparse.Namespace) -> int:
     hub_options = {"endpoint": args.endpoint} if args.endpoint else {}
     if hub_repo is None and args.endpoint:
         raise ConfigError("--endpoint is for hf://org/repo sources; a checkpoint root does not take it")
-    try:
+    # Ctrl-C: the server shuts down cleanly, then uvicorn re-raises the interrupt
+    with contextlib.suppress(KeyboardInterrupt):
         serve(
             source,
             host=args.host,
@@ -60,9 +69,8 @@ def run_ui(args: argparse.Namespace) -> int:
             open_browser=not args.no_browser,
             hub_repo=hub_repo,
             hub_options=hub_options,
+            allow_hosts=args.allow_host,
         )
-    except KeyboardInterrupt:  # Ctrl-C: the server has shut down cleanly; uvicorn re-raises it
-        pass
     sys.stdout.write("weightslab: stopped\n")
     return 0
 

@@ -10,6 +10,7 @@ JSON API); a traceback only ever goes to the server's log.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -38,8 +39,8 @@ log = logging.getLogger("weightslab")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-        "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; form-action 'self'"
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -57,7 +58,7 @@ def create_app(
 ) -> Starlette:
     """The dashboard over ``source`` (a root folder, an ``s3://`` root, or ``hf://org/repo`` with ``hub_repo``).
 
-    ``allowed_hosts``: the ``Host`` names requests may carry (``["*"]`` when serving beyond loopback).
+    ``allowed_hosts``: the ``Host`` names requests may carry (see ``server.allowed_hosts``).
     ``poll_ms``: how often the pages look for new checkpoints.
     """
     state = UiState(source=source, hub_repo=hub_repo, poll_ms=poll_ms, hub_options=dict(hub_options or {}))
@@ -84,7 +85,16 @@ class _Guard(BaseHTTPMiddleware):
         self._token = state.token
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.method not in ("GET", "HEAD") and request.headers.get("x-weightslab-token") != self._token:
+        # a page of another site may load our URLs (an <img>, a form): browsers say so, refuse it all
+        if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            return JSONResponse(
+                {"error": "requests from other web sites are refused; open the dashboard's own page"},
+                status_code=403,
+            )
+        sent = request.headers.get("x-weightslab-token", "")
+        if request.method not in ("GET", "HEAD") and not secrets.compare_digest(
+            sent.encode(), self._token.encode()
+        ):
             return JSONResponse(
                 {
                     "error": "this action needs the token of a weightslab ui page; reload the page and try again"

@@ -67,6 +67,11 @@ class JobTracker:
         with self._lock:
             self._job.done += amount
 
+    def set(self, done: float, total: float | None, description: str) -> None:
+        """Both counts at once (for operations that report ``(done, total)``, not increments)."""
+        with self._lock:
+            self._job.phase, self._job.done, self._job.total = description, done, total
+
 
 class Jobs:
     """The jobs of one dashboard: at most one running per ``key`` (a second start returns the first)."""

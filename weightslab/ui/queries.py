@@ -22,8 +22,8 @@ from weightslab.store.manager import CheckpointManager
 from weightslab.ui.lineage_graph import layout_lineage, render_svg
 from weightslab.util.jsonsafe import to_jsonable
 
-VerifyStatus = Mapping[tuple[str, int], str]
-"""``{(exp_hash, step): "OK" | what is wrong}`` from the last verify run of this dashboard."""
+VerifyStatus = Mapping[tuple[str, int], tuple[str, str]]
+"""``{(exp_hash, step): ("OK" | what is wrong, checksum verified)}`` from this dashboard's verify runs."""
 
 _LOWER_IS_BETTER = ("loss", "err", "perplexity", "ppl", "mse", "mae", "rmse", "nll", "wer", "cer")
 JOURNAL_LIMIT = 500
@@ -83,10 +83,12 @@ def checkpoint_rows(
 ) -> list[dict[str, Any]]:
     """The checkpoint table, newest first: each record, why retention keeps it, whether it can be deleted."""
     rows = []
+    digests = {e.step: e.xxh3_128 for e in manager.manifest(exp_hash).checkpoints}
     for info in checkpoint_infos(manager, exp_hash):
         row = info.to_dict()
         row["protected_because"] = protection_reason(info)
-        row["verify"] = verified.get((exp_hash, info.step))
+        status, digest = verified.get((exp_hash, info.step), (None, None))
+        row["verify"] = status if digest == digests.get(info.step) else None  # rewritten since: unverified
         rows.append(row)
     rows.sort(key=lambda r: (r["seq"], r["step"]), reverse=True)
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,11 +22,12 @@ from starlette.routing import Route
 from weightslab.errors import ConfigError
 from weightslab.inspect.compare import compare_checkpoints
 from weightslab.ui import actions, queries
-from weightslab.ui.responses import error_response, message_of, render
+from weightslab.ui.responses import error_response, message_of, render, status_of
 from weightslab.ui.state import UiState
 from weightslab.util.jsonsafe import to_jsonable
 
 Handler = Callable[[Request], Response]
+log = logging.getLogger("weightslab")
 
 
 def _ui(request: Request) -> UiState:
@@ -56,8 +58,8 @@ def _json(data: Any, status_code: int = 200) -> JSONResponse:
 
 def _step(request: Request) -> int:
     text = request.path_params["step"]
-    if not text.isdigit():
-        raise ConfigError(f"step {text!r} is not a step number; use a non-negative integer")
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise ConfigError(f"step {text[:40]!r} is not a step number; use a non-negative integer")
     return int(text)
 
 
@@ -88,6 +90,8 @@ def _overview_context(ui: UiState) -> dict[str, Any]:
     try:
         return {"data": queries.overview(ui.open()), "message": None}
     except Exception as exc:  # the page still renders, polls, and shows the root once it exists
+        if status_of(exc) >= 500:
+            log.error("weightslab ui: the overview of %s failed", ui.source, exc_info=exc)
         return {"data": None, "message": message_of(exc)}
 
 
@@ -160,8 +164,7 @@ def analysis_api(request: Request) -> Response:
 
     def run(tracker: Any) -> Any:
         def progress(done: int, total: int) -> None:
-            tracker.start("analysing checkpoints", total)
-            tracker.advance(done)
+            tracker.set(done, total, "analysing checkpoints")
 
         return ui.curves.curves(ui.source, h, progress=progress).to_dict()
 
@@ -175,7 +178,16 @@ def analysis_api(request: Request) -> Response:
 
 @handled
 def hub_api(request: Request) -> Response:
-    ui = _ui(request)
+    return _hub(_ui(request), refresh=False)
+
+
+@handled
+def hub_refresh(request: Request) -> Response:
+    """Analyse the repository again (a POST with the page's token: it downloads)."""
+    return _hub(_ui(request), refresh=True)
+
+
+def _hub(ui: UiState, *, refresh: bool) -> Response:
     if ui.hub_repo is None:
         raise ConfigError("this dashboard shows a checkpoint root, not a Hub repository")
     repo = ui.hub_repo
@@ -184,15 +196,12 @@ def hub_api(request: Request) -> Response:
         from weightslab.ui.hub import analyse_hub_run
 
         def progress(done: int, total: int) -> None:
-            tracker.start("analysing branches", total)
-            tracker.advance(done)
+            tracker.set(done, total, "analysing branches")
 
         return analyse_hub_run(repo, progress=progress, **ui.hub_options).to_dict()
 
     key = f"hub:{repo}"
-    job = ui.jobs.running(key) or (
-        None if request.query_params.get("refresh") == "1" else ui.jobs.last_finished(key)
-    )
+    job = ui.jobs.running(key) or (None if refresh else ui.jobs.last_finished(key))
     if job is None:
         job = ui.jobs.start("hub", key, run)
     return _json({**(ui.jobs.snapshot(job.id) or {}), "run": job.result if job.state == "done" else None})
@@ -217,7 +226,7 @@ async def verify_action(request: Request) -> Response:
 
         def run(tracker: Any) -> Any:
             result = actions.verify(ui.source, exp, tracker)
-            ui.record_verify(result["statuses"])
+            ui.record_verify(result["statuses"], result["digests"])
             return result
 
         job = ui.jobs.start("verify", f"verify:{exp or '*'}", run)
@@ -230,8 +239,8 @@ async def tag_action(request: Request) -> Response:
     ui = _ui(request)
     try:
         form = await _form(request)
-        tags = actions.parse_tags(str(form.get("tags") or ""))
-        description = form.get("description")
+        tags = actions.parse_tags(form.get("tags") or "")
+        description = actions.check_description(form.get("description"))
         step = _step(request)
         result = await run_in_threadpool(
             actions.tag,
@@ -239,7 +248,7 @@ async def tag_action(request: Request) -> Response:
             request.path_params["exp"],
             step,
             tags,
-            None if description is None else str(description),
+            description,
         )
     except Exception as exc:
         return error_response(request, exc)
@@ -257,15 +266,23 @@ def delete_action(request: Request) -> Response:
 async def gc_action(request: Request) -> Response:
     ui = _ui(request)
     try:
-        dry_run = bool((await _form(request)).get("dry_run", True))
+        dry_run = (await _form(request)).get("dry_run", True)
+        if not isinstance(dry_run, bool):
+            raise ConfigError(f"dry_run must be true or false, got {dry_run!r}")
 
         def run(tracker: Any) -> Any:
             return actions.gc(ui.source, dry_run=dry_run, tracker=tracker)
 
-        job = ui.jobs.start("gc", "gc", run)
+        job = ui.jobs.start("gc", "gc:dry-run" if dry_run else "gc:run", run)
     except Exception as exc:
         return error_response(request, exc)
     return _json(ui.jobs.snapshot(job.id), 202)
+
+
+@handled
+def export_check(request: Request) -> Response:
+    """What an export would read: the page asks first, so that an error is a message, not a broken download."""
+    return _json(actions.export_check(_ui(request).source, request.path_params["exp"], _step(request)))
 
 
 @handled
@@ -294,11 +311,13 @@ routes = [
     Route("/api/exp/{exp}/metrics", metrics_api),
     Route("/api/exp/{exp}/analysis", analysis_api),
     Route("/api/hub", hub_api),
+    Route("/api/hub/refresh", hub_refresh, methods=["POST"]),
     Route("/api/jobs/{job}", job_api),
     Route("/api/verify", verify_action, methods=["POST"]),
     Route("/api/exp/{exp}/checkpoints/{step}/tag", tag_action, methods=["POST"]),
     Route("/api/exp/{exp}/checkpoints/{step}/delete", delete_action, methods=["POST"]),
     Route("/api/gc", gc_action, methods=["POST"]),
+    Route("/api/exp/{exp}/checkpoints/{step}/export", export_check),
 ]
 
 __all__ = ["routes"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import sys
 import threading
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from weightslab.errors import ConfigError
@@ -24,6 +25,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(host: str, *, extra: Sequence[str] = ()) -> list[str]:
+    """The ``Host`` names requests may use: loopback, the bound address, this machine's names, ``extra``.
+
+    Never a wildcard: a web page whose DNS name is rebound to this server's address sends its own
+    name as ``Host`` and is refused, also when the server listens beyond loopback.
+    """
+    names = [*LOOPBACK_HOSTS, host.strip("[]"), *extra]
+    if not is_loopback(host):
+        names += [socket.gethostname(), socket.getfqdn()]
+        if host in ("0.0.0.0", "::"):  # every address of this machine
+            with contextlib.suppress(OSError):
+                names += socket.gethostbyname_ex(socket.gethostname())[2]
+    return list(dict.fromkeys(n for n in names if n and n not in ("0.0.0.0", "::")))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -50,12 +66,14 @@ def serve(
     open_browser: bool = True,
     hub_repo: str | None = None,
     hub_options: dict[str, Any] | None = None,
+    allow_hosts: Sequence[str] = (),
     out: TextIO | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve the dashboard of ``source`` on ``host:port`` until interrupted (Ctrl-C).
 
-    Prints ``weightslab: serving SOURCE at URL`` once the socket listens. Listening beyond loopback
+    Prints ``weightslab: serving SOURCE at URL`` once the socket listens. Requests must name the
+    server by a name of :func:`allowed_hosts` (``allow_hosts`` adds more, e.g. a DNS name). Listening beyond loopback
     prints a warning: anyone who can reach the address can read, and with the page's token change,
     the root.
     """
@@ -66,10 +84,8 @@ def serve(
     bound_port = sock.getsockname()[1]
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown}:{bound_port}/"
-    if is_loopback(host):
-        allowed = [*LOOPBACK_HOSTS]
-    else:
-        allowed = ["*"]
+    allowed = allowed_hosts(host, extra=allow_hosts)
+    if not is_loopback(host):
         sys.stderr.write(
             f"weightslab: warning: listening on {host}, not only on this machine: anyone who can reach "
             f"{url} can read these checkpoints and run actions from the page; use --host 127.0.0.1 "

@@ -28,25 +28,25 @@ class UiState:
     jobs: Jobs = field(default_factory=Jobs)
     curves: CurveCache = field(default_factory=CurveCache)
     hub_options: dict[str, Any] = field(default_factory=dict)
-    _verified: dict[tuple[str, int], str] = field(default_factory=dict)
+    _verified: dict[tuple[str, int], tuple[str, str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self) -> CheckpointManager:
         """The root, opened read-only for one request (RootError when it is not a weightslab root)."""
         return open_root(self.source)
 
-    def record_verify(self, statuses: dict[str, str]) -> None:
-        """Remember what a verify run found, per checkpoint, for the checkpoint tables."""
+    def record_verify(self, statuses: dict[str, str], digests: dict[str, str]) -> None:
+        """Remember what a verify run found, per checkpoint and checksum, for the checkpoint tables."""
         with self._lock:
             for name, status in statuses.items():
                 exp, _, step = name.rpartition("@")
-                self._verified[(exp, int(step))] = status
+                self._verified[(exp, int(step))] = (status, digests.get(name, ""))
 
     def forget(self, exp_hash: str, step: int) -> None:
         with self._lock:
             self._verified.pop((exp_hash, step), None)
 
-    def verified(self) -> dict[tuple[str, int], str]:
+    def verified(self) -> dict[tuple[str, int], tuple[str, str]]:
         with self._lock:
             return dict(self._verified)
 

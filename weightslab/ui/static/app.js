@@ -60,12 +60,13 @@
   }
 
   // -- live fragments -----------------------------------------------------------------------------------
+  const shown = new WeakMap(); // node -> the fragment HTML it shows
   async function refresh(node) {
     try {
       const r = await fetch(node.dataset.live, { headers: { Accept: "text/html" } });
       const html = await r.text();
-      if (html !== node.dataset.html) {
-        node.dataset.html = html;
+      if (html !== shown.get(node)) {
+        shown.set(node, html);
         node.innerHTML = html;
       }
     } catch (e) {
@@ -76,7 +77,10 @@
   function startLive() {
     const nodes = document.querySelectorAll("[data-live]");
     if (!nodes.length) return;
-    const tick = async () => { await refreshAll(); setTimeout(tick, POLL); };
+    const tick = async () => {
+      if (!document.hidden) await refreshAll(); // a tab in the background costs the server nothing
+      setTimeout(tick, POLL);
+    };
     setTimeout(tick, POLL);
   }
 
@@ -98,11 +102,17 @@
   const handlers = {
     async verify(button) {
       const status = document.getElementById("verify-status");
-      const job = await post("/api/verify", { exp_hash: button.dataset.exp || null });
-      const result = await waitForJob(job, (j) => {
-        const total = j.total ? ` ${sizeText(j.done)} of ${sizeText(j.total)}` : "";
-        setStatus(status, `verifying…${total}`, "running");
-      });
+      let result;
+      try {
+        const job = await post("/api/verify", { exp_hash: button.dataset.exp || null });
+        result = await waitForJob(job, (j) => {
+          const total = j.total ? ` ${sizeText(j.done)} of ${sizeText(j.total)}` : "";
+          setStatus(status, `verifying…${total}`, "running");
+        });
+      } catch (e) {
+        setStatus(status, "", null);
+        throw e;
+      }
       const words = `${result.ok} of ${result.checked} checkpoint${result.checked === 1 ? "" : "s"} verify`;
       if (result.healthy) {
         setStatus(status, `OK: ${words}`, "ok");
@@ -119,7 +129,8 @@
     async tag(button) {
       const dialog = document.getElementById("tag-dialog");
       const form = dialog.querySelector("form");
-      form.elements.tags.value = button.dataset.tags || "";
+      form.elements.tags.value = ""; // tags are added; the ones it has stay
+      form.elements.tags.placeholder = button.dataset.tags ? `has: ${button.dataset.tags}` : "";
       form.elements.description.value = button.dataset.description || "";
       document.getElementById("tag-title").textContent = `Tag checkpoint ${button.dataset.exp.slice(0, 8)} @ ${button.dataset.step}`;
       if (!(await ask(dialog))) return;
@@ -136,13 +147,15 @@
       await refreshAll();
     },
     async export(link) {
-      const a = el("a", { href: link.getAttribute("href"), download: "" });
+      const href = link.getAttribute("href");
+      await getJSON(`/api/exp/${link.dataset.exp}/checkpoints/${link.dataset.step}/export`); // an unknown step or a corrupt root is a message, not a broken download
+      const a = el("a", { href, download: "" });
       document.body.append(a);
       a.click();
       a.remove();
     },
     async "hub-refresh"() {
-      await getJSON("/api/hub?refresh=1");
+      await post("/api/hub/refresh");
       await loadHub(document.getElementById("hub"));
     },
   };
@@ -222,6 +235,12 @@
     return { xs, aligned };
   }
 
+  // after an error the charts are gone: the next answer must draw them again, even if unchanged
+  function forget(section, charts) {
+    delete section.dataset.last;
+    for (const box of charts.querySelectorAll(".chart")) if (box._plot) box._plot.destroy();
+  }
+
   async function loadMetrics(section) {
     const charts = section.querySelector(".charts");
     const tick = async () => {
@@ -239,9 +258,10 @@
           }
         }
       } catch (e) {
+        forget(section, charts);
         showError(charts, e.message);
       }
-      setTimeout(tick, POLL);
+      setTimeout(tick, document.hidden ? POLL * 5 : POLL);
     };
     await tick();
   }
@@ -274,6 +294,7 @@
           setStatus(status, errors.length ? `${errors.length} checkpoint${errors.length === 1 ? "" : "s"} could not be analysed: ${errors.join("; ")}` : "", errors.length ? "problems" : null);
         }
       } catch (e) {
+        forget(section, charts);
         showError(charts, e.message);
       }
       setTimeout(tick, wait);
