@@ -104,10 +104,16 @@ class UIServer:
 def start_ui_server(root: Path) -> UIServer:
     """Start ``weightslab ui ROOT --port 0 --no-browser`` and wait for the URL it announces.
 
+    It runs two folders above ``root`` and is given the path from there (``runs/quickstart``), so the
+    pages show what a user who typed that sees (the screenshots in guides/ come from these pages).
     Raises (pytest.fail) with the process's output when it exits, or stays silent, before the URL.
     """
+    root = root.resolve()
+    where = root.parent.parent
+    source = str(root.relative_to(where))
     process = subprocess.Popen(
-        [sys.executable, "-m", "weightslab.cli.main", "ui", str(root), "--port", "0", "--no-browser"],
+        [sys.executable, "-m", "weightslab.cli.main", "ui", source, "--port", "0", "--no-browser"],
+        cwd=where,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -162,7 +168,7 @@ def ui_server() -> Iterator[Callable[[Path], UIServer]]:
 @pytest.fixture(scope="session")
 def shared_server(quickstart_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
     """One server for the views that only read, on its own copy so the session root stays pristine."""
-    copy = tmp_path_factory.mktemp("quickstart-shared") / "quickstart"
+    copy = tmp_path_factory.mktemp("shared") / "runs" / "quickstart"
     shutil.copytree(quickstart_root, copy)
     server = start_ui_server(copy)
     yield server
@@ -172,7 +178,7 @@ def shared_server(quickstart_root: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture
 def writable_root(quickstart_root: Path, tmp_path: Path) -> Path:
     """A private copy of the quickstart's root for a test whose actions change it."""
-    copy = tmp_path / "quickstart"
+    copy = tmp_path / "runs" / "quickstart"
     shutil.copytree(quickstart_root, copy)
     return copy
 

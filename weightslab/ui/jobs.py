@@ -134,11 +134,14 @@ class Jobs:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def snapshot(self, job_id: str) -> dict[str, Any] | None:
-        """The job as a page sees it (read under the lock: progress moves on another thread)."""
+    def snapshot(self, job_id: str, *, result: bool = False) -> dict[str, Any] | None:
+        """The job as a page sees it, with its ``result`` if asked (read under the lock: the job
+        moves on another thread, and a finished job's state and result are set together)."""
         with self._lock:
             job = self._jobs.get(job_id)
-            return None if job is None else job.to_dict()
+            if job is None:
+                return None
+            return {**job.to_dict(), "result": job.result} if result else job.to_dict()
 
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state != "running"]

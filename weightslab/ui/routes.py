@@ -215,7 +215,7 @@ def job_api(request: Request) -> Response:
         return _json(
             {"error": f"no job {request.path_params['job']!r}: it finished long ago or never ran"}, 404
         )
-    return _json({**(ui.jobs.snapshot(job.id) or {}), "result": job.result})
+    return _json(ui.jobs.snapshot(job.id, result=True))
 
 
 # -- actions (POST, with the page's token) ------------------------------------------------------------------
@@ -232,7 +232,7 @@ async def verify_action(request: Request) -> Response:
         job = ui.jobs.start("verify", f"verify:{exp or '*'}", run)
     except Exception as exc:
         return error_response(request, exc)
-    return _json(ui.jobs.snapshot(job.id), 202)
+    return _json(ui.jobs.snapshot(job.id, result=True), 202)  # a quick job may be done already
 
 
 async def tag_action(request: Request) -> Response:
@@ -276,7 +276,7 @@ async def gc_action(request: Request) -> Response:
         job = ui.jobs.start("gc", "gc:dry-run" if dry_run else "gc:run", run)
     except Exception as exc:
         return error_response(request, exc)
-    return _json(ui.jobs.snapshot(job.id), 202)
+    return _json(ui.jobs.snapshot(job.id, result=True), 202)  # a quick job may be done already
 
 
 @handled
