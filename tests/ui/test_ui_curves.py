@@ -17,6 +17,7 @@ import torch
 from tests.analysis.analysis_runs import LocalRun, _model, _optimizer_and_scheduler, _train_step
 from tests.analysis.conftest import local_run  # noqa: F401
 from tests.s3.conftest import S3Server, s3_server, s3_url  # noqa: F401
+from tests.ui.recorders import Calls
 from weightslab.analysis import process_all_checkpoints
 from weightslab.analysis.checkpoint import failed_analysis
 from weightslab.components import AutomaticCheckpointSystem, CheckpointConfig
@@ -48,18 +49,6 @@ def _saved_norms(root: Path, exp_hash: str, step: int) -> dict[str, float]:
         torch.linalg.vector_norm(torch.cat([t.double().reshape(-1) for t in state.values()]))
     )
     return norms
-
-
-class Calls:
-    """A progress callback that records its calls (from any thread)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, done: int, total: int) -> None:
-        with self._lock:
-            self.calls.append((done, total))
 
 
 def test_lr_and_weight_norm_curves_of_each_experiment(local_run: LocalRun) -> None:  # noqa: F811

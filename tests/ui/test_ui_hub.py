@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,10 @@ import pytest
 from tests.analysis.analysis_runs import PublishedRun
 from tests.analysis.conftest import hub, hub_server, published  # noqa: F401
 from tests.hubserver import HubServer
+from tests.ui.recorders import Calls
 from weightslab.analysis import estimate_parameter_count
 from weightslab.errors import AnalysisSourceError, ConfigError, HubUnavailableError
 from weightslab.ui.hub import analyse_hub_run, parse_hub_source
-
-
-class Calls:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, done: int, total: int) -> None:
-        with self._lock:
-            self.calls.append((done, total))
 
 
 def test_parse_hub_source() -> None:
