@@ -103,10 +103,13 @@ def checkpoint_on_step(
     description: str | None = None,
 ) -> None:
     """Call once per training step (see :meth:`AutomaticCheckpointSystem.checkpoint_on_step`)."""
+    system = _SYSTEM  # _open_system() inlined: this runs on every training step
+    if system is None or system._closed:
+        system = get_checkpoint_system()
     if tags is None and description is None:
-        _open_system().checkpoint_on_step(step, metrics)
+        system.checkpoint_on_step(step, metrics)
     else:
-        _open_system().checkpoint_on_step(step, metrics, tags=tags, description=description)
+        system.checkpoint_on_step(step, metrics, tags=tags, description=description)
 
 
 def checkpoint_on_epoch_end(

@@ -26,7 +26,7 @@ import copy
 import itertools
 import json
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from operator import attrgetter
 from typing import Any
 
@@ -112,13 +112,14 @@ class ChangeDetector:
         self.ledger = ledger
         self._ledger_version = -1
         self._structure = -1
-        self._hp: list[tuple[Any, Any]] = []
+        self._hp_live: list[Any] = []  # the registered hyperparameter sets, and their copies at the baseline
+        self._hp_snap: list[Any] = []
         self._params: list[torch.nn.Parameter] = []
         self._sizes: list[int] = []
         self._grads: list[bool] = []
         self._names: list[tuple[str, str]] = []
         self._chunks: list[_Chunk] = []
-        self._cursor = 0
+        self._turn: Iterator[_Chunk] = itertools.cycle([([], [], [])])
 
     def close(self) -> None:
         """Give back this detector's share of the global torch hooks. Idempotent."""
@@ -130,7 +131,8 @@ class ChangeDetector:
         """Take the current state as the baseline."""
         self._ledger_version = self.ledger.version
         self._structure = structure_version()
-        self._hp = [(hp, _copy_for_compare(hp)) for hp in self.ledger.items("hyperparams").values()]
+        self._hp_live = list(self.ledger.items("hyperparams").values())
+        self._hp_snap = [_copy_for_compare(hp) for hp in self._hp_live]
         params, names = [], []
         for mname, model in self.ledger.items("model").items():
             for pname, p in model.named_parameters():
@@ -145,7 +147,7 @@ class ChangeDetector:
             (params[i : i + b], self._grads[i : i + b], self._sizes[i : i + b])
             for i in range(0, len(params), b)
         ] or [([], [], [])]
-        self._cursor = 0
+        self._turn = itertools.cycle(self._chunks)  # the slices, round robin
 
     @property
     def window(self) -> int:
@@ -157,15 +159,11 @@ class ChangeDetector:
 
         Reads the versions and hyperparameters on every call, and the next slice of parameters.
         """
-        if self.ledger.version != self._ledger_version or _structure_version != self._structure:
+        if self.ledger._version != self._ledger_version or _structure_version != self._structure:
             return True
-        for live, snap in self._hp:
-            if live != snap:
-                return True
-        chunks = self._chunks
-        cursor = self._cursor
-        params, grads, sizes = chunks[cursor]
-        self._cursor = cursor + 1 if cursor + 1 < len(chunks) else 0
+        if self._hp_live != self._hp_snap:  # one C-level comparison of every set with its copy
+            return True
+        params, grads, sizes = next(self._turn)
         return list(map(_requires_grad, params)) != grads or list(map(_nbytes, params)) != sizes
 
     def trainable_changes(self) -> tuple[list[str], list[str]]:
