@@ -37,7 +37,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def user_class(module: torch.nn.Module) -> type:
     """The user's class of ``module``: ``Linear`` for FSDP2's dynamic ``FSDPLinear``."""
-    cls = type(module)
+    return user_class_of(type(module))
+
+
+def user_class_of(cls: type) -> type:
+    """The user's class for modules of type ``cls`` (see :func:`user_class`)."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # torch built without distributed

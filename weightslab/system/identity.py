@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import xxhash
 
-from weightslab.registry.wrappers import user_class
+from weightslab.registry.wrappers import user_class_of
 from weightslab.util.canonical import canonical_json, canonicalize, strip_prefixes
 
 
@@ -33,8 +33,77 @@ def _hex16(data: bytes) -> str:
     return xxhash.xxh3_64(data).hexdigest()
 
 
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
+
+
+# One module as the architecture hash sees it: (qualified name, class, extra_repr, its own parameters
+# and buffers as (name, shape, dtype)). Tuples of hashable, comparable values that hold no tensor or
+# module, so that two walks compare in one C-level ``==`` and a cached walk keeps nothing alive.
+_ModuleKey = tuple[
+    str,
+    str,
+    str,
+    tuple[tuple[str, torch.Size, torch.dtype], ...],
+    tuple[tuple[str, torch.Size, torch.dtype], ...],
+]
+
+
+_CLASS_NAMES: dict[type, str] = {}
+
+
+def _class_name(cls: type) -> str:
+    """``module.qualname`` of the user's class for a module of type ``cls`` (cached per type)."""
+    name = _CLASS_NAMES.get(cls)
+    if name is None:
+        user = user_class_of(cls)
+        name = _CLASS_NAMES[cls] = f"{user.__module__}.{user.__qualname__}"
+    return name
+
+
+def _own(tensors: dict[str, Any]) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
+    """``(name, shape, dtype)`` of a module's own parameters or buffers, as ``named_parameters(recurse=False)``
+    lists them: registered None entries left out, a tensor registered twice counted once."""
+    if not tensors:
+        return ()
+    own = [(name, t) for name, t in tensors.items() if t is not None]
+    if len(own) > 1 and len({id(t) for _, t in own}) != len(own):
+        seen: set[int] = set()
+        own = [(n, t) for n, t in own if not (id(t) in seen or seen.add(id(t)))]  # type: ignore[func-returns-value]
+    return tuple([(name, t.shape, t.dtype) for name, t in own])
+
+
+def _module_keys(model: torch.nn.Module) -> tuple[_ModuleKey, ...]:
+    """The walk the architecture hash covers, in ``named_modules()`` order (shared modules repeated)."""
+    keys = []
+    for qualname, module in model.named_modules(remove_duplicate=False):
+        try:
+            extra = module.extra_repr()
+        except Exception as exc:  # a broken extra_repr must not stop a save
+            extra = f"<extra_repr failed: {type(exc).__name__}>"
+        keys.append(
+            (qualname, _class_name(type(module)), extra, _own(module._parameters), _own(module._buffers))
+        )
+    return tuple(keys)
+
+
+def _records(keys: tuple[_ModuleKey, ...]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": qualname,
+            "class": cls,
+            "extra": extra,
+            "params": [[n, list(shape), _dtype_name(dtype)] for n, shape, dtype in params],
+            "buffers": [[n, list(shape), _dtype_name(dtype)] for n, shape, dtype in buffers],
+        }
+        for qualname, cls, extra, params, buffers in keys
+    ]
 
 
 def architecture_signature(model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -43,29 +112,7 @@ def architecture_signature(model: torch.nn.Module) -> list[dict[str, Any]]:
     Each record holds the module's qualified name, class, ``extra_repr()`` and its own parameters and
     buffers (name, shape, dtype): what the architecture hash covers, and what a change diff compares.
     """
-    records: list[dict[str, Any]] = []
-    for qualname, module in model.named_modules(remove_duplicate=False):
-        try:
-            extra = module.extra_repr()
-        except Exception as exc:  # a broken extra_repr must not stop a save
-            extra = f"<extra_repr failed: {type(exc).__name__}>"
-        records.append(
-            {
-                "name": qualname,
-                "class": f"{user_class(module).__module__}.{user_class(module).__qualname__}",
-                "extra": extra,
-                "params": [
-                    [n, list(p.shape), _dtype_name(p.dtype)]
-                    for n, p in module.named_parameters(recurse=False)
-                ],
-                "buffers": [
-                    [n, list(b.shape), _dtype_name(b.dtype)]
-                    for n, b in module.named_buffers(recurse=False)
-                    if b is not None
-                ],
-            }
-        )
-    return records
+    return _records(_module_keys(model))
 
 
 class ExperimentHashGenerator:
@@ -77,6 +124,10 @@ class ExperimentHashGenerator:
 
     def __init__(self, exclude_hyperparams: Iterable[str] = ()) -> None:
         self.exclude_hyperparams = frozenset(exclude_hyperparams)
+        # the last identity, with the walk and canonical hyperparameters it was computed from
+        self._last: (
+            tuple[tuple[tuple[str, tuple[_ModuleKey, ...]], ...], bytes, ExperimentIdentity] | None
+        ) = None
 
     architecture_signature = staticmethod(architecture_signature)
 
@@ -98,14 +149,28 @@ class ExperimentHashGenerator:
     def identity(
         self, models: Mapping[str, torch.nn.Module], hyperparams: Mapping[str, Any]
     ) -> ExperimentIdentity:
-        """All three hashes at once (the architecture signature is computed once)."""
-        arch = self.architecture(models)
+        """All three hashes at once (the architecture walk is made once).
+
+        Runs before every save, so the last result is kept with the walk and the hyperparameters it
+        came from: when the walk (every module's name, class and ``extra_repr()``, every parameter's
+        and buffer's name, shape and dtype) and the hyperparameters compare equal, the hashes are
+        the same and the canonical JSON is not built again. Nothing is assumed unchanged: the walk
+        is taken anew on every call, only the serialisation and hashing are saved.
+        """
+        walk = tuple((name, _module_keys(m)) for name, m in sorted(models.items()))
         hp = self.hyperparams(hyperparams)
-        return ExperimentIdentity(
+        hp_json = canonical_json(hp)
+        last = self._last
+        if last is not None and last[0] == walk and last[1] == hp_json:
+            return last[2]
+        arch = {name: _records(keys) for name, keys in walk}
+        ident = ExperimentIdentity(
             exp_hash=_hex16(canonical_json({"architecture": arch, "hyperparams": hp})),
             architecture_hash=_hex16(canonical_json(arch)),
-            hyperparams_hash=_hex16(canonical_json(hp)),
+            hyperparams_hash=_hex16(hp_json),
         )
+        self._last = (walk, hp_json, ident)
+        return ident
 
     def generate(self, models: Mapping[str, torch.nn.Module], hyperparams: Mapping[str, Any]) -> str:
         """The 16-hex experiment hash of these models and hyperparameter sets."""
