@@ -33,8 +33,12 @@ def _flat_options() -> Any:
 
 
 def is_sharded(models: Mapping[str, torch.nn.Module]) -> bool:
-    """Whether any registered model holds a DTensor (FSDP2 ``fully_shard``, tensor parallel)."""
-    if not torch.distributed.is_available():
+    """Whether any registered model holds a DTensor (FSDP2 ``fully_shard``, tensor parallel).
+
+    A DTensor lives on a DeviceMesh, which needs the default process group: without one, no
+    parameter is read (this runs before every save).
+    """
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return False
     from torch.distributed.tensor import DTensor
 
