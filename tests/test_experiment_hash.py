@@ -140,3 +140,38 @@ def test_multiple_models_and_sets_are_named() -> None:
     h2 = gen.generate({"encoder": dec, "decoder": enc}, {"a": {"x": 1}})
     h3 = gen.generate({"enc": enc, "decoder": dec}, {"a": {"x": 1}})
     assert h1 == h2 and h1 != h3
+
+
+def test_one_generator_reused_sees_every_change_that_no_torch_hook_reports() -> None:
+    """The generator keeps its last result; a change made without any registration hook (an
+    attribute in extra_repr, a module deleted, a same-size reshape, a dtype swap) still moves the hash,
+    and undoing it gives the first hash back."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Dropout(0.1), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+    )
+    gen = ExperimentHashGenerator()
+
+    def now() -> str:
+        return gen.identity({"model": model}, {"config": HP}).exp_hash
+
+    first = now()
+    assert now() == first  # the kept result
+    model[1].p = 0.3  # only extra_repr() shows it
+    dropout = now()
+    assert dropout != first
+    model[1].p = 0.1
+    assert now() == first
+    relu = model[2]
+    del model[2]  # Sequential.__delitem__: no registration hook runs
+    assert now() not in (first, dropout)
+    model.insert(2, relu)
+    assert now() == first
+    weight = model[0].weight
+    weight.data = weight.data.reshape(8, 16)  # same bytes, another shape
+    assert now() != first
+    weight.data = weight.data.reshape(16, 8)
+    assert now() == first
+    weight.data = weight.data.to(torch.float16)
+    assert now() != first
+    assert ExperimentHashGenerator().identity({"model": model}, {"config": HP}).exp_hash == now()
