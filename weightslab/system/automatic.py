@@ -92,6 +92,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         self._clock = clock  # the `created` stamp of step files (injectable for reproducible files)
         self._errors = ErrorPolicy(self.manager, self.config.on_error)
         self._detector = ChangeDetector(self.ledger)
+        self._changed = self._detector.changed  # bound once: the check runs on every step
         self._exp = ExperimentTracker(self.manager, self.ledger, self.config, self._detector, self._errors)
         self.hasher = self._exp.hasher
         self._protection = ResumeProtection()
@@ -193,7 +194,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
                 and (self._writer is None or not self._writer.has_errors)
                 and self._exp.identity is not None
             ):
-                if not (self._detect and self._detector.changed()):
+                if not (self._detect and self._changed()):
                     self._last_step = step
                     self._last_metrics = metrics
                     return

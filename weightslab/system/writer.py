@@ -23,6 +23,8 @@ class BackgroundWriter:
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.has_errors = False
+        """Whether failures wait for :meth:`take_errors`: a plain attribute, read lock-free on every step."""
 
     def submit(self, job: Callable[[], None]) -> None:
         """Wait for the job in flight, then start ``job`` in the background."""
@@ -42,6 +44,7 @@ class BackgroundWriter:
         except BaseException as exc:
             with self._lock:
                 self._errors.append(exc)
+                self.has_errors = True
 
     def wait(self) -> None:
         """Block until the job in flight, if any, has finished."""
@@ -50,15 +53,11 @@ class BackgroundWriter:
             inflight.result()
             self._inflight = None
 
-    @property
-    def has_errors(self) -> bool:
-        """A cheap, lock-free peek used on every training step."""
-        return bool(self._errors)
-
     def take_errors(self) -> list[BaseException]:
         """Failures since the last call (oldest first); they are reported once."""
         with self._lock:
             errors, self._errors = self._errors, []
+            self.has_errors = False
         return errors
 
     def close(self) -> None:
