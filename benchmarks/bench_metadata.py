@@ -12,8 +12,11 @@ of 100 experiments with 5 checkpoints each. Then, in each round, interleaved:
   old commit made: the step file, then the whole manifest replaced atomically and fsynced, then the
   journal line) on a copy of the same manifest;
 - ``weightslab ls ROOT`` as a subprocess (``python -m weightslab.cli ls``) on the 10,000-checkpoint
-  root and on the 100-experiment root, with the interpreter's own start (``python -c pass``) and
-  ``python -c "import torch"`` (what every command paid before it stopped importing torch) as peers;
+  root and on the 100-experiment root, with the interpreter's own start (``python -c pass``), the
+  command's imports alone (``python -c "import weightslab.cli.main"``) and ``python -c "import torch"``
+  (what every command paid before it stopped importing torch) as peers. The subprocesses run with
+  ``PYTHONDONTWRITEBYTECODE`` unset, so that they load (and, on the first run, write) ``.pyc`` files as
+  an installed package does; one untimed run of each comes first;
 - the listing in process: ``open_root`` and ``experiment_infos`` (what ``ls --json`` computes).
 
 Medians of the rounds, their spread ((max - min) / median), and the load average before and after.
@@ -88,9 +91,16 @@ def ratio(a: list[float], b: list[float]) -> str:
     return f"{r:.2f}x" + (" (noise)" if noise else "")
 
 
+# an installed package has .pyc files: a machine that sets PYTHONDONTWRITEBYTECODE would time the
+# compilation of every module on every start instead
+SUBPROCESS_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def wall(cmd: list[str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        cmd, cwd=REPO, env=SUBPROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+    )
     return time.perf_counter() - t0
 
 
@@ -131,11 +141,15 @@ def main() -> int:
     ls_big: list[float] = []
     ls_many: list[float] = []
     py_pass: list[float] = []
+    py_cli: list[float] = []
     py_torch: list[float] = []
     inproc_big: list[float] = []
     inproc_many: list[float] = []
     cli = [sys.executable, "-m", "weightslab.cli", "ls"]
+    cli_imports = [sys.executable, "-c", "import weightslab.cli.main"]
     biggest = max(sizes)
+    for cmd in ([*cli, str(roots[biggest])], [*cli, str(many)], cli_imports):
+        wall(cmd)  # untimed: writes the .pyc files a first run lacks, warms the page cache
     for _ in range(args.repeats):
         for n in sizes:
             mgr = writers[n]
@@ -164,6 +178,7 @@ def main() -> int:
             rewrite[n].append((time.perf_counter() - t) / args.commits)
         ls_big.append(wall([*cli, str(roots[biggest])]))
         py_pass.append(wall([sys.executable, "-c", "pass"]))
+        py_cli.append(wall(cli_imports))
         ls_many.append(wall([*cli, str(many)]))
         py_torch.append(wall([sys.executable, "-c", "import torch"]))
         for target, out in ((roots[biggest], inproc_big), (many, inproc_many)):
@@ -184,12 +199,13 @@ def main() -> int:
         print(f"| {n:,} | {ms(commit[n])} | {ms(rewrite[n])} | {ratio(rewrite[n], commit[n])} |")
     first, last = sizes[0], sizes[-1]
     print(f"\ncommit at {last:,} / commit at {first:,}: {ratio(commit[last], commit[first])}")
-    print(f"\n`weightslab ls` (subprocess, median of {args.repeats})")
+    print(f"\n`weightslab ls` (subprocess, PYTHONDONTWRITEBYTECODE unset, median of {args.repeats})")
     print("| what | wall time |")
     print("|---|---|")
     print(f"| ls, {biggest:,} checkpoints | {ms(ls_big)} |")
     print(f"| ls, 100 experiments x 5 checkpoints | {ms(ls_many)} |")
     print(f"| python -c pass (interpreter start) | {ms(py_pass)} |")
+    print(f"| python -c 'import weightslab.cli.main' (the command's imports) | {ms(py_cli)} |")
     print(f"| python -c 'import torch' (what each command paid before) | {ms(py_torch)} |")
     print(f"| in process: open_root + experiment_infos, {biggest:,} checkpoints | {ms(inproc_big)} |")
     print(f"| in process: open_root + experiment_infos, 100 experiments | {ms(inproc_many)} |")

@@ -10,15 +10,18 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from weightslab.cli.formatting import format_size, new_table, plural
-from weightslab.cli.output import RichTracker, make_console
+from weightslab.cli.output import make_console
 from weightslab.inspect import open_root
-from weightslab.inspect.backup import BackupResult, backup_root
 from weightslab.util.jsonsafe import to_jsonable
+
+if TYPE_CHECKING:
+    from weightslab.inspect.backup import BackupResult
 
 CommandFactory = Callable[..., argparse.ArgumentParser]
 
@@ -81,6 +84,9 @@ def add_backup_parser(command: CommandFactory) -> argparse.ArgumentParser:
 
 def run_backup(args: argparse.Namespace) -> int:
     """The handler: 0 when everything chosen is in the backup, 1 when a checkpoint could not be copied."""
+    from weightslab.cli.progress_bar import RichTracker
+    from weightslab.inspect.backup import backup_root
+
     manager = open_root(args.root)
     with RichTracker() as tracker:
         result = backup_root(

@@ -17,10 +17,8 @@ from rich.markup import escape
 from rich.text import Text
 
 from weightslab.cli.formatting import format_size, format_time, format_value, new_table, plural
-from weightslab.cli.output import RichTracker, make_console
-from weightslab.cli.render import print_diff
+from weightslab.cli.output import make_console
 from weightslab.inspect import open_root
-from weightslab.inspect.diff import ExperimentDiff
 from weightslab.util.jsonsafe import to_jsonable
 
 if TYPE_CHECKING:  # they import torch: loaded by the compare command itself, not by every command
@@ -61,6 +59,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(args.checkpoints) < 2:
         sys.stderr.write("weightslab: error: compare needs at least two checkpoints, as <hash>@<step>\n")
         return 2
+    from weightslab.cli.progress_bar import RichTracker
     from weightslab.inspect.compare import compare_checkpoints
 
     manager = open_root(args.root)
@@ -110,6 +109,9 @@ def print_comparison(comparison: Comparison, *, console: Console | None = None) 
 
 
 def _print_pair(pair: PairComparison, comparison: Comparison, console: Console) -> None:
+    from weightslab.cli.render import print_diff
+    from weightslab.inspect.diff import ExperimentDiff
+
     console.print()
     as_diff = ExperimentDiff(
         pair.a,

@@ -7,14 +7,14 @@ through the same functions. Nothing here configures logging unless asked: call
 :func:`enable_rich_logging` to see the library's log lines through a rich handler.
 
 This module holds the one-experiment view and is the entry point for callers; the tables
-(:mod:`~weightslab.cli.tables`), the tree (:mod:`~weightslab.cli.tree`), the consoles and logging
-(:mod:`~weightslab.cli.output`) and the value formats (:mod:`~weightslab.cli.formatting`) live in
+(:mod:`~weightslab.cli.tables`), the tree (:mod:`~weightslab.cli.tree`), the consoles
+(:mod:`~weightslab.cli.output`), the progress bar (:mod:`~weightslab.cli.progress_bar`), rich logging
+(:mod:`~weightslab.cli.rich_logging`) and the value formats (:mod:`~weightslab.cli.formatting`) live in
 modules of their own and are re-exported here.
 """
 
 from __future__ import annotations
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -30,12 +30,9 @@ from weightslab.cli.formatting import (
     parent_text,
     plural,
 )
-from weightslab.cli.output import (
-    RichTracker,
-    disable_rich_logging,
-    enable_rich_logging,
-    make_console,
-)
+from weightslab.cli.output import make_console
+from weightslab.cli.progress_bar import RichTracker
+from weightslab.cli.rich_logging import disable_rich_logging, enable_rich_logging
 from weightslab.cli.tables import checkpoints_table, experiments_table, print_checkpoints, print_summary
 from weightslab.cli.tree import lineage_tree, print_tree
 from weightslab.errors import ConfigFileError
@@ -98,6 +95,8 @@ def print_experiment(source: Source, exp_hash: str, *, console: Console | None =
         raise
     console.print("[bold]config[/]" + ("" if config else ": none recorded"))
     if config:
+        import yaml  # only here: `ls` and the tables do not need it
+
         console.print(
             Text(yaml.safe_dump(config, sort_keys=True, allow_unicode=True).rstrip()), soft_wrap=True
         )

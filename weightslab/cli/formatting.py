@@ -5,20 +5,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 from rich import box
 from rich.filesize import decimal
 from rich.table import Table
 
-from weightslab.format.manifest import ParentRef
 from weightslab.inspect import open_root
-from weightslab.inspect.experiments import (
-    ExperimentInfo,
-)
 from weightslab.store.manager import CheckpointManager
 from weightslab.util.names import is_hash
+
+if TYPE_CHECKING:
+    from weightslab.format.manifest_entries import ParentRef
+    from weightslab.inspect.experiments import ExperimentInfo
 
 Source = CheckpointManager | str | os.PathLike[str]
 
@@ -55,6 +54,8 @@ def format_value(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, str):
         return value
+    import yaml  # a list or dict value: rare, and yaml costs every command's start
+
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
 
 

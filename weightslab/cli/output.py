@@ -1,32 +1,23 @@
-"""Where the command writes: consoles sized for pipes, the progress tracker, rich logging.
+"""Where the command writes: consoles sized for pipes.
 
 Output written to a pipe or a file has no colours and no progress bars, and is laid out for 100
-columns (rich's own detection; ``COLUMNS`` and ``NO_COLOR`` are honoured).
+columns (rich's own detection; ``COLUMNS`` and ``NO_COLOR`` are honoured). The progress tracker
+(:mod:`~weightslab.cli.progress_bar`) and rich logging (:mod:`~weightslab.cli.rich_logging`) live in
+modules of their own, so that a command that draws neither (``ls``) does not import them; their
+names are still importable from here.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import IO
 
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    SpinnerColumn,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
-from weightslab.util.progress import RichProgress
 
 PIPE_WIDTH = 100
 
 
-# -- consoles and progress --------------------------------------------------------------------------
+# -- consoles ---------------------------------------------------------------------------------------
 def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Console:
     """A console for ``file`` (default stdout, or stderr); 100 columns wide when not a terminal."""
     console = Console(file=file, stderr=stderr)
@@ -35,65 +26,17 @@ def make_console(file: IO[str] | None = None, *, stderr: bool = False) -> Consol
     return console
 
 
-class RichTracker(RichProgress):
-    """A :class:`weightslab.inspect.Tracker` drawn as a transient rich progress bar.
+def __getattr__(name: str) -> object:
+    """``RichTracker``, ``enable_rich_logging`` and ``disable_rich_logging``, loaded on first use."""
+    if name == "RichTracker":
+        from weightslab.cli.progress_bar import RichTracker
 
-    Shows nothing when ``console`` is not a terminal (pipes, files, CI logs). Use as a context manager.
-    """
+        return RichTracker
+    if name in ("enable_rich_logging", "disable_rich_logging"):
+        from weightslab.cli import rich_logging
 
-    def __init__(self, console: Console | None = None) -> None:
-        super().__init__(
-            console if console is not None else make_console(stderr=True),
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-        )
-        self._task: TaskID | None = None
-
-    def start(self, description: str, total: float | None) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, visible=False)
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, amount: float = 1) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, amount)
+        return getattr(rich_logging, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- logging ----------------------------------------------------------------------------------------
-class _WeightslabRichHandler(RichHandler):
-    """The handler :func:`enable_rich_logging` installs (a class of its own, so it can be found again)."""
-
-
-def enable_rich_logging(
-    level: int | str = "INFO", *, logger: str = "weightslab", console: Console | None = None
-) -> logging.Handler:
-    """Show weightslab's log lines (saves, changes, retention) through a rich handler on stderr.
-
-    Opt-in: the library never calls this. It sets the level of the ``weightslab`` logger and adds one
-    handler (calling it again replaces it). Records still propagate to your own handlers; set
-    ``logging.getLogger("weightslab").propagate = False`` if that prints them twice.
-    """
-    target = logging.getLogger(logger)
-    disable_rich_logging(logger=logger)
-    handler = _WeightslabRichHandler(
-        console=console or make_console(stderr=True), show_path=False, markup=False, rich_tracebacks=False
-    )
-    handler.setLevel(level)
-    target.addHandler(handler)
-    target.setLevel(level)
-    return handler
-
-
-def disable_rich_logging(*, logger: str = "weightslab") -> None:
-    """Remove the handler :func:`enable_rich_logging` added (no-op when there is none)."""
-    target = logging.getLogger(logger)
-    for handler in list(target.handlers):
-        if isinstance(handler, _WeightslabRichHandler):
-            target.removeHandler(handler)
-
-
-__all__ = ["PIPE_WIDTH", "RichTracker", "disable_rich_logging", "enable_rich_logging", "make_console"]
+__all__ = ["PIPE_WIDTH", "make_console"]

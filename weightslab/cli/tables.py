@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -26,6 +26,7 @@ from weightslab.cli.formatting import (
 from weightslab.cli.output import (
     make_console,
 )
+from weightslab.cli.plain_table import Column, render_plain
 from weightslab.inspect.checkpoints import CheckpointInfo, checkpoint_infos
 from weightslab.inspect.experiments import (
     ExperimentInfo,
@@ -36,41 +37,74 @@ from weightslab.inspect.experiments import (
 )
 from weightslab.policy.retention import RetentionPolicy
 
-
 # -- experiments ------------------------------------------------------------------------------------
-def experiments_table(infos: list[ExperimentInfo]) -> Table:
-    """The table of ``weightslab ls``: one row per experiment, the active one marked ``*``."""
+EXPERIMENT_COLUMNS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("  experiment", {"no_wrap": True}),
+    ("parent", {"overflow": "fold"}),
+    ("created", {"no_wrap": True}),
+    ("ckpts", {"justify": "right"}),
+    ("latest", {"justify": "right"}),
+    ("best", {"justify": "right", "overflow": "fold"}),
+    ("size", {"justify": "right", "no_wrap": True}),
+)
+"""The columns of the experiments table: header and rich column options (the best header names the
+monitor when every row has the same one)."""
+
+
+def experiments_cells(infos: list[ExperimentInfo]) -> tuple[list[str], list[list[str | Text]]]:
+    """The headers and the rows of the experiments table, as rich prints them."""
     monitors = {i.best.monitor for i in infos if i.best is not None}
     best_header = f"best\n{monitors.pop()}" if len(monitors) == 1 else "best"
-    table = new_table()
-    table.add_column("  experiment", no_wrap=True)
-    table.add_column("parent", overflow="fold")
-    table.add_column("created", no_wrap=True)
-    table.add_column("ckpts", justify="right")
-    table.add_column("latest", justify="right")
-    table.add_column(best_header, justify="right", overflow="fold")
-    table.add_column("size", justify="right", no_wrap=True)
+    headers = [best_header if name == "best" else name for name, _ in EXPERIMENT_COLUMNS]
+    rows: list[list[str | Text]] = []
     for i in infos:
         name = Text("* ", style="bold green") if i.active else Text("  ")
         name.append(i.exp_hash, style="cyan")
         if i.error is not None:
             # the reason is long; `weightslab verify` and --json give it in full
-            table.add_row(name, Text("manifest unreadable", style="red"), "", "", "", "", "")
+            rows.append([name, Text("manifest unreadable", style="red"), "", "", "", "", ""])
             continue
         best = "-"
         if i.best is not None:
             best = f"{format_value(i.best.value)} @{i.best.step}"
             best += "" if best_header != "best" else f" {i.best.monitor}"
-        table.add_row(
-            name,
-            format_parent(i),
-            format_time(i.created),
-            str(i.checkpoints),
-            "-" if i.latest_step is None else str(i.latest_step),
-            best,
-            format_size(i.size_bytes),
+        rows.append(
+            [
+                name,
+                format_parent(i),
+                format_time(i.created),
+                str(i.checkpoints),
+                "-" if i.latest_step is None else str(i.latest_step),
+                best,
+                format_size(i.size_bytes),
+            ]
         )
+    return headers, rows
+
+
+def experiments_table(infos: list[ExperimentInfo]) -> Table:
+    """The table of ``weightslab ls``: one row per experiment, the active one marked ``*``."""
+    return _experiments_table(*experiments_cells(infos))
+
+
+def _experiments_table(headers: list[str], rows: Sequence[Sequence[str | Text]]) -> Table:
+    table = new_table()
+    for header, (_, options) in zip(headers, EXPERIMENT_COLUMNS, strict=True):
+        table.add_column(header, **options)
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _print_experiments(console: Console, infos: list[ExperimentInfo]) -> None:
+    """The experiments table: laid out here when the output carries no style, else by rich."""
+    headers, rows = experiments_cells(infos)
+    columns = [Column(**options) for _, options in EXPERIMENT_COLUMNS]
+    text = render_plain(console, headers, columns, rows, lambda some: _experiments_table(headers, some))
+    if text is None:
+        console.print(_experiments_table(headers, rows))
+    else:
+        console.out(text, end="", highlight=False)  # through the console: its capture, its lock
 
 
 def print_summary(
@@ -100,7 +134,7 @@ def print_summary(
     if not infos:
         console.print("no experiments yet: nothing has been saved under this root")
         return
-    console.print(experiments_table(infos))
+    _print_experiments(console, infos)
     current = next((i for i in infos if i.active), None)
     if current is not None:
         console.print(f"[bold green]*[/] active: {current.exp_hash}")

@@ -131,22 +131,34 @@ def entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
 
 
 def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
+    # A manifest of 10,000 checkpoints builds 10,000 entries on every read (`weightslab ls`), and a
+    # frozen dataclass's __init__ sets each of its 13 fields through object.__setattr__. The entry is
+    # built here with the same conversions (and the same errors for a malformed field), its fields
+    # set at once; it is equal to, and behaves as, one made by the constructor.
     pending = e.get("pending")
-    return CheckpointEntry(
+    metrics = e.get("metrics")
+    tags = e.get("tags")
+    shards = e.get("shards")
+    entry = _new_entry(CheckpointEntry)
+    entry.__dict__.update(
         step=int(e["step"]),
         file=str(e["file"]),
         bytes=int(e["bytes"]),
         xxh3_128=str(e["xxh3_128"]),
         created=float(e["created"]),
         trigger=str(e["trigger"]),
-        metrics={str(k): (None if v is None else float(v)) for k, v in (e.get("metrics") or {}).items()},
-        tags=tuple(str(t) for t in e.get("tags") or ()),
+        metrics={str(k): (None if v is None else float(v)) for k, v in metrics.items()} if metrics else {},
+        tags=tuple(str(t) for t in tags) if tags else (),
         description=str(e.get("description") or ""),
         pending=None if not pending else PendingReplacement(int(pending["bytes"]), str(pending["xxh3_128"])),
         seq=int(e.get("seq", 0)),
         abandoned=bool(e.get("abandoned", False)),
-        shards=tuple(r for raw in e.get("shards") or () if (r := _file_record(raw)) is not None),
+        shards=tuple(r for raw in shards if (r := _file_record(raw)) is not None) if shards else (),
     )
+    return entry
+
+
+_new_entry = object.__new__
 
 
 def _file_record(raw: Any) -> FileRecord | None:
