@@ -9,12 +9,14 @@ the same few operations, which is why the list is short and each one says what i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from weightslab.util.digests import RELEASES_GIL, Xxh3Stream, as_bytes
+from weightslab.util.digests import Xxh3Stream, as_bytes, releases_gil
+
+if TYPE_CHECKING:  # imported where a hash thread starts: the read-only commands never start one
+    from concurrent.futures import ThreadPoolExecutor
 
 TMP_MARKER = ".tmp-"
 """In the name of every temporary file a write leaves until its rename (a crash leftover once found)."""
@@ -61,9 +63,11 @@ class HashingWriter:
         """Pass ``data`` on and hash it; returns its length even after an error (see the class)."""
         view = as_bytes(data)
         pending = None
-        if view.nbytes >= PARALLEL_HASH_MIN and RELEASES_GIL and self._hash_failure is None:
+        if view.nbytes >= PARALLEL_HASH_MIN and releases_gil() and self._hash_failure is None:
             try:
                 if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
                     self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-hash")
                 pending = self._pool.submit(self._hash.update, view)
             except Exception:  # no new thread at interpreter exit (an atexit flush): hash it here

@@ -12,8 +12,6 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from weightslab.errors import CheckpointCorruptedError, ConfigFileError
 from weightslab.format.architecture import (
     ARCHITECTURE_SUMMARY_FORMAT,
@@ -35,6 +33,8 @@ log = logging.getLogger("weightslab")
 def config_yaml(exp_hash: str, hyperparams: Mapping[str, Any]) -> bytes:
     """The bytes of ``hp/{hash}_config.yaml``."""
     doc = {"format": "weightslab.config/1", "exp_hash": exp_hash, "hyperparams": dict(hyperparams)}
+    import yaml  # here: listing a root (weightslab ls) never reads or writes a config file
+
     return yaml.safe_dump(doc, sort_keys=True, allow_unicode=True).encode()
 
 
@@ -121,6 +121,8 @@ def read_config(storage: Storage, exp: ExperimentLayout) -> dict[str, Any]:
         raise ConfigFileError(
             path, f"it is not valid UTF-8 (byte {exc.start} is {raw[exc.start]:#04x})"
         ) from None
+    import yaml
+
     try:
         data = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:

@@ -12,20 +12,15 @@ at once. The digests are the same bits either way (xxh3-128, seed 0, canonical h
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import xxhash
 
 Buffer = bytes | bytearray | memoryview
-
-
-class _Hash128(ctypes.Structure):
-    _fields_ = [("low64", ctypes.c_uint64), ("high64", ctypes.c_uint64)]
 
 
 @dataclass(frozen=True)
@@ -40,9 +35,24 @@ class _Lib:
     digest: Any
 
 
-def _load() -> _Lib | None:
-    """libxxhash's functions, or None where it (or a needed symbol) is absent."""
-    for name in ("libxxhash.so.0", ctypes.util.find_library("xxhash")):
+@cache
+def _lib() -> _Lib | None:
+    """libxxhash's functions, or None where it (or a needed symbol) is absent.
+
+    Loaded at the first hash, not at import: the read-only commands import this module and most of
+    them never hash (ctypes and its ``find_library``, which imports subprocess, cost milliseconds).
+    """
+    import ctypes
+    import ctypes.util
+
+    class _Hash128(ctypes.Structure):
+        _fields_ = [("low64", ctypes.c_uint64), ("high64", ctypes.c_uint64)]
+
+    def names() -> Iterator[str | None]:
+        yield "libxxhash.so.0"
+        yield ctypes.util.find_library("xxhash")  # only when the usual name did not load
+
+    for name in names():
         if not name:
             continue
         try:
@@ -70,13 +80,13 @@ def _load() -> _Lib | None:
     return None  # pragma: no cover - depends on the machine
 
 
-def _hex(h: _Hash128) -> str:
+def _hex(h: Any) -> str:
     return f"{h.high64:016x}{h.low64:016x}"
 
 
-_LIB = _load()
-RELEASES_GIL = _LIB is not None
-"""Whether hashing runs outside the GIL (libxxhash found); False: python ``xxhash``, one core at a time."""
+def releases_gil() -> bool:
+    """Whether hashing runs outside the GIL (libxxhash found); False: python ``xxhash``, one core at a time."""
+    return _lib() is not None
 
 
 def address(view: memoryview) -> int:
@@ -105,7 +115,7 @@ class Xxh3Stream:
     """
 
     def __init__(self) -> None:
-        self._lib = _LIB
+        self._lib = _lib()
         self._state: int | None = self._lib.create() if self._lib is not None else None
         self._py: Any = None
         if self._lib is None or not self._state:
@@ -138,9 +148,10 @@ class Xxh3Stream:
 def digest(data: Buffer) -> str:
     """The xxh3-128 hex digest of ``data`` (releases the GIL with libxxhash)."""
     view = as_bytes(data)
-    if _LIB is None:
+    lib = _lib()
+    if lib is None:
         return str(xxhash.xxh3_128(view).hexdigest())
-    return _hex(_LIB.one_shot(address(view), view.nbytes))
+    return _hex(lib.one_shot(address(view), view.nbytes))
 
 
 def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
@@ -149,7 +160,7 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     Parallel only with libxxhash (the fallback holds the GIL, so it hashes in this thread). An
     exception in a worker is raised here.
     """
-    if _LIB is None or threads <= 1 or len(parts) <= 1:
+    if _lib() is None or threads <= 1 or len(parts) <= 1:
         return [digest(p) for p in parts]
     out: list[str | None] = [None] * len(parts)
     errors: list[BaseException] = []
@@ -178,4 +189,4 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     return [str(d) for d in out]
 
 
-__all__ = ["RELEASES_GIL", "Xxh3Stream", "address", "as_bytes", "digest", "digests_parallel"]
+__all__ = ["Xxh3Stream", "address", "as_bytes", "digest", "digests_parallel", "releases_gil"]
