@@ -176,7 +176,19 @@ def test_the_plain_table_fits_exactly_as_rich_does_at_the_width_limit() -> None:
             assert _plain(infos, width) == _by_rich(infos, width)
 
 
-@pytest.mark.parametrize("cell", ["two\nlines", "tab\there", "bell\x07"], ids=["newline", "tab", "control"])
+@pytest.mark.parametrize(
+    "cell",
+    [
+        "two\nlines",
+        "tab\there",
+        "bell\x07",
+        "ends in\u3000",
+        "no\xa0break",
+        "\u0301\u0301ﾊﾝ",
+        "zero\u200dwidth",
+    ],
+    ids=["newline", "tab", "control", "ideographic-space", "nbsp", "combining", "zero-width-joiner"],
+)
 def test_a_cell_rich_would_reflow_is_left_to_rich(cell: str) -> None:
     info = ExperimentInfo(exp_hash=H, parent=ParentRef(G, 1, cell), created=1.7e9, checkpoints=1)
     assert _plain([info], 100) is None

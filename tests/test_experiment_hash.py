@@ -175,3 +175,44 @@ def test_one_generator_reused_sees_every_change_that_no_torch_hook_reports() -> 
     weight.data = weight.data.to(torch.float16)
     assert now() != first
     assert ExperimentHashGenerator().identity({"model": model}, {"config": HP}).exp_hash == now()
+
+
+class _HidesBias(torch.nn.Linear):
+    """A module that lists its tensors through overrides (as some library modules do)."""
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # type: ignore[no-untyped-def,override]
+        return ((n, p) for n, p in super().named_parameters(prefix, recurse, remove_duplicate) if n != "bias")
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):  # type: ignore[no-untyped-def,override]
+        yield "scale", torch.ones(2)
+
+
+def test_a_type_that_overrides_named_parameters_is_asked_through_its_override() -> None:
+    from weightslab.system.identity import architecture_signature
+
+    (record,) = architecture_signature(_HidesBias(3, 2))
+    assert record["params"] == [["weight", [2, 3], "float32"]]
+    assert record["buffers"] == [["scale", [2], "float32"]]
+    (plain,) = architecture_signature(torch.nn.Linear(3, 2))
+    assert plain["params"] == [["weight", [2, 3], "float32"], ["bias", [2], "float32"]]
+
+
+def test_per_type_cache_does_not_keep_classes_alive() -> None:
+    import gc
+    import weakref
+
+    from weightslab.system import identity
+
+    def traced_like() -> type:
+        class PerInstance(torch.nn.Module):  # torch.fx and parametrize make a class per instance
+            pass
+
+        return PerInstance
+
+    cls = traced_like()
+    ident(cls())
+    ref = weakref.ref(cls)
+    assert cls in identity._TYPES
+    del cls
+    gc.collect()
+    assert ref() is None

@@ -10,7 +10,7 @@ names are still importable from here.
 from __future__ import annotations
 
 import os
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 
@@ -39,4 +39,14 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PIPE_WIDTH", "make_console"]
+if TYPE_CHECKING:  # loaded on first use, by __getattr__
+    from weightslab.cli.progress_bar import RichTracker
+    from weightslab.cli.rich_logging import disable_rich_logging, enable_rich_logging
+
+__all__ = [
+    "PIPE_WIDTH",
+    "RichTracker",
+    "disable_rich_logging",
+    "enable_rich_logging",
+    "make_console",
+]

@@ -18,6 +18,7 @@ emoji codes) when it holds ``[`` or two colons, a :class:`~rich.text.Text` gives
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -34,6 +35,8 @@ Overflow = Literal["fold", "crop", "ellipsis"]
 Cell = str | Text
 
 RULE = "─"  # rich.box.SIMPLE_HEAD's head row
+# Unicode spaces, combining marks and format characters (zero-width joiners, NBSP, ideographic space)
+_RICH_ONLY = frozenset({"Zs", "Mn", "Me", "Cf"})
 _EMOJI_CODE = re.compile(r":\S*?:")  # what rich's emoji codes (":smile:") can be: else no lookup
 
 
@@ -135,6 +138,8 @@ def _plain(console: Console, cell: Cell) -> str | None:
         text = cell
     if any(ch < " " and ch != "\n" for ch in text) or "\x7f" in text:
         return None
+    if not text.isascii() and any(unicodedata.category(ch) in _RICH_ONLY for ch in text if ch > "\x7f"):
+        return None  # rich strips, joins or blanks these at line ends in ways not reproduced here
     return text
 
 

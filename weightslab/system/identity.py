@@ -9,6 +9,7 @@ freezing or re-initialising a model keeps its hash.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,16 +56,22 @@ _ModuleKey = tuple[
 ]
 
 
-_CLASS_NAMES: dict[type, str] = {}
+_TYPES: weakref.WeakKeyDictionary[type, tuple[str, bool, bool]] = weakref.WeakKeyDictionary()
+"""Per module type: the user's class name, and whether the type keeps torch's own ``named_parameters``
+and ``named_buffers`` (weak: torch.fx and parametrize make a class per instance)."""
 
 
-def _class_name(cls: type) -> str:
-    """``module.qualname`` of the user's class for a module of type ``cls`` (cached per type)."""
-    name = _CLASS_NAMES.get(cls)
-    if name is None:
+def _type_info(cls: type) -> tuple[str, bool, bool]:
+    info = _TYPES.get(cls)
+    if info is None:
         user = user_class_of(cls)
-        name = _CLASS_NAMES[cls] = f"{user.__module__}.{user.__qualname__}"
-    return name
+        info = (
+            f"{user.__module__}.{user.__qualname__}",
+            getattr(cls, "named_parameters", None) is torch.nn.Module.named_parameters,
+            getattr(cls, "named_buffers", None) is torch.nn.Module.named_buffers,
+        )
+        _TYPES[cls] = info
+    return info
 
 
 def _own(tensors: dict[str, Any]) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
@@ -79,17 +86,27 @@ def _own(tensors: dict[str, Any]) -> tuple[tuple[str, torch.Size, torch.dtype], 
     return tuple([(name, t.shape, t.dtype) for name, t in own])
 
 
+def _listed(named: Any) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
+    """The same from a type's own ``named_parameters``/``named_buffers(recurse=False)`` override."""
+    return tuple([(name, t.shape, t.dtype) for name, t in named(recurse=False) if t is not None])
+
+
 def _module_keys(model: torch.nn.Module) -> tuple[_ModuleKey, ...]:
-    """The walk the architecture hash covers, in ``named_modules()`` order (shared modules repeated)."""
+    """The walk the architecture hash covers, in ``named_modules()`` order (shared modules repeated).
+
+    A module's own tensors are read from its registries, as torch's ``named_parameters`` and
+    ``named_buffers`` list them; a type that overrides either is asked through the override.
+    """
     keys = []
     for qualname, module in model.named_modules(remove_duplicate=False):
         try:
             extra = module.extra_repr()
         except Exception as exc:  # a broken extra_repr must not stop a save
             extra = f"<extra_repr failed: {type(exc).__name__}>"
-        keys.append(
-            (qualname, _class_name(type(module)), extra, _own(module._parameters), _own(module._buffers))
-        )
+        name, plain_params, plain_buffers = _type_info(type(module))
+        params = _own(module._parameters) if plain_params else _listed(module.named_parameters)
+        buffers = _own(module._buffers) if plain_buffers else _listed(module.named_buffers)
+        keys.append((qualname, name, extra, params, buffers))
     return tuple(keys)
 
 

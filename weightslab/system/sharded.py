@@ -10,6 +10,7 @@ world size and wrapping the resuming run has, one plain process included.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,10 +36,11 @@ def _flat_options() -> Any:
 def is_sharded(models: Mapping[str, torch.nn.Module]) -> bool:
     """Whether any registered model holds a DTensor (FSDP2 ``fully_shard``, tensor parallel).
 
-    A DTensor lives on a DeviceMesh, which needs the default process group: without one, no
-    parameter is read (this runs before every save).
+    No DTensor can exist before its package is imported, so until something imports
+    ``torch.distributed.tensor`` no parameter is read (this runs before every save). The process
+    group is no guide: DTensors outlive ``destroy_process_group()``.
     """
-    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+    if not torch.distributed.is_available() or "torch.distributed.tensor" not in sys.modules:
         return False
     from torch.distributed.tensor import DTensor
 

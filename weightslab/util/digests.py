@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -82,6 +82,17 @@ def _lib() -> _Lib | None:
 
 def _hex(h: Any) -> str:
     return f"{h.high64:016x}{h.low64:016x}"
+
+
+if TYPE_CHECKING:
+    RELEASES_GIL: bool  # computed on first use, by __getattr__
+
+
+def __getattr__(name: str) -> Any:
+    """``RELEASES_GIL``, the constant this module had before the library loaded lazily."""
+    if name == "RELEASES_GIL":
+        return releases_gil()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def releases_gil() -> bool:
@@ -189,4 +200,4 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     return [str(d) for d in out]
 
 
-__all__ = ["Xxh3Stream", "address", "as_bytes", "digest", "digests_parallel", "releases_gil"]
+__all__ = ["RELEASES_GIL", "Xxh3Stream", "address", "as_bytes", "digest", "digests_parallel", "releases_gil"]
