@@ -21,7 +21,7 @@ round:
 
 The first save of each peer allocates its staging memory and is reported apart; the steady figure is
 the median of the later rounds. Between saves each peer's background write finishes outside the
-timed region. Ratios to the floor are taken per round (the peers of one round saw the same load), and
+timed region, and ``os.sync()`` puts what it wrote on disk before the next peer is timed. Ratios to the floor are taken per round (the peers of one round saw the same load), and
 a ratio whose spread over the rounds includes 1.0 is marked as noise.
 """
 
@@ -107,6 +107,9 @@ def run_case(layers: int, width: int, repeats: int, base: Path | None) -> tuple[
             for name, (save, settle) in peers.items():
                 t = timed(lambda save=save, r=r: save(r + 1))  # type: ignore[misc]
                 settle(r + 1)
+                # untimed: the files a peer wrote are on disk before the next peer is timed, so the
+                # kernel's writeback of one peer's bytes does not run inside another's stall
+                os.sync()
                 (first.setdefault(name, t) if r == 0 else times[name].append(t))
         load1 = os.getloadavg()[0]
         kept_bytes = kept._buffers.kept_bytes, system._buffers.kept_bytes
