@@ -34,14 +34,8 @@ def _hex16(data: bytes) -> str:
     return xxhash.xxh3_64(data).hexdigest()
 
 
-_DTYPE_NAMES: dict[torch.dtype, str] = {}
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
+    return str(dtype).removeprefix("torch.")
 
 
 # One module as the architecture hash sees it: (qualified name, class, extra_repr, its own parameters
@@ -74,21 +68,21 @@ def _type_info(cls: type) -> tuple[str, bool, bool]:
     return info
 
 
-def _own(tensors: dict[str, Any]) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
-    """``(name, shape, dtype)`` of a module's own parameters or buffers, as ``named_parameters(recurse=False)``
-    lists them: registered None entries left out, a tensor registered twice counted once."""
+def _listed(named: Any) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
+    """``(name, shape, dtype)`` of what ``named_parameters``/``named_buffers(recurse=False)`` lists."""
+    return tuple([(name, t.shape, t.dtype) for name, t in named(recurse=False) if t is not None])
+
+
+def _own(tensors: dict[str, Any], named: Any) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
+    """The same read straight from a module's registry (``_parameters`` or ``_buffers``), without
+    the generator; a tensor registered under two names is left to ``named`` (torch's own method),
+    which lists it once."""
     if not tensors:
         return ()
     own = [(name, t) for name, t in tensors.items() if t is not None]
     if len(own) > 1 and len({id(t) for _, t in own}) != len(own):
-        seen: set[int] = set()
-        own = [(n, t) for n, t in own if not (id(t) in seen or seen.add(id(t)))]  # type: ignore[func-returns-value]
+        return _listed(named)
     return tuple([(name, t.shape, t.dtype) for name, t in own])
-
-
-def _listed(named: Any) -> tuple[tuple[str, torch.Size, torch.dtype], ...]:
-    """The same from a type's own ``named_parameters``/``named_buffers(recurse=False)`` override."""
-    return tuple([(name, t.shape, t.dtype) for name, t in named(recurse=False) if t is not None])
 
 
 def _module_keys(model: torch.nn.Module) -> tuple[_ModuleKey, ...]:
@@ -104,8 +98,9 @@ def _module_keys(model: torch.nn.Module) -> tuple[_ModuleKey, ...]:
         except Exception as exc:  # a broken extra_repr must not stop a save
             extra = f"<extra_repr failed: {type(exc).__name__}>"
         name, plain_params, plain_buffers = _type_info(type(module))
-        params = _own(module._parameters) if plain_params else _listed(module.named_parameters)
-        buffers = _own(module._buffers) if plain_buffers else _listed(module.named_buffers)
+        p, b = module.named_parameters, module.named_buffers
+        params = _own(module._parameters, p) if plain_params else _listed(p)
+        buffers = _own(module._buffers, b) if plain_buffers else _listed(b)
         keys.append((qualname, name, extra, params, buffers))
     return tuple(keys)
 
