@@ -12,12 +12,15 @@ of 100 experiments with 5 checkpoints each. Then, in each round, interleaved:
   old commit made: the step file, then the whole manifest replaced atomically and fsynced, then the
   journal line) on a copy of the same manifest;
 - ``weightslab ls ROOT`` as a subprocess (``python -m weightslab.cli ls``) on the 10,000-checkpoint
-  root and on the 100-experiment root, with the interpreter's own start (``python -c pass``), the
+  root and on the 100-experiment root (both read from the experiments' summaries), on a copy of the
+  10,000-checkpoint root without its summary (what a root written by an older version takes: the
+  full path, which parses the manifest), with the interpreter's own start (``python -c pass``), the
   command's imports alone (``python -c "import weightslab.cli.main"``) and ``python -c "import torch"``
   (what every command paid before it stopped importing torch) as peers. The subprocesses run with
   ``PYTHONDONTWRITEBYTECODE`` unset, so that they load (and, on the first run, write) ``.pyc`` files as
   an installed package does; one untimed run of each comes first;
-- the listing in process: ``open_root`` and ``experiment_infos`` (what ``ls --json`` computes).
+- the listing in process: from the summaries (``weightslab.cli.listing.rows``), and through the full
+  path, ``open_root`` and ``experiment_infos``.
 
 Medians of the rounds, their spread ((max - min) / median), and the load average before and after.
 A ratio inside the spread of its two figures is marked as noise.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from weightslab.cli.listing import rows
 from weightslab.components import CheckpointManager
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.inspect import open_root
@@ -126,6 +131,9 @@ def main() -> int:
         build_root(path, n)
     many = scratch / "root_100_experiments"
     build_many(many, 100, 5)
+    unsummarized = scratch / "root_no_summary"
+    shutil.copytree(roots[max(sizes)], unsummarized)
+    (unsummarized / "checkpoints" / HASH / "summary.json").unlink()
     print(f"built the roots in {time.perf_counter() - t0:.1f} s")
 
     writers = {n: CheckpointManager(path) for n, path in roots.items()}  # durable, as training is
@@ -145,10 +153,13 @@ def main() -> int:
     py_torch: list[float] = []
     inproc_big: list[float] = []
     inproc_many: list[float] = []
+    ls_full: list[float] = []
+    rows_big: list[float] = []
+    rows_many: list[float] = []
     cli = [sys.executable, "-m", "weightslab.cli", "ls"]
     cli_imports = [sys.executable, "-c", "import weightslab.cli.main"]
     biggest = max(sizes)
-    for cmd in ([*cli, str(roots[biggest])], [*cli, str(many)], cli_imports):
+    for cmd in ([*cli, str(roots[biggest])], [*cli, str(many)], [*cli, str(unsummarized)], cli_imports):
         wall(cmd)  # untimed: writes the .pyc files a first run lacks, warms the page cache
     for _ in range(args.repeats):
         for n in sizes:
@@ -180,10 +191,15 @@ def main() -> int:
         py_pass.append(wall([sys.executable, "-c", "pass"]))
         py_cli.append(wall(cli_imports))
         ls_many.append(wall([*cli, str(many)]))
+        ls_full.append(wall([*cli, str(unsummarized)]))
         py_torch.append(wall([sys.executable, "-c", "import torch"]))
         for target, out in ((roots[biggest], inproc_big), (many, inproc_many)):
             t = time.perf_counter()
             experiment_infos(open_root(target))
+            out.append(time.perf_counter() - t)
+        for target, out in ((roots[biggest], rows_big), (many, rows_many)):
+            t = time.perf_counter()
+            assert rows(str(target), None, None) is not None  # every summary current
             out.append(time.perf_counter() - t)
     for mgr in writers.values():
         mgr.close()
@@ -202,19 +218,20 @@ def main() -> int:
     print(f"\n`weightslab ls` (subprocess, PYTHONDONTWRITEBYTECODE unset, median of {args.repeats})")
     print("| what | wall time |")
     print("|---|---|")
-    print(f"| ls, {biggest:,} checkpoints | {ms(ls_big)} |")
-    print(f"| ls, 100 experiments x 5 checkpoints | {ms(ls_many)} |")
+    print(f"| ls, {biggest:,} checkpoints (from its summary) | {ms(ls_big)} |")
+    print(f"| ls, 100 experiments x 5 checkpoints (from their summaries) | {ms(ls_many)} |")
+    print(f"| ls, {biggest:,} checkpoints, no summary (the full path: the manifest parsed) | {ms(ls_full)} |")
     print(f"| python -c pass (interpreter start) | {ms(py_pass)} |")
     print(f"| python -c 'import weightslab.cli.main' (the command's imports) | {ms(py_cli)} |")
     print(f"| python -c 'import torch' (what each command paid before) | {ms(py_torch)} |")
     print(f"| in process: open_root + experiment_infos, {biggest:,} checkpoints | {ms(inproc_big)} |")
     print(f"| in process: open_root + experiment_infos, 100 experiments | {ms(inproc_many)} |")
+    print(f"| in process: the summaries (listing.rows), {biggest:,} checkpoints | {ms(rows_big)} |")
+    print(f"| in process: the summaries (listing.rows), 100 experiments | {ms(rows_many)} |")
     print(
         f"\nload average: {load_before[0]:.2f} before, {load_after[0]:.2f} after "
         f"(2-core machine shared with other jobs: the figures are noisy)"
     )
-    import shutil
-
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 

@@ -433,17 +433,20 @@ def test_ls_pauses_the_collector_only_while_it_runs(
 def test_ls_imports_no_other_commands_modules(tmp_path: Path) -> None:
     root = _root(tmp_path / "root")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "weightslab.cli", "ls", str(root)],
-        cwd=REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, flags=re.MULTILINE))
-    assert "weightslab.cli.tables" in modules and H in proc.stdout
+
+    def imported() -> set[str]:
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "weightslab.cli", "ls", str(root)],
+            cwd=REPO,
+            env={**env, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        assert H in proc.stdout
+        return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, flags=re.MULTILINE))
+
     unneeded = {
         "rich.progress",
         "rich.logging",
@@ -457,4 +460,9 @@ def test_ls_imports_no_other_commands_modules(tmp_path: Path) -> None:
         "weightslab.inspect.lineage",
         "weightslab.inspect.overview",
     }
-    assert not modules & unneeded
+    quick = imported()  # from the summary: not even the tables
+    assert "weightslab.cli.listing" in quick and "weightslab.cli.tables" not in quick
+    assert not quick & unneeded
+    (root / "checkpoints" / H / "summary.json").unlink()  # the full path: the manifest is read
+    full = imported()
+    assert "weightslab.cli.tables" in full and not full & unneeded

@@ -74,6 +74,7 @@ def test_layout_and_file_names_are_exact(mgr: CheckpointManager) -> None:
         f"checkpoints/{H1}/model/{H1}_architecture.pkl",
         f"checkpoints/{H1}/model/{H1}_architecture.txt",
         f"checkpoints/{H1}/model/{H1}_step_000100.pt",
+        f"checkpoints/{H1}/summary.json",  # what `ls` reads instead of the manifest
         "logs/events.jsonl",
         "logs/writer.lock",
     ]

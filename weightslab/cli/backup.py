@@ -12,15 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:  # loaded by the command itself: mounting its parser costs every command's start
+    from rich.console import Console
 
-from weightslab.cli.formatting import format_size, new_table, plural
-from weightslab.cli.output import make_console
-from weightslab.inspect import open_root
-from weightslab.util.jsonsafe import to_jsonable
-
-if TYPE_CHECKING:
     from weightslab.inspect.backup import BackupResult
 
 CommandFactory = Callable[..., argparse.ArgumentParser]
@@ -85,7 +79,9 @@ def add_backup_parser(command: CommandFactory) -> argparse.ArgumentParser:
 def run_backup(args: argparse.Namespace) -> int:
     """The handler: 0 when everything chosen is in the backup, 1 when a checkpoint could not be copied."""
     from weightslab.cli.progress_bar import RichTracker
+    from weightslab.inspect import open_root
     from weightslab.inspect.backup import backup_root
+    from weightslab.util.jsonsafe import to_jsonable
 
     manager = open_root(args.root)
     with RichTracker() as tracker:
@@ -113,6 +109,11 @@ def run_backup(args: argparse.Namespace) -> int:
 
 def print_backup(result: BackupResult, *, console: Console | None = None) -> None:
     """Print each checkpoint the backup looked at, then one summary line."""
+    from rich.markup import escape
+
+    from weightslab.cli.formatting import format_size, new_table, plural
+    from weightslab.cli.output import make_console
+
     console = console or make_console()
     if result.items:
         table = new_table()

@@ -12,16 +12,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.text import Text
+if TYPE_CHECKING:  # torch, rich: loaded by the compare command itself, not by every command's start
+    from rich.console import Console
 
-from weightslab.cli.formatting import format_size, format_time, format_value, new_table, plural
-from weightslab.cli.output import make_console
-from weightslab.inspect import open_root
-from weightslab.util.jsonsafe import to_jsonable
-
-if TYPE_CHECKING:  # they import torch: loaded by the compare command itself, not by every command
     from weightslab.inspect.compare import Comparison, PairComparison
     from weightslab.inspect.distance import WeightDistance
 
@@ -60,7 +53,9 @@ def run_compare(args: argparse.Namespace) -> int:
         sys.stderr.write("weightslab: error: compare needs at least two checkpoints, as <hash>@<step>\n")
         return 2
     from weightslab.cli.progress_bar import RichTracker
+    from weightslab.inspect import open_root
     from weightslab.inspect.compare import compare_checkpoints
+    from weightslab.util.jsonsafe import to_jsonable
 
     manager = open_root(args.root)
     with RichTracker() as tracker:
@@ -79,6 +74,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
 def print_comparison(comparison: Comparison, *, console: Console | None = None) -> None:
     """Print the checkpoints, their metrics side by side, then each one against the baseline."""
+    from rich.markup import escape
+
+    from weightslab.cli.formatting import format_size, format_time, format_value, new_table
+    from weightslab.cli.output import make_console
+
     console = console or make_console()
     refs = comparison.checkpoints
     table = new_table(title="checkpoints", title_justify="left", title_style="bold")
@@ -126,6 +126,11 @@ def _print_pair(pair: PairComparison, comparison: Comparison, console: Console) 
 
 
 def _print_weights(w: WeightDistance, console: Console) -> None:
+    from rich.markup import escape
+    from rich.text import Text
+
+    from weightslab.cli.formatting import new_table, plural
+
     if not w.tensors:
         console.print("weights: no tensor present in both with the same shape")
     else:

@@ -12,13 +12,9 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-
 from weightslab.cli.arguments import non_negative
-from weightslab.cli.output import make_console
 from weightslab.errors import ConfigError
-from weightslab.inspect.importing_formats import FORMATS, FORMATS_HELP, ROLE_KEYS
-from weightslab.util.jsonsafe import to_jsonable
+from weightslab.inspect.importing_roles import FORMATS, FORMATS_HELP, ROLE_KEYS
 
 if TYPE_CHECKING:  # torch: loaded by the import command itself
     from weightslab.inspect.importing import ImportResult
@@ -78,6 +74,7 @@ def add_import_parser(subparsers: Any) -> None:
 def run_import(args: argparse.Namespace) -> int:
     """The ``import`` command; returns the exit status (errors are raised for main to report)."""
     from weightslab.inspect.importing import import_checkpoint  # torch: this command only
+    from weightslab.util.jsonsafe import to_jsonable
 
     result = import_checkpoint(
         args.root,
@@ -98,6 +95,10 @@ def run_import(args: argparse.Namespace) -> int:
 
 def print_import(result: ImportResult) -> None:
     """Print what an import wrote, or that it was there already."""
+    from rich.markup import escape
+
+    from weightslab.cli.output import make_console
+
     console = make_console()
     what = "already imported" if result.already else "imported"
     console.print(

@@ -176,6 +176,10 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
+    from weightslab.cli.listing import quick_ls
+
+    if quick_ls(args.root, as_json=args.json, monitor=args.monitor, mode=args.mode):
+        return EXIT_OK
     from weightslab.inspect import open_root
 
     manager = open_root(args.root)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from weightslab.storage.open import is_remote
-from weightslab.store.manager import CheckpointManager
+if TYPE_CHECKING:  # the storage layer is loaded by open_root: `ls` on summaries does without it
+    from weightslab.store.manager import CheckpointManager
 
 
 class Tracker(Protocol):
@@ -39,6 +39,9 @@ class NullTracker:
 
 def open_root(root: str | os.PathLike[str]) -> CheckpointManager:
     """Open ``root`` read-only; raises RootError naming the path when it is missing or not a root."""
+    from weightslab.storage.open import is_remote
+    from weightslab.store.manager import CheckpointManager
+
     if isinstance(root, str) and is_remote(root):  # s3://bucket/prefix: AWS_* variables say where, who
         return CheckpointManager(root, mode="r")
     path = Path(root).expanduser()

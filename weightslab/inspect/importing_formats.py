@@ -26,23 +26,8 @@ from weightslab.storage.local import LocalStorage
 if TYPE_CHECKING:  # imported by the functions that read files: the CLI's parser needs only the names
     import torch
 
-ImportFormat = Literal["auto", "torch", "lightning", "hf", "safetensors"]
-FORMATS: tuple[str, ...] = ("auto", "torch", "lightning", "hf", "safetensors")
-FORMATS_HELP = (
-    "a torch.save file (a state_dict, or a dict holding one), a Lightning .ckpt file, a Hugging Face "
-    "Trainer checkpoint-N/ folder, or a .safetensors file"
-)
+from weightslab.inspect.importing_roles import FORMATS, FORMATS_HELP, ROLE_KEYS, ImportFormat
 
-# Key names of the common torch.save layouts, most specific first; ``keys=`` overrides each role.
-ROLE_KEYS: dict[str, tuple[str, ...]] = {
-    "model": ("model_state_dict", "model_state", "model", "state_dict", "net", "network", "module"),
-    "optimizer": ("optimizer_state_dict", "optimizer_state", "optimizer", "optim", "opt"),
-    "scheduler": ("scheduler_state_dict", "lr_scheduler_state_dict", "scheduler", "lr_scheduler"),
-    "step": ("global_step", "step", "iteration"),
-    "epoch": ("epoch",),
-    "metrics": ("metrics",),
-    "loss": ("loss",),
-}
 _storage = LocalStorage(durable=False)  # reads only: whole files and listings of the user's source
 
 # The prefixes that DDP (``module.``) and torch.compile (``_orig_mod.``) put before every name;

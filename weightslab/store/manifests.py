@@ -21,6 +21,7 @@ from weightslab.errors import ManifestError, RootLockedError
 from weightslab.format.layout import RootLayout, parse_manifest_log
 from weightslab.format.manifest import Manifest
 from weightslab.format.manifest_log import LOG_MIN_ENTRIES, change_line, fold
+from weightslab.format.summary import SUMMARY_NAME, Tally, advance, encode, read_current, stamp, tally
 from weightslab.storage.base import Storage
 from weightslab.storage.local import LocalStorage
 from weightslab.util.names import is_hash
@@ -62,6 +63,10 @@ class ManifestStore:
         # the version (ETag) each manifest had when this process last read or wrote it: a commit
         # replaces it only if it is still that one (see Storage.write_if_version)
         self._versions: dict[str, str | None] = {}
+        # a writer's counts of each manifest it holds, for the summary a listing reads
+        # (weightslab.format.summary); local roots only
+        self._tallies: dict[str, Tally] = {}
+        self._summaries = LocalStorage(durable=False)  # a cache: a crash may lose it, readers check it
 
     @property
     def storage(self) -> Storage:
@@ -93,6 +98,12 @@ class ManifestStore:
                     # if this fails it stays not appendable: the next commit rewrites the manifest whole
                     with contextlib.suppress(OSError):
                         self._write_whole(m, version)
+                elif self._summarized():
+                    counted = tally(m)
+                    self._tallies[exp_hash] = counted
+                    exp = self.layout.experiment(exp_hash)
+                    if read_current(str(exp.dir), exp_hash) is None:  # none yet, or another state's
+                        self._write_summary(m, counted)
             return m
 
     def _read_folded(self, exp_hash: str) -> tuple[Manifest, LogState, str | None]:
@@ -154,6 +165,8 @@ class ManifestStore:
             exp_hash = m.exp_hash
             state = self._logs.get(exp_hash)
             cached = self._cache.get(exp_hash)
+            if self._summarized():
+                self._next_tally(m, cached)
             if (
                 self.caching
                 and cached is not None
@@ -177,6 +190,7 @@ class ManifestStore:
                     state.bytes += len(line)
                     m.forget_change()
                     self._cache[exp_hash] = m
+                    self._write_summary(m)
                     return
             if exp_hash in self._versions:
                 version = self._versions[exp_hash]
@@ -206,6 +220,7 @@ class ManifestStore:
             self._cache.pop(m.exp_hash, None)
             self._versions.pop(m.exp_hash, None)
             self._logs.pop(m.exp_hash, None)
+            self._tallies.pop(m.exp_hash, None)
             raise RootLockedError(
                 path,
                 "another writer, which committed to this manifest after this process read it (this "
@@ -218,6 +233,42 @@ class ManifestStore:
         for log_path, g in logs.items():
             if g != generation:
                 self.storage.remove(log_path)  # folded into the base just written
+        self._write_summary(m)
+
+    # -- the summary a listing reads -----------------------------------------------------------------
+    def _summarized(self) -> bool:
+        """Whether this store keeps summaries: a writer on a local file system."""
+        return self.caching and isinstance(self.storage, LocalStorage)
+
+    def _next_tally(self, m: Manifest, cached: Manifest | None) -> None:
+        """Count ``m`` before it is committed: from the tally of ``cached`` when ``m`` derives from
+        it (O(change)), else entry by entry. Kept under ``m`` until the commit replaces ``cached``."""
+        known = self._tallies.get(m.exp_hash)
+        change = m.change()
+        derived = known is not None and change is not None and change.origin is cached
+        counted = advance(known, m) if derived and known is not None else tally(m)
+        m.__dict__["_tally"] = counted
+
+    def _write_summary(self, m: Manifest, counted: Tally | None = None) -> None:
+        """Write the summary of ``m``, just committed (or read), for the files as they are now.
+
+        Not durable, and a failure is not an error: a summary whose stamp does not match the files
+        is not used, so a lost or stale one only makes the next listing read the manifest.
+        """
+        if not self._summarized():
+            return
+        prepared = m.__dict__.pop("_tally", None)
+        counted = counted or prepared or tally(m)
+        self._tallies[m.exp_hash] = counted
+        exp = self.layout.experiment(m.exp_hash)
+        state = self._logs.get(m.exp_hash)
+        generation = None if state is None else state.generation
+        log = None if generation is None else str(exp.manifest_log(generation))
+        files = stamp(str(exp.manifest), log)
+        if files is None:
+            return
+        with contextlib.suppress(OSError):
+            self._summaries.write_bytes_atomic(exp.dir / SUMMARY_NAME, encode(m, counted, generation, files))
 
     def _appends(self) -> bool:
         """Whether commits may append to a log: a local file system (one writer by its flock). An
@@ -252,6 +303,7 @@ class ManifestStore:
             if not caching:
                 self._cache.clear()
                 self._logs.clear()
+                self._tallies.clear()
 
     def experiments(self) -> list[str]:
         """Hashes of the experiments that have a manifest, oldest first (unreadable ones last)."""
