@@ -134,9 +134,12 @@ CRASH_POINTS: dict[str, tuple[str, str, Callable[[FrameType], bool]]] = {
         "delete",
         lambda f: _self_type(f) == "CheckpointManager" and _caller(f) == "apply_retention",
     ),
-    # retention: the entry is gone from the manifest, the file not yet unlinked
-    "retention_before_unlink": ("call", "remove", lambda f: _caller(f) == "delete"),
-    # retention: the file is unlinked, the journal line not yet written
+    # retention: the entry is gone from the manifest, the file still under its name (about to be
+    # renamed aside for the background unlink)
+    "retention_before_unlink": ("call", "rename_aside", lambda f: _caller(f) == "discard"),
+    # retention: the file renamed aside, its background unlink about to start (the reaper's thread)
+    "retention_before_background_unlink": ("call", "remove", lambda f: _caller(f) == "_run"),
+    # retention: the file renamed aside, the journal line not yet written
     "retention_before_journal": ("call", "append", lambda f: _journal_event(f) == "checkpoint_deleted"),
     # hash change: the change was noticed, nothing written yet
     "hash_change_switch": ("call", "_switch", lambda f: True),

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -24,14 +25,15 @@ from typing import Any
 
 import pytest
 
-from weightslab.cli.listing import quick_ls, rows
+from weightslab.cli.listing import quick_ls, read_current, rows
 from weightslab.cli.main import main
 from weightslab.cli.output import make_console
 from weightslab.cli.tables import print_summary
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef
-from weightslab.format.summary import SUMMARY_NAME, Tally, advance, read_current, tally
+from weightslab.format.summary import SUMMARY_NAME, Tally, advance, tally
 from weightslab.inspect.experiments import experiment_infos
 from weightslab.policy.retention import RetentionPolicy
+from weightslab.storage.local import LocalStorage
 from weightslab.store.manager import CheckpointManager
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +67,8 @@ def _save(mgr: CheckpointManager, h: str, step: int, loss: float | None) -> None
 
 
 def _fields(t: Tally) -> dict[str, Any]:
-    return {name: getattr(t, name) for name in Tally.__slots__}
+    names = [n for n in Tally.__slots__ if not n.startswith("_")]
+    return {name: getattr(t, name) for name in [*names, "latest", "best"]}
 
 
 def _full_ls(root: Path, *args: str) -> str:
@@ -103,7 +106,7 @@ def _entry(rng: random.Random, step: int) -> CheckpointEntry:
     metrics: dict[str, float | None] = {}
     roll = rng.random()
     if roll < 0.7:
-        metrics["loss"] = rng.choice([0.5, 1.0, 2.0, rng.random()])  # ties on purpose
+        metrics["loss"] = rng.choice([0.5, 1.0, 2.0, rng.random(), 1, True])  # ties on purpose; ints
     elif roll < 0.8:
         metrics["loss"] = float("nan")  # never the best
     shards = ()
@@ -337,3 +340,57 @@ def test_ls_on_summaries_loads_neither_the_storage_layer_nor_rich(tmp_path: Path
     listing, _, tail = proc.stdout.rpartition("HEAVY")
     assert tail.strip() == "[] 0"
     assert listing == _full_ls(root)
+
+
+def test_metrics_given_as_ints_or_bools_list_as_the_manifest_reads_them(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with CheckpointManager(root, durable=False) as mgr:
+        _create(mgr, H, {"monitor": "acc", "mode": "max"})
+        mgr.save(H, 1, _writer(b"a"), trigger="step", metrics={"acc": 1})
+        mgr.save(H, 2, _writer(b"b"), trigger="step", metrics={"acc": True})
+    assert _quick(root) == _full_ls(root)
+    assert _quick(root, as_json=True) == _full_ls(root, "--json")
+
+
+def test_a_summary_left_in_a_folder_whose_manifest_is_gone_is_a_leftover(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with CheckpointManager(root, durable=False) as mgr:
+        _create(mgr, H, {})
+        folder = mgr.experiment(H).dir
+    assert (folder / SUMMARY_NAME).is_file()
+    for name in os.listdir(folder):  # the manifest lost, no step file: a folder a writer cleans
+        if os.path.isfile(folder / name) and name != SUMMARY_NAME:
+            os.unlink(folder / name)
+    with CheckpointManager(root, durable=False) as mgr:
+        assert not (folder / SUMMARY_NAME).exists()
+
+
+class _FailingLogRemoval(LocalStorage):
+    """A disk on which removing the old commit log after a compaction fails once (EIO)."""
+
+    armed = False
+
+    def remove(self, path: Path) -> None:
+        if self.armed and path.name.startswith("manifest.") and path.name.endswith(".jsonl"):
+            self.armed = False
+            raise OSError(errno.EIO, "injected EIO removing the old log")
+        super().remove(path)
+
+
+def test_a_commit_that_fails_after_the_manifest_leaves_no_tally_to_advance_from(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with CheckpointManager(root, durable=False) as mgr:
+        disk = _FailingLogRemoval(durable=False)
+        mgr.storage = disk
+        _create(mgr, H, {"monitor": "loss"})
+        for s in range(300):
+            _save(mgr, H, s, 1.0)
+        disk.armed = True
+        with pytest.raises(OSError, match="injected EIO"):
+            mgr.rewind(H, 10)  # abandons 289 checkpoints: a compaction, whose cleanup fails
+        _save(mgr, H, 1000, 2.0)
+        record = read_current(str(mgr.experiment(H).dir), H)
+        assert record is not None
+        assert record["abandoned"] == tally(mgr.manifest(H)).abandoned == 289
+    assert _quick(root) == _full_ls(root)
+    assert _quick(root, as_json=True) == _full_ls(root, "--json")

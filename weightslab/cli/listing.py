@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from weightslab.format.summary import read_current
+from weightslab.format.summary import SUMMARY_NAME, decode, stamped_files
+from weightslab.storage.stamps import stamps
 
 JOURNAL_TAIL = 1 << 16  # bytes read from the end of the journal first (its last event is there)
 ACTIVATING = frozenset({"experiment_created", "experiment_activated", "checkpoint_saved", "resumed"})
@@ -64,7 +65,10 @@ def rows(root_arg: str, monitor: str | None, mode: str | None) -> tuple[Path, li
         info["size_bytes"] = size
         found.append(info)
     found.sort(key=lambda i: (i["created"], i["exp_hash"]))
-    active = _last_active(os.path.join(root, "logs", "events.jsonl"))
+    try:
+        active = _last_active(os.path.join(root, "logs", "events.jsonl"))
+    except OSError:
+        return None  # a journal that cannot be read: the full path reports it
     if active is not None and (len(active) != 16 or not _HEX.issuperset(active)):
         return None  # the full path reports a journal naming something that is not a hash
     if active is not None and not os.path.exists(os.path.join(checkpoints, active, "manifest.json")):
@@ -74,6 +78,18 @@ def rows(root_arg: str, monitor: str | None, mode: str | None) -> tuple[Path, li
     for i in found:
         i["active"] = i["exp_hash"] == active
     return root, found
+
+
+def read_current(folder: str, exp_hash: str) -> dict[str, Any] | None:
+    """The summary in ``folder`` if it describes the manifest files as they are now, else None."""
+    try:
+        with open(os.path.join(folder, SUMMARY_NAME), "rb") as f:
+            record = decode(f.read(), exp_hash)
+    except OSError:
+        return None
+    if record is None or record.get("stamp") != stamps(folder, stamped_files(record)):
+        return None
+    return record
 
 
 def _info(record: dict[str, Any], monitor: str | None, mode: str | None) -> dict[str, Any] | None:
@@ -157,18 +173,16 @@ def _tree_bytes(folder: str) -> int:
 
 def _last_active(journal: str) -> str | None:
     """The hash of the last activating event of the journal, read from its end."""
-    try:
-        with open(journal, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            start = max(0, size - JOURNAL_TAIL)
-            f.seek(start)
-            data = f.read()
-            found = _newest_activation(data, partial_first=start > 0)
-            if found is None and start > 0:
-                f.seek(0)
-                found = _newest_activation(f.read(), partial_first=False)
-    except OSError:
+    if not os.path.isfile(journal):
         return None
+    with open(journal, "rb") as f:  # OSError: the caller hands over to the full path
+        size = os.fstat(f.fileno()).st_size
+        start = max(0, size - JOURNAL_TAIL)
+        f.seek(start)
+        found = _newest_activation(f.read(), partial_first=start > 0)
+        if found is None and start > 0:
+            f.seek(0)
+            found = _newest_activation(f.read(), partial_first=False)
     return found
 
 
@@ -307,4 +321,4 @@ def quick_ls(root_arg: str, *, as_json: bool, monitor: str | None, mode: str | N
     return True
 
 
-__all__ = ["plain_output", "quick_ls", "rows", "table_lines"]
+__all__ = ["plain_output", "quick_ls", "read_current", "rows", "table_lines"]

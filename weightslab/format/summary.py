@@ -6,24 +6,24 @@ checkpoints (and how many abandoned), the newest live step, the best value of th
 retention records, and the bytes of its step files. The record is a cache, never the truth:
 
 - it is written after every manifest commit, atomically but without fsync (a crash may lose it);
-- it names the manifest state it describes by a **stamp**: the base's inode, size and modification
-  time, and the commit log's generation and size. A commit replaces the base (a new inode: the new
-  file exists while the old one does) or grows the log, and a compaction starts a new log, so a
-  summary whose stamp differs from the files describes another state, and a reader reads the
-  manifest itself. A summary that is missing, unreadable or of another format is treated the same.
+- it names the manifest state it describes by a **stamp** of the base and of the commit log
+  (:func:`weightslab.storage.stamps.file_stamp`: device, inode, size, modification and change
+  times). A commit replaces the base (a new inode) or grows the log, and a compaction starts a new
+  log, so a summary whose stamp differs from the files describes another state, and a reader reads
+  the manifest itself. A summary that is missing, unreadable or of another format is treated the same.
 
-The writer updates its tally from each commit's change (the entries put and removed), so a commit's
-cost does not grow with the number of checkpoints; only removing the newest or the best entry, or
-changing the monitor, counts the entries again.
+The writer updates its tally in place from each commit's change (the entries put and removed); the
+newest and the best entries are kept in heaps, so a commit costs O(log n) whatever it removes, and
+only a change of the monitor counts the entries again.
 
-This module imports nothing beyond the standard library's ``json``, ``os`` and ``re``: the listing reads it
-before anything else of weightslab is loaded.
+No I/O here, and nothing beyond the standard library: the listing imports this module before
+anything else of weightslab is loaded.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -33,20 +33,28 @@ if TYPE_CHECKING:
 
 SUMMARY_NAME = "summary.json"
 SUMMARY_FORMAT = "weightslab.summary/1"
-
-
 STEP_FILE = re.compile(r"^model/(?P<hash>[0-9a-f]{16})_step_\d{6,}\.pt$", re.ASCII)
 """A step file of an experiment, as its entry names it (``model/{hash}_step_{step:06d}.pt``)."""
 
 
 class Tally:
-    """The counts of one manifest that a listing shows, kept up to date commit by commit."""
+    """The counts of one manifest that a listing shows, kept up to date commit by commit.
+
+    The newest live entry (highest ``seq``; on a tie the lowest step, as :meth:`Manifest.latest`
+    picks it) and the best by the monitor (ties: the later step, as retention ranks) are the tops of
+    two heaps whose items are checked against the entries present when read: a removed or replaced
+    entry's items are dropped as they surface, and the heaps are rebuilt when stale items outnumber
+    the live ones.
+    """
 
     __slots__ = (
+        "_best",
+        "_entries",
+        "_latest",
+        "_sign",
         "abandoned",
-        "best",
         "checkpoints",
-        "latest",
+        "exp_hash",
         "mode",
         "monitor",
         "step_bytes",
@@ -54,65 +62,85 @@ class Tally:
         "unusual",
     )
 
-    def __init__(self, monitor: str | None, mode: str) -> None:
+    def __init__(self, exp_hash: str, monitor: str | None, mode: str) -> None:
+        self.exp_hash = exp_hash
         self.monitor = monitor
         self.mode = mode
+        self._sign = 1.0 if mode == "min" else -1.0
         self.checkpoints = 0
         self.abandoned = 0
         self.step_files = 0  # entries whose file is a whole step file of this experiment in model/
         self.step_bytes = 0  # their recorded bytes
         self.unusual = 0  # entries a listing cannot size from the record (pending, named otherwise)
-        self.latest: tuple[int, int] | None = None  # (seq, step) of the newest live entry
-        self.best: tuple[float, int] | None = None  # (value, step) by the monitor
+        # step -> (seq, live, value by the monitor or None): what the heaps' items are checked against
+        self._entries: dict[int, tuple[int, bool, float | None]] = {}
+        self._latest: list[tuple[int, int]] = []  # (-seq, step) of live entries
+        self._best: list[tuple[float, int, float]] = []  # (sign * value, -step, value)
 
-    def copy(self) -> Tally:
-        out = Tally(self.monitor, self.mode)
-        for name in self.__slots__:
-            setattr(out, name, getattr(self, name))
-        return out
-
-    def ranks_first(self, value: float, step: int, than: tuple[float, int] | None) -> bool:
-        """Whether (value, step) ranks before ``than`` by the monitor (ties: the later step wins)."""
-        if than is None:
-            return True
-        sign = 1.0 if self.mode == "min" else -1.0
-        return (sign * value, -step) <= (sign * than[0], -than[1])
-
-    def add(self, e: CheckpointEntry, exp_hash: str) -> None:
+    def add(self, e: CheckpointEntry) -> None:
+        """Count ``e`` (a step not counted yet)."""
         self.checkpoints += 1
         self.abandoned += e.abandoned
-        kind = file_kind(e, exp_hash)
+        kind = file_kind(e, self.exp_hash)
         if kind == "step":
             self.step_files += 1
             self.step_bytes += e.bytes
         elif kind == "unusual":
             self.unusual += 1
-        # the newest: the highest seq; on a tie the lowest step, as Manifest.latest() (max) picks it
-        if not e.abandoned and (self.latest is None or (-e.seq, e.step) < (-self.latest[0], self.latest[1])):
-            self.latest = (e.seq, e.step)
-        if self.monitor:
-            value = e.metric(self.monitor)
-            if value is not None and self.ranks_first(value, e.step, self.best):
-                self.best = (value, e.step)
+        raw = e.metric(self.monitor) if self.monitor else None
+        value = None if raw is None else float(raw)  # an int or bool metric reads back as a float
+        live = not e.abandoned
+        self._entries[e.step] = (e.seq, live, value)
+        if live:
+            heapq.heappush(self._latest, (-e.seq, e.step))
+        if value is not None:
+            heapq.heappush(self._best, (self._sign * value, -e.step, value))
+        if len(self._latest) + len(self._best) > 4 * len(self._entries) + 64:
+            self._rebuild()
 
-    def remove(self, e: CheckpointEntry, exp_hash: str) -> tuple[bool, bool]:
-        """Take ``e`` out; returns whether it was the newest live entry, and whether it was the best
-        (both are then unknown: cleared)."""
+    def remove(self, e: CheckpointEntry) -> None:
+        """Uncount ``e`` (as it was counted)."""
         self.checkpoints -= 1
         self.abandoned -= e.abandoned
-        kind = file_kind(e, exp_hash)
+        kind = file_kind(e, self.exp_hash)
         if kind == "step":
             self.step_files -= 1
             self.step_bytes -= e.bytes
         elif kind == "unusual":
             self.unusual -= 1
-        newest = self.latest is not None and self.latest == (e.seq, e.step) and not e.abandoned
-        best = self.best is not None and self.best[1] == e.step
-        if newest:
-            self.latest = None
-        if best:
-            self.best = None
-        return newest, best
+        self._entries.pop(e.step, None)
+
+    @property
+    def latest(self) -> tuple[int, int] | None:
+        """(seq, step) of the newest live entry, or None."""
+        heap = self._latest
+        while heap:
+            neg_seq, step = heap[0]
+            known = self._entries.get(step)
+            if known is not None and known[1] and known[0] == -neg_seq:
+                return -neg_seq, step
+            heapq.heappop(heap)
+        return None
+
+    @property
+    def best(self) -> tuple[float, int] | None:
+        """(value, step) of the best entry by the monitor, or None."""
+        heap = self._best
+        while heap:
+            _, neg_step, value = heap[0]
+            known = self._entries.get(-neg_step)
+            if known is not None and known[2] == value:
+                return value, -neg_step
+            heapq.heappop(heap)
+        return None
+
+    def _rebuild(self) -> None:
+        self._latest = [(-seq, step) for step, (seq, live, _) in self._entries.items() if live]
+        self._best = [
+            (self._sign * v, -step, v) for step, (_, _, v) in self._entries.items() if v is not None
+        ]
+        heapq.heapify(self._latest)
+        heapq.heapify(self._best)
 
 
 def file_kind(e: CheckpointEntry, exp_hash: str) -> str:
@@ -135,68 +163,43 @@ def retention_monitor(m: Manifest) -> tuple[str | None, str]:
 
 def tally(m: Manifest) -> Tally:
     """Count every entry of ``m``."""
-    out = Tally(*retention_monitor(m))
+    out = Tally(m.exp_hash, *retention_monitor(m))
     for e in m.checkpoints:
-        out.add(e, m.exp_hash)
+        out.add(e)
     return out
 
 
 def advance(t: Tally, m: Manifest) -> Tally:
-    """The tally of ``m`` from ``t``, the tally of the manifest ``m`` was derived from.
-
-    Applies the entries ``m`` put and removed. Counts ``m`` again when the monitor changed, or when
-    the change took out the newest or the best entry and did not put back one that takes its place
-    (the same commit, still live; the same step, at least as good).
-    """
+    """The tally of ``m``, from ``t``, the tally of the manifest ``m`` was derived from: ``t`` itself,
+    changed in place by the entries ``m`` put and removed (the caller drops ``t`` first, so that a
+    commit that fails leaves no tally of a manifest that was not written). A change of the monitor
+    or the experiment counts ``m`` again."""
     change = m.change()
-    if change is None or retention_monitor(m) != (t.monitor, t.mode):
+    if change is None or retention_monitor(m) != (t.monitor, t.mode) or m.exp_hash != t.exp_hash:
         return tally(m)
-    out = t.copy()
-    origin, exp_hash = change.origin, m.exp_hash
+    origin = change.origin
     for step in change.deletes:
         old = origin.entry(step)
-        if old is not None and any(out.remove(old, exp_hash)):
-            return tally(m)
+        if old is not None:
+            t.remove(old)
     for e in change.puts.values():
         old = origin.entry(e.step)
-        if old is None:
-            out.add(e, exp_hash)
-            continue
-        newest, best = out.remove(old, exp_hash)
-        if newest and (e.abandoned or e.seq < old.seq):
-            return tally(m)
-        out.add(e, exp_hash)
-        if best:
-            # the best was old; e (same step) is the best now only if it scores at least as well
-            lost = old.metric(out.monitor) if out.monitor else None
-            value = e.metric(out.monitor) if out.monitor else None
-            if lost is None or value is None or not out.ranks_first(value, e.step, (lost, old.step)):
-                return tally(m)
-    return out
+        if old is not None:
+            t.remove(old)
+        t.add(e)
+    return t
 
 
-# -- the file ---------------------------------------------------------------------------------------
-def stamp(base: str, log: str | None) -> list[Any] | None:
-    """The stamp of the manifest files as they are: [inode, size, mtime_ns] of the base, then
-    [generation-named log's size] (or None without a log); None when the base is not there."""
-    try:
-        st = os.stat(base)
-    except OSError:
-        return None
-    out: list[Any] = [st.st_ino, st.st_size, st.st_mtime_ns, None]
-    if log is not None:
-        try:
-            out[3] = os.stat(log).st_size
-        except OSError:
-            return None
-    return out
+# -- the record -------------------------------------------------------------------------------------
+def log_name(generation: int) -> str:
+    """The name of commit log ``generation`` (as :mod:`weightslab.format.layout` names it)."""
+    return f"manifest.{generation:06d}.jsonl"
 
 
 def encode(m: Manifest, t: Tally, generation: int | None, files_stamp: list[Any]) -> bytes:
-    """The summary file of ``m`` (whose tally is ``t``), describing the files stamped ``files_stamp``."""
-    best = None
-    if t.monitor and t.best is not None:
-        best = {"monitor": t.monitor, "mode": t.mode, "value": t.best[0], "step": t.best[1]}
+    """The summary file of ``m`` (whose tally is ``t``), describing the files stamped ``files_stamp``
+    (``[stamp of manifest.json, stamp of the log or None]``)."""
+    best = t.best
     record = {
         "format": SUMMARY_FORMAT,
         "exp_hash": m.exp_hash,
@@ -209,8 +212,10 @@ def encode(m: Manifest, t: Tally, generation: int | None, files_stamp: list[Any]
         "retention": dict(m.retention),
         "checkpoints": t.checkpoints,
         "abandoned": t.abandoned,
-        "latest_step": None if t.latest is None else t.latest[1],
-        "best": best,
+        "latest_step": None if (latest := t.latest) is None else latest[1],
+        "best": None
+        if not t.monitor or best is None
+        else {"monitor": t.monitor, "mode": t.mode, "value": best[0], "step": best[1]},
         "step_files": t.step_files,
         "step_bytes": t.step_bytes,
         "unusual": t.unusual,
@@ -218,30 +223,24 @@ def encode(m: Manifest, t: Tally, generation: int | None, files_stamp: list[Any]
     return json.dumps(record, allow_nan=False, separators=(",", ":")).encode()
 
 
-def log_name(generation: int) -> str:
-    """The name of commit log ``generation`` (as :mod:`weightslab.format.layout` names it)."""
-    return f"manifest.{generation:06d}.jsonl"
-
-
-def read_current(exp_dir: str, exp_hash: str) -> dict[str, Any] | None:
-    """The summary of the experiment in ``exp_dir`` if it describes its manifest as it is now, else None."""
+def decode(data: bytes, exp_hash: str) -> dict[str, Any] | None:
+    """The summary record in ``data`` if it is one of ``exp_hash`` in this format, else None."""
     try:
-        with open(os.path.join(exp_dir, SUMMARY_NAME), "rb") as f:
-            record = json.loads(f.read())
-    except (OSError, ValueError):
+        record = json.loads(data)
+    except ValueError:
         return None
     if not isinstance(record, dict) or record.get("format") != SUMMARY_FORMAT:
         return None
-    if record.get("exp_hash") != exp_hash:
-        return None
     generation = record.get("log_generation")
-    if generation is not None and not isinstance(generation, int):
-        return None
-    log = None if generation is None else os.path.join(exp_dir, log_name(generation))
-    now = stamp(os.path.join(exp_dir, "manifest.json"), log)
-    if now is None or record.get("stamp") != now:
+    if record.get("exp_hash") != exp_hash or not (generation is None or type(generation) is int):
         return None
     return record
+
+
+def stamped_files(record: dict[str, Any]) -> tuple[str, str | None]:
+    """The names, in the experiment folder, of the files ``record``'s stamp covers: the base, the log."""
+    generation = record.get("log_generation")
+    return "manifest.json", None if generation is None else log_name(generation)
 
 
 __all__ = [
@@ -249,11 +248,11 @@ __all__ = [
     "SUMMARY_NAME",
     "Tally",
     "advance",
+    "decode",
     "encode",
-    "log_name",
     "file_kind",
-    "read_current",
+    "log_name",
     "retention_monitor",
-    "stamp",
+    "stamped_files",
     "tally",
 ]

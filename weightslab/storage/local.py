@@ -127,6 +127,16 @@ class LocalStorage:
         if self.durable:
             fsync(target.parent)
 
+    def rename_aside(self, path: Path) -> Path | None:
+        """Rename ``path`` to a temporary name beside it (a crash leftover, should nothing remove it);
+        returns that name, or None when ``path`` is not there. Not fsynced: it is on the way out."""
+        aside = tmp_path_for(path)
+        try:
+            os.replace(path, aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
     def remove_dir(self, path: Path) -> None:
         """Remove an empty folder; OSError (ENOTEMPTY) when it holds anything."""
         with contextlib.suppress(FileNotFoundError):

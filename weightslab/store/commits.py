@@ -17,6 +17,7 @@ from weightslab.format.layout import TMP_MARKER, ExperimentLayout
 from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.storage.base import HashingWriter, Storage, WrittenFile
+from weightslab.storage.local import LocalStorage
 from weightslab.store import retention
 from weightslab.store.blobs import committed_entries
 from weightslab.store.recovery import _with_pending
@@ -204,6 +205,10 @@ class Committing(ShardedCommitting):
     def delete(self, exp_hash: str, step: int, *, reason: str = "retention") -> None:
         """Remove a checkpoint: the manifest entry first, then the file.
 
+        On a local root without blobs the step file is renamed aside and unlinked on a background
+        thread (:class:`~weightslab.store.reaper.Reaper`): the caller does not wait for the kernel to
+        free a large file. ``close`` waits for those unlinks.
+
         Raises UnsafePathError, changing nothing, when the entry names anything but a real step file
         of the experiment (``..``, a symlink out of the folder, the manifest, config or architecture).
         """
@@ -222,8 +227,11 @@ class Committing(ShardedCommitting):
                 committed_entries(self.manifests)
             )
             self._write_manifest(m.without_steps({step}))
-        for file in files:
-            self.storage.remove(file)
+        if not entry.shards and isinstance(self.storage, LocalStorage) and not self.blobs.has_blobs():
+            self.reaper.discard(self.storage, path)  # renamed aside now, unlinked in the background
+        else:
+            for file in files:
+                self.storage.remove(file)
         if entry.shards:
             for leftover in list(self.storage.files_under(path)):  # a shard written but never listed
                 self.storage.remove(leftover)

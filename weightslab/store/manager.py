@@ -39,6 +39,7 @@ from weightslab.store.blobs import BlobStore, SweepResult, check_modes, committe
 from weightslab.store.commits import Committing
 from weightslab.store.manifests import ManifestStore
 from weightslab.store.reads import Reading, Which
+from weightslab.store.reaper import Reaper
 from weightslab.store.recovery import Recovery, _with_pending
 from weightslab.store.verify import Problem, VerifyReport, verify_root
 from weightslab.util.names import validate_hash
@@ -92,6 +93,7 @@ class CheckpointManager(Committing, Reading):
             self.layout, lambda: self._storage, storage_mode=storage_mode, compression=compression
         )
         self._lock_file: WriterLock | None = None
+        self.reaper = Reaper()  # unlinks deleted checkpoints' files in the background
         if self.storage.exists(self.root) and not self.storage.is_dir(self.root):
             raise RootError(f"checkpoint root {self.root} is a file, not a folder; pass a folder path")
         if mode == "r":
@@ -161,7 +163,9 @@ class CheckpointManager(Committing, Reading):
             self.journal.storage = storage
 
     def close(self) -> None:
-        """Release the writer lock; the manager can still read afterwards."""
+        """Wait for the deleted checkpoints' files to be unlinked, then release the writer lock; the
+        manager can still read afterwards."""
+        self.reaper.drain()
         if self._lock_file is not None:
             self._lock_file.release()
             self._lock_file = None

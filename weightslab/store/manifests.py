@@ -21,9 +21,19 @@ from weightslab.errors import ManifestError, RootLockedError
 from weightslab.format.layout import RootLayout, parse_manifest_log
 from weightslab.format.manifest import Manifest
 from weightslab.format.manifest_log import LOG_MIN_ENTRIES, change_line, fold
-from weightslab.format.summary import SUMMARY_NAME, Tally, advance, encode, read_current, stamp, tally
+from weightslab.format.summary import (
+    SUMMARY_NAME,
+    Tally,
+    advance,
+    decode,
+    encode,
+    log_name,
+    stamped_files,
+    tally,
+)
 from weightslab.storage.base import Storage
 from weightslab.storage.local import LocalStorage
+from weightslab.storage.stamps import stamps
 from weightslab.util.names import is_hash
 
 READ_ATTEMPTS = 100
@@ -64,8 +74,9 @@ class ManifestStore:
         # replaces it only if it is still that one (see Storage.write_if_version)
         self._versions: dict[str, str | None] = {}
         # a writer's counts of each manifest it holds, for the summary a listing reads
-        # (weightslab.format.summary); local roots only
-        self._tallies: dict[str, Tally] = {}
+        # (weightslab.format.summary); local roots only. Each is kept with the manifest it counts, and
+        # used only while that manifest is the cached one
+        self._tallies: dict[str, tuple[Manifest, Tally]] = {}
         self._summaries = LocalStorage(durable=False)  # a cache: a crash may lose it, readers check it
 
     @property
@@ -100,9 +111,8 @@ class ManifestStore:
                         self._write_whole(m, version)
                 elif self._summarized():
                     counted = tally(m)
-                    self._tallies[exp_hash] = counted
-                    exp = self.layout.experiment(exp_hash)
-                    if read_current(str(exp.dir), exp_hash) is None:  # none yet, or another state's
+                    self._tallies[exp_hash] = (m, counted)
+                    if not self._summary_current(exp_hash):  # none yet, or another state's
                         self._write_summary(m, counted)
             return m
 
@@ -242,11 +252,14 @@ class ManifestStore:
 
     def _next_tally(self, m: Manifest, cached: Manifest | None) -> None:
         """Count ``m`` before it is committed: from the tally of ``cached`` when ``m`` derives from
-        it (O(change)), else entry by entry. Kept under ``m`` until the commit replaces ``cached``."""
-        known = self._tallies.get(m.exp_hash)
+        it (O(change)), else entry by entry. The tally of ``cached`` is dropped first (advancing
+        changes it in place): a commit that fails leaves none, and the next one counts again."""
+        known = self._tallies.pop(m.exp_hash, None)
         change = m.change()
-        derived = known is not None and change is not None and change.origin is cached
-        counted = advance(known, m) if derived and known is not None else tally(m)
+        if known is not None and known[0] is cached and change is not None and change.origin is cached:
+            counted = advance(known[1], m)
+        else:
+            counted = tally(m)
         m.__dict__["_tally"] = counted
 
     def _write_summary(self, m: Manifest, counted: Tally | None = None) -> None:
@@ -259,16 +272,26 @@ class ManifestStore:
             return
         prepared = m.__dict__.pop("_tally", None)
         counted = counted or prepared or tally(m)
-        self._tallies[m.exp_hash] = counted
+        self._tallies[m.exp_hash] = (m, counted)
         exp = self.layout.experiment(m.exp_hash)
         state = self._logs.get(m.exp_hash)
         generation = None if state is None else state.generation
-        log = None if generation is None else str(exp.manifest_log(generation))
-        files = stamp(str(exp.manifest), log)
+        log = None if generation is None else log_name(generation)
+        files = stamps(str(exp.dir), ("manifest.json", log))
         if files is None:
             return
         with contextlib.suppress(OSError):
             self._summaries.write_bytes_atomic(exp.dir / SUMMARY_NAME, encode(m, counted, generation, files))
+
+    def _summary_current(self, exp_hash: str) -> bool:
+        """Whether the experiment's summary describes its manifest files as they are now."""
+        exp = self.layout.experiment(exp_hash)
+        storage = self._summaries  # a LocalStorage, not durable
+        try:
+            record = decode(storage.read_bytes(exp.dir / SUMMARY_NAME), exp_hash)
+        except OSError:
+            return False
+        return record is not None and record.get("stamp") == stamps(str(exp.dir), stamped_files(record))
 
     def _appends(self) -> bool:
         """Whether commits may append to a log: a local file system (one writer by its flock). An

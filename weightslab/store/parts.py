@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from weightslab.storage.base import Storage
     from weightslab.store.blobs import BlobStore
     from weightslab.store.manifests import ManifestStore
+    from weightslab.store.reaper import Reaper
 
 
 class ManagerParts:
@@ -28,6 +29,7 @@ class ManagerParts:
         layout: RootLayout
         manifests: ManifestStore
         blobs: BlobStore
+        reaper: Reaper
         _lock: threading.RLock
 
         @property

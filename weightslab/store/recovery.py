@@ -20,6 +20,7 @@ from weightslab.errors import CheckpointFormatError, ManifestError, RootError, W
 from weightslab.format.journal import Journal, read_events
 from weightslab.format.layout import TMP_MARKER, RootLayout, parse_shard_dir, parse_step_file
 from weightslab.format.manifest import CheckpointEntry, Manifest, ParentRef, PendingReplacement
+from weightslab.format.summary import SUMMARY_NAME
 from weightslab.storage.base import Storage
 from weightslab.store.manifests import ManifestStore
 from weightslab.util.names import is_hash
@@ -112,6 +113,8 @@ class Recovery:
                     ours = TMP_MARKER in fname or parse_step_file(fname) is not None
                     if m is None and sub != exp.dir:
                         ours = ours or fname.startswith(name)
+                    if m is None and sub == exp.dir:
+                        ours = ours or fname == SUMMARY_NAME  # the summary of a manifest never written
                     if ours and exp.relative(path) not in listed:
                         found.append(path)
         return found, rebuild
