@@ -97,7 +97,13 @@ def _quick(root: Path, *, as_json: bool = False, monitor: str | None = None) -> 
 
 @pytest.fixture(autouse=True)
 def _plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "JUPYTER_COLUMNS"):
+    for name in (
+        "FORCE_COLOR",
+        "TTY_COMPATIBLE",
+        "TTY_INTERACTIVE",
+        "COLUMNS",
+        "JUPYTER_COLUMNS",
+    ):  # pytest-xdist sets COLUMNS
         monkeypatch.delenv(name, raising=False)
 
 
@@ -394,3 +400,15 @@ def test_a_commit_that_fails_after_the_manifest_leaves_no_tally_to_advance_from(
         assert record["abandoned"] == tally(mgr.manifest(H)).abandoned == 289
     assert _quick(root) == _full_ls(root)
     assert _quick(root, as_json=True) == _full_ls(root, "--json")
+
+
+def test_ls_lays_the_table_out_at_the_columns_rich_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _rich_root(tmp_path / "root")
+    for columns, quick in (("120", True), ("100", True), ("40", False), ("wide", False)):
+        monkeypatch.setenv("COLUMNS", columns)
+        fast = _quick(root)
+        assert (fast is not None) == quick, columns
+        if fast is not None:
+            assert fast == _full_ls(root), columns

@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from weightslab.format.activations import newest_activation
 from weightslab.format.summary import SUMMARY_NAME, decode, stamped_files
 from weightslab.storage.stamps import stamps
 
 JOURNAL_TAIL = 1 << 16  # bytes read from the end of the journal first (its last event is there)
-ACTIVATING = frozenset({"experiment_created", "experiment_activated", "checkpoint_saved", "resumed"})
 _HEX = frozenset("0123456789abcdef")
-_STYLE_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS", "JUPYTER_COLUMNS")
+_STYLE_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
 PIPE_WIDTH = 100  # as weightslab.cli.output.make_console lays out a pipe (not imported: it loads rich)
 RULE = "─"
 _EMOJI_CODE = re.compile(r":\S*?:")  # what rich may read as an emoji code (":smile:")
@@ -181,40 +181,27 @@ def _last_active(journal: str) -> str | None:
         size = os.fstat(f.fileno()).st_size
         start = max(0, size - JOURNAL_TAIL)
         f.seek(start)
-        found = _newest_activation(f.read(), partial_first=start > 0)
+        found = newest_activation(f.read(), partial_first=start > 0)
         if found is None and start > 0:
             f.seek(0)
-            found = _newest_activation(f.read(), partial_first=False)
+            found = newest_activation(f.read(), partial_first=False)
     return found
 
 
-def _newest_activation(data: bytes, *, partial_first: bool) -> str | None:
-    lines = data.split(b"\n")
-    if partial_first:
-        lines = lines[1:]
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if (
-            isinstance(record, dict)
-            and isinstance(record.get("event"), str)
-            and record["event"] in ACTIVATING
-            and isinstance(record.get("exp_hash"), str)
-        ):
-            return str(record["exp_hash"])
-    return None
-
-
 # -- output -----------------------------------------------------------------------------------------
-def plain_output(stream: IO[str]) -> bool:
-    """Whether rich would print to ``stream`` without style, at the pipe width, in UTF-8 box lines."""
+def plain_output(stream: IO[str]) -> int | None:
+    """The width rich would lay out a table at on ``stream`` if it prints it without style, in UTF-8
+    box lines: ``COLUMNS`` when set (as rich reads it), else the pipe width; None otherwise."""
     isatty = getattr(stream, "isatty", None)
     if isatty is None or isatty() or any(os.environ.get(k) is not None for k in _STYLE_ENV):
-        return False
+        return None
     encoding = (getattr(stream, "encoding", None) or "").lower()
-    return encoding.startswith("utf") and "idlelib" not in sys.modules
+    if not encoding.startswith("utf") or "idlelib" in sys.modules:
+        return None
+    columns = os.environ.get("COLUMNS")
+    if columns is None:
+        return PIPE_WIDTH
+    return int(columns) if columns.isascii() and columns.isdigit() else None
 
 
 def _plain_cell(text: str) -> bool:
@@ -222,7 +209,7 @@ def _plain_cell(text: str) -> bool:
     return text.isascii() and text.isprintable() and "[" not in text and not _EMOJI_CODE.search(text)
 
 
-def table_lines(root: Path, infos: list[dict[str, Any]]) -> str | None:
+def table_lines(root: Path, infos: list[dict[str, Any]], width: int = PIPE_WIDTH) -> str | None:
     """What ``print_summary`` prints for these rows on a plain console, or None (rich must draw it)."""
     from rich.filesize import decimal  # rich's own size format; a small module
 
@@ -262,7 +249,7 @@ def table_lines(root: Path, infos: list[dict[str, Any]]) -> str | None:
     for row in body:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
     total = sum(widths) + 2 * (len(widths) - 1)
-    if total > PIPE_WIDTH:
+    if total > width:
         return None  # rich wraps the cells that do not fit
     header_lines = [h.split("\n") for h in headers]
     height = max(len(h) for h in header_lines)
@@ -314,9 +301,10 @@ def quick_ls(root_arg: str, *, as_json: bool, monitor: str | None, mode: str | N
         data = {"root": str(root), "active": active, "experiments": infos}
         sys.stdout.write(json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
         return True
-    if not plain_output(sys.stdout):
+    width = plain_output(sys.stdout)
+    if width is None:
         return False
-    text = table_lines(root, infos)
+    text = table_lines(root, infos, width)
     if text is None:
         return False
     sys.stdout.write(text)

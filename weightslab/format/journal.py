@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from weightslab.format.activations import newest_activation
 from weightslab.storage.base import Storage
 from weightslab.storage.local import LocalStorage
 from weightslab.util.jsonsafe import to_jsonable
@@ -23,7 +24,6 @@ from weightslab.util.jsonsafe import to_jsonable
 log = logging.getLogger("weightslab")
 
 # Events that say which experiment is active.
-ACTIVATING_EVENTS = frozenset({"experiment_created", "experiment_activated", "checkpoint_saved", "resumed"})
 
 
 class Journal:
@@ -92,16 +92,4 @@ def last_active_experiment(path: Path, storage: Storage | None = None) -> str | 
         data = storage.read_bytes(path)
     except FileNotFoundError:
         return None
-    for line in reversed(data.split(b"\n")):
-        try:
-            record = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if (
-            isinstance(record, dict)
-            and isinstance(record.get("event"), str)
-            and record["event"] in ACTIVATING_EVENTS
-            and isinstance(record.get("exp_hash"), str)
-        ):
-            return str(record["exp_hash"])
-    return None
+    return newest_activation(data)
