@@ -174,6 +174,10 @@ S3_CRASH_POINTS: dict[str, tuple[str, str, Callable[[FrameType], bool]]] = {
 _TABLE: dict[tuple[str, str], list[tuple[str, Callable[[FrameType], bool]]]] = {}
 for _point, (_event, _name, _pred) in {**CRASH_POINTS, **S3_CRASH_POINTS}.items():
     _TABLE.setdefault((_event, _name), []).append((_point, _pred))
+# the same moment where the file is removed in place (an object store, a dedup or sharded root)
+_TABLE.setdefault(("call", "remove"), []).append(
+    ("retention_before_unlink", lambda f: _caller(f) == "delete")
+)
 
 
 class CrashHook:

@@ -80,8 +80,14 @@ POINT_KILLS = int(os.environ.get("WEIGHTSLAB_S3_CRASH_POINT_KILLS", "6"))
 KILLS_PER_CHAIN = 6
 PARALLEL_CHAINS = 3  # a worker waits on the server much of the time: three keep two cores busy
 IN_FLIGHT_MAX_DELAY_S = 0.025  # a PUT to the local server takes 10-60 ms in the (profiled) worker
-# the local suite's points that are about local files: a temporary file's rename, a folder's fsync
-LOCAL_FILE_POINTS = {"step_file_before_rename", "step_file_before_dir_fsync", "manifest_before_rename"}
+# the local suite's points that are about local files: a temporary file's rename, a folder's fsync,
+# the background unlink of a deleted step file (an object store deletes in place)
+LOCAL_FILE_POINTS = {
+    "step_file_before_rename",
+    "step_file_before_dir_fsync",
+    "manifest_before_rename",
+    "retention_before_background_unlink",
+}
 S3_POINTS = sorted((set(CRASH_POINTS) - LOCAL_FILE_POINTS) | set(S3_CRASH_POINTS))
 WRITER = Path(__file__).with_name("s3_writer_worker.py")
 REPO = Path(__file__).resolve().parents[2]
