@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.filesize import decimal
 from rich.table import Table
 
+from weightslab.cli.formats import format_size, format_time, format_value, parent_cell, plural
 from weightslab.inspect import open_root
 from weightslab.store.manager import CheckpointManager
 from weightslab.util.names import is_hash
@@ -23,21 +23,6 @@ Source = CheckpointManager | str | os.PathLike[str]
 
 
 # -- formatting -------------------------------------------------------------------------------------
-def plural(count: int, noun: str, plural_form: str | None = None) -> str:
-    """``1 checkpoint``, ``2 checkpoints``, ``0 checkpoints``; ``plural_form`` for nouns not taking -s."""
-    return f"{count:,} {noun if count == 1 else plural_form or noun + 's'}"
-
-
-def format_size(nbytes: int) -> str:
-    return decimal(nbytes)
-
-
-def format_time(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
-
-
 def format_age(timestamp: float, now: float | None = None) -> str:
     """``42s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
     seconds = max(0.0, (time.time() if now is None else now) - timestamp)
@@ -47,28 +32,13 @@ def format_age(timestamp: float, now: float | None = None) -> str:
     return f"{int(seconds)}s ago"
 
 
-def format_value(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, str):
-        return value
-    import yaml  # a list or dict value: rare, and yaml costs every command's start
-
-    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
-
-
 def format_metrics(metrics: Mapping[str, float | None]) -> str:
     return "  ".join(f"{k}={format_value(v)}" for k, v in metrics.items()) or "-"
 
 
 def format_parent(info: ExperimentInfo) -> str:
     parent = info.parent
-    if parent is None:
-        return "-"
-    at = "" if parent.step is None else f"@{parent.step}"
-    return f"{parent.exp_hash[:7]}{at} {parent.reason}"
+    return "-" if parent is None else parent_cell(parent.exp_hash, parent.step, parent.reason)
 
 
 def parent_text(parent: ParentRef) -> str:

@@ -26,14 +26,22 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from weightslab.cli.formats import (
+    EXPERIMENT_COLUMNS,
+    PIPE_WIDTH,
+    format_size,
+    format_time,
+    format_value,
+    parent_cell,
+    plural,
+)
 from weightslab.format.activations import newest_activation
-from weightslab.format.summary import SUMMARY_NAME, decode, stamped_files
+from weightslab.format.summary import SUMMARY_NAME, decode, retention_monitor, stamped_files
 from weightslab.storage.stamps import stamps
+from weightslab.util.names import is_hash
 
 JOURNAL_TAIL = 1 << 16  # bytes read from the end of the journal first (its last event is there)
-_HEX = frozenset("0123456789abcdef")
 _STYLE_ENV = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS")
-PIPE_WIDTH = 100  # as weightslab.cli.output.make_console lays out a pipe (not imported: it loads rich)
 RULE = "─"
 _EMOJI_CODE = re.compile(r":\S*?:")  # what rich may read as an emoji code (":smile:")
 
@@ -51,7 +59,7 @@ def rows(root_arg: str, monitor: str | None, mode: str | None) -> tuple[Path, li
         return None  # not a root, or not readable: the full path says which
     found = []
     for name in names:
-        if len(name) != 16 or not _HEX.issuperset(name):
+        if not is_hash(name):
             continue
         folder = os.path.join(checkpoints, name)
         if not os.path.exists(os.path.join(folder, "manifest.json")):
@@ -70,7 +78,7 @@ def rows(root_arg: str, monitor: str | None, mode: str | None) -> tuple[Path, li
         active = _last_active(os.path.join(root, "logs", "events.jsonl"))
     except OSError:
         return None  # a journal that cannot be read: the full path reports it
-    if active is not None and (len(active) != 16 or not _HEX.issuperset(active)):
+    if active is not None and not is_hash(active):
         return None  # the full path reports a journal naming something that is not a hash
     if active is not None and not os.path.exists(os.path.join(checkpoints, active, "manifest.json")):
         active = None
@@ -96,7 +104,7 @@ def read_current(folder: str, exp_hash: str) -> dict[str, Any] | None:
 def _info(record: dict[str, Any], monitor: str | None, mode: str | None) -> dict[str, Any] | None:
     """One experiment's row from its summary; None when ``monitor``/``mode`` ask another ranking."""
     retention = record["retention"]
-    recorded = (retention.get("monitor") or None, "max" if retention.get("mode") == "max" else "min")
+    recorded = retention_monitor(retention)
     wanted = monitor or recorded[0]
     chosen = mode or recorded[1]
     if wanted is not None and (wanted, chosen) != recorded:
@@ -211,34 +219,32 @@ def _plain_cell(text: str) -> bool:
 
 def table_lines(root: Path, infos: list[dict[str, Any]], width: int = PIPE_WIDTH) -> str | None:
     """What ``print_summary`` prints for these rows on a plain console, or None (rich must draw it)."""
-    from rich.filesize import decimal  # rich's own size format; a small module
-
-    head = f"{root}: {_plural(len(infos), 'experiment')}, "
-    head += f"{_plural(sum(i['checkpoints'] for i in infos), 'checkpoint')}, "
-    head += decimal(sum(i["size_bytes"] for i in infos))
+    head = f"{root}: {plural(len(infos), 'experiment')}, "
+    head += f"{plural(sum(i['checkpoints'] for i in infos), 'checkpoint')}, "
+    head += format_size(sum(i["size_bytes"] for i in infos))
     if not _plain_cell(str(root)):
         return None
     if not infos:
         return head + "\nno experiments yet: nothing has been saved under this root\n"
     monitors = {i["best"]["monitor"] for i in infos if i["best"] is not None}
     best_header = f"best\n{next(iter(monitors))}" if len(monitors) == 1 else "best"
-    headers = ["  experiment", "parent", "created", "ckpts", "latest", best_header, "size"]
-    right = [False, False, False, True, True, True, True]
+    headers = [best_header if name == "best" else name for name, _ in EXPERIMENT_COLUMNS]
+    right = [options.get("justify") == "right" for _, options in EXPERIMENT_COLUMNS]
     body = []
     for i in infos:
         best = "-"
         if i["best"] is not None:
-            best = f"{_value(i['best']['value'])} @{i['best']['step']}"
+            best = f"{format_value(i['best']['value'])} @{i['best']['step']}"
             best += "" if best_header != "best" else f" {i['best']['monitor']}"
         body.append(
             [
                 ("* " if i["active"] else "  ") + i["exp_hash"],
-                _parent(i["parent"]),
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(i["created"])),
+                "-" if (p := i["parent"]) is None else parent_cell(p["exp_hash"], p["step"], p["reason"]),
+                format_time(i["created"]),
                 str(i["checkpoints"]),
                 "-" if i["latest_step"] is None else str(i["latest_step"]),
                 best,
-                decimal(i["size_bytes"]),
+                format_size(i["size_bytes"]),
             ]
         )
     if not all(_plain_cell(line) for h in headers for line in h.split("\n")):
@@ -273,21 +279,6 @@ def _pad(text: str, width: int, right: bool) -> str:
         text = text.rstrip()
         return " " * (width - len(text)) + text
     return text + " " * (width - len(text))
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun if count == 1 else noun + 's'}"
-
-
-def _value(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _parent(parent: dict[str, Any] | None) -> str:
-    if parent is None:
-        return "-"
-    at = "" if parent.get("step") is None else f"@{parent['step']}"
-    return f"{parent['exp_hash'][:7]}{at} {parent['reason']}"
 
 
 def quick_ls(root_arg: str, *, as_json: bool, monitor: str | None, mode: str | None) -> bool:

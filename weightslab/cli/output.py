@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING
 
 from rich.console import Console
 
-PIPE_WIDTH = 100
+from weightslab.cli.formats import PIPE_WIDTH
 
 
 # -- consoles ---------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from weightslab.cli.formats import EXPERIMENT_COLUMNS
 from weightslab.cli.formatting import (
     Source,
     format_age,
@@ -37,20 +38,8 @@ from weightslab.inspect.experiments import (
 )
 from weightslab.policy.retention import RetentionPolicy
 
+
 # -- experiments ------------------------------------------------------------------------------------
-EXPERIMENT_COLUMNS: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("  experiment", {"no_wrap": True}),
-    ("parent", {"overflow": "fold"}),
-    ("created", {"no_wrap": True}),
-    ("ckpts", {"justify": "right"}),
-    ("latest", {"justify": "right"}),
-    ("best", {"justify": "right", "overflow": "fold"}),
-    ("size", {"justify": "right", "no_wrap": True}),
-)
-"""The columns of the experiments table: header and rich column options (the best header names the
-monitor when every row has the same one)."""
-
-
 def experiments_cells(infos: list[ExperimentInfo]) -> tuple[list[str], list[list[str | Text]]]:
     """The headers and the rows of the experiments table, as rich prints them."""
     monitors = {i.best.monitor for i in infos if i.best is not None}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -155,15 +156,14 @@ def file_kind(e: CheckpointEntry, exp_hash: str) -> str:
     return "step" if m is not None and m["hash"] == exp_hash else "unusual"
 
 
-def retention_monitor(m: Manifest) -> tuple[str | None, str]:
-    """The monitor and mode a listing ranks "best" by: what the retention records."""
-    monitor = m.retention.get("monitor") or None
-    return monitor, "max" if m.retention.get("mode") == "max" else "min"
+def retention_monitor(retention: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The monitor and mode a listing ranks "best" by: what the ``retention`` record names."""
+    return retention.get("monitor") or None, "max" if retention.get("mode") == "max" else "min"
 
 
 def tally(m: Manifest) -> Tally:
     """Count every entry of ``m``."""
-    out = Tally(m.exp_hash, *retention_monitor(m))
+    out = Tally(m.exp_hash, *retention_monitor(m.retention))
     for e in m.checkpoints:
         out.add(e)
     return out
@@ -175,7 +175,7 @@ def advance(t: Tally, m: Manifest) -> Tally:
     commit that fails leaves no tally of a manifest that was not written). A change of the monitor
     or the experiment counts ``m`` again."""
     change = m.change()
-    if change is None or retention_monitor(m) != (t.monitor, t.mode) or m.exp_hash != t.exp_hash:
+    if change is None or retention_monitor(m.retention) != (t.monitor, t.mode) or m.exp_hash != t.exp_hash:
         return tally(m)
     origin = change.origin
     for step in change.deletes:

@@ -27,7 +27,6 @@ from weightslab.format.summary import (
     advance,
     decode,
     encode,
-    log_name,
     stamped_files,
     tally,
 )
@@ -276,8 +275,8 @@ class ManifestStore:
         exp = self.layout.experiment(m.exp_hash)
         state = self._logs.get(m.exp_hash)
         generation = None if state is None else state.generation
-        log = None if generation is None else log_name(generation)
-        files = stamps(str(exp.dir), ("manifest.json", log))
+        log = None if generation is None else exp.manifest_log(generation).name
+        files = stamps(str(exp.dir), (exp.manifest.name, log))
         if files is None:
             return
         with contextlib.suppress(OSError):
