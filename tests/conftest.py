@@ -65,3 +65,28 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, in_features: 
     loss.backward()
     opt.step()
     return float(loss.detach())
+
+
+# -- checkpoint-manager helpers ---------------------------------------------------------------------
+def writes(data: bytes) -> Callable[[Any], None]:
+    """A payload function for ``CheckpointManager.save``: writes ``data`` as the step file."""
+
+    def produce(w: Any) -> None:
+        w.write(data)
+
+    return produce
+
+
+def bare_experiment(
+    mgr: Any, exp_hash: str, retention: dict[str, Any] | None = None, parent: Any = None
+) -> None:
+    """Create experiment ``exp_hash`` in ``mgr`` (a writer) with no model and one small config."""
+    mgr.create_experiment(
+        exp_hash=exp_hash,
+        architecture_hash="a",
+        hyperparams_hash="h",
+        parent=parent,
+        retention={} if retention is None else retention,
+        hyperparams={"lr": 0.1},
+        models={},
+    )

@@ -12,40 +12,22 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 from weightslab.format.layout import TMP_MARKER
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager
 
+from .conftest import bare_experiment, writes
+
 REPO = Path(__file__).resolve().parent.parent
 H = "0123456789abcdef"
 
 
-def _writer(data: bytes) -> Any:
-    def produce(w: Any) -> None:
-        w.write(data)
-
-    return produce
-
-
-def _create(mgr: CheckpointManager) -> None:
-    mgr.create_experiment(
-        exp_hash=H,
-        architecture_hash="a",
-        hyperparams_hash="h",
-        parent=None,
-        retention={},
-        hyperparams={"lr": 0.1},
-        models={},
-    )
-
-
 def test_a_deleted_step_is_gone_at_once_and_its_file_after_close(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path / "root") as mgr:
-        _create(mgr)
+        bare_experiment(mgr, H)
         for step in range(6):
-            mgr.save(H, step, _writer(os.urandom(1 << 20)), trigger="step")
+            mgr.save(H, step, writes(os.urandom(1 << 20)), trigger="step")
         model = mgr.experiment(H).model_dir
         deleted = mgr.apply_retention(H, RetentionPolicy(keep_last=2))
         assert deleted == [0, 1, 2, 3]
@@ -59,11 +41,11 @@ def test_a_deleted_step_is_gone_at_once_and_its_file_after_close(tmp_path: Path)
 
 def test_a_step_saved_again_right_after_its_deletion_is_not_unlinked(tmp_path: Path) -> None:
     with CheckpointManager(tmp_path / "root") as mgr:
-        _create(mgr)
+        bare_experiment(mgr, H)
         for round_ in range(20):  # delete and save the same step back to back, many times
-            mgr.save(H, 7, _writer(os.urandom(1 << 18) + bytes([round_])), trigger="step")
+            mgr.save(H, 7, writes(os.urandom(1 << 18) + bytes([round_])), trigger="step")
             mgr.delete(H, 7)
-            entry = mgr.save(H, 7, _writer(b"kept %d" % round_), trigger="step")
+            entry = mgr.save(H, 7, writes(b"kept %d" % round_), trigger="step")
             mgr.reaper.drain()
             assert mgr.verify_entry(H, entry) == mgr.experiment(H).step_file(7)  # size and checksum
             assert mgr.experiment(H).step_file(7).read_bytes() == b"kept %d" % round_

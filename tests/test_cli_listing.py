@@ -42,15 +42,10 @@ from weightslab.format.manifest_log import encode_change, fold
 from weightslab.inspect.experiments import BestMetric, ExperimentInfo, experiment_infos
 from weightslab.store.manager import CheckpointManager
 
+from .conftest import writes
+
 REPO = Path(__file__).resolve().parent.parent
 H, G = "0123456789abcdef", "fedcba9876543210"
-
-
-def _writer(data: bytes) -> Any:
-    def produce(w: Any) -> None:
-        w.write(data)
-
-    return produce
 
 
 def _root(path: Path, hashes: tuple[str, ...] = (H,), steps: int = 5, **options: Any) -> Path:
@@ -66,7 +61,7 @@ def _root(path: Path, hashes: tuple[str, ...] = (H,), steps: int = 5, **options:
                 models={},
             )
             for s in range(steps):
-                mgr.save(h, s, _writer(b"x" * (s + 1) * 7), trigger="step", metrics={"loss": 1.0 / (s + 1)})
+                mgr.save(h, s, writes(b"x" * (s + 1) * 7), trigger="step", metrics={"loss": 1.0 / (s + 1)})
     return path
 
 
@@ -296,7 +291,7 @@ def test_size_on_disk_of_a_large_logged_manifest(tmp_path: Path) -> None:
     root = _root(tmp_path / "root", steps=300)
     with CheckpointManager(root, durable=False) as mgr:  # some commits go to the log, some replace
         for s in (10, 20, 400):
-            mgr.save(H, s, _writer(b"y" * 3), trigger="step")
+            mgr.save(H, s, writes(b"y" * 3), trigger="step")
     assert any(p.suffix == ".jsonl" for p in (root / "checkpoints" / H).iterdir())
     mgr = CheckpointManager(root, mode="r")
     assert mgr.size_on_disk(H) == _measured(mgr, H)

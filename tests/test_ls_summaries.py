@@ -36,34 +36,15 @@ from weightslab.policy.retention import RetentionPolicy
 from weightslab.storage.local import LocalStorage
 from weightslab.store.manager import CheckpointManager
 
+from .conftest import bare_experiment, writes
+
 REPO = Path(__file__).resolve().parent.parent
 H, G, K = "0123456789abcdef", "fedcba9876543210", "00000000000000aa"
 
 
-def _writer(data: bytes) -> Any:
-    def produce(w: Any) -> None:
-        w.write(data)
-
-    return produce
-
-
-def _create(
-    mgr: CheckpointManager, h: str, retention: dict[str, Any], parent: ParentRef | None = None
-) -> None:
-    mgr.create_experiment(
-        exp_hash=h,
-        architecture_hash="a",
-        hyperparams_hash="h",
-        parent=parent,
-        retention=retention,
-        hyperparams={"lr": 0.1},
-        models={},
-    )
-
-
 def _save(mgr: CheckpointManager, h: str, step: int, loss: float | None) -> None:
     metrics = {} if loss is None else {"loss": loss}
-    mgr.save(h, step, _writer(b"x" * (step % 13 + 1) * 5), trigger="step", metrics=metrics)
+    mgr.save(h, step, writes(b"x" * (step % 13 + 1) * 5), trigger="step", metrics=metrics)
 
 
 def _fields(t: Tally) -> dict[str, Any]:
@@ -187,7 +168,7 @@ def test_the_best_is_ranked_as_retention_ranks_it() -> None:
 def test_the_writer_keeps_a_current_summary_through_every_kind_of_commit(tmp_path: Path, steps: int) -> None:
     root = tmp_path / "root"
     with CheckpointManager(root, durable=False) as mgr:
-        _create(mgr, H, {"monitor": "loss", "keep_last": 40})
+        bare_experiment(mgr, H, {"monitor": "loss", "keep_last": 40})
         folder = str(mgr.experiment(H).dir)
 
         def check() -> None:
@@ -221,7 +202,7 @@ def test_the_writer_keeps_a_current_summary_through_every_kind_of_commit(tmp_pat
 def test_a_summary_left_from_before_the_last_commit_is_not_used(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with CheckpointManager(root, durable=False) as mgr:
-        _create(mgr, H, {"monitor": "loss"})
+        bare_experiment(mgr, H, {"monitor": "loss"})
         for s in range(100):
             _save(mgr, H, s, 1.0)
         folder = Path(mgr.experiment(H).dir)
@@ -245,7 +226,7 @@ def test_a_summary_left_from_before_the_last_commit_is_not_used(tmp_path: Path) 
 def test_a_compaction_gives_a_summary_of_the_new_base(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with CheckpointManager(root, durable=False) as mgr:
-        _create(mgr, H, {})
+        bare_experiment(mgr, H, {})
         folder = Path(mgr.experiment(H).dir)
         generations = set()
         for s in range(400):
@@ -260,16 +241,18 @@ def test_a_compaction_gives_a_summary_of_the_new_base(tmp_path: Path) -> None:
 def _rich_root(path: Path) -> Path:
     """Experiments of every shape ls shows: a branch, a rewind, deletions, no monitor, max mode, logs."""
     with CheckpointManager(path, durable=False) as mgr:
-        _create(mgr, H, {"monitor": "loss", "keep_last": 5})
+        bare_experiment(mgr, H, {"monitor": "loss", "keep_last": 5})
         for s in range(80):
             _save(mgr, H, s, 1.0 / (s + 1))
         mgr.apply_retention(H, RetentionPolicy(keep_last=30, keep_best=1, monitor="loss"))
-        _create(mgr, G, {"monitor": "loss", "mode": "max"}, parent=ParentRef(H, 79, "config_change", 79))
+        bare_experiment(
+            mgr, G, {"monitor": "loss", "mode": "max"}, parent=ParentRef(H, 79, "config_change", 79)
+        )
         for s in range(80, 90):
             _save(mgr, G, s, float(s % 4))
         mgr.rewind(G, 84)
         _save(mgr, G, 85, 9.0)
-        _create(mgr, K, {})
+        bare_experiment(mgr, K, {})
         _save(mgr, K, 0, None)
     return path
 
@@ -351,9 +334,9 @@ def test_ls_on_summaries_loads_neither_the_storage_layer_nor_rich(tmp_path: Path
 def test_metrics_given_as_ints_or_bools_list_as_the_manifest_reads_them(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with CheckpointManager(root, durable=False) as mgr:
-        _create(mgr, H, {"monitor": "acc", "mode": "max"})
-        mgr.save(H, 1, _writer(b"a"), trigger="step", metrics={"acc": 1})
-        mgr.save(H, 2, _writer(b"b"), trigger="step", metrics={"acc": True})
+        bare_experiment(mgr, H, {"monitor": "acc", "mode": "max"})
+        mgr.save(H, 1, writes(b"a"), trigger="step", metrics={"acc": 1})
+        mgr.save(H, 2, writes(b"b"), trigger="step", metrics={"acc": True})
     assert _quick(root) == _full_ls(root)
     assert _quick(root, as_json=True) == _full_ls(root, "--json")
 
@@ -361,7 +344,7 @@ def test_metrics_given_as_ints_or_bools_list_as_the_manifest_reads_them(tmp_path
 def test_a_summary_left_in_a_folder_whose_manifest_is_gone_is_a_leftover(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with CheckpointManager(root, durable=False) as mgr:
-        _create(mgr, H, {})
+        bare_experiment(mgr, H, {})
         folder = mgr.experiment(H).dir
     assert (folder / SUMMARY_NAME).is_file()
     for name in os.listdir(folder):  # the manifest lost, no step file: a folder a writer cleans
@@ -388,7 +371,7 @@ def test_a_commit_that_fails_after_the_manifest_leaves_no_tally_to_advance_from(
     with CheckpointManager(root, durable=False) as mgr:
         disk = _FailingLogRemoval(durable=False)
         mgr.storage = disk
-        _create(mgr, H, {"monitor": "loss"})
+        bare_experiment(mgr, H, {"monitor": "loss"})
         for s in range(300):
             _save(mgr, H, s, 1.0)
         disk.armed = True

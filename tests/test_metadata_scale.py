@@ -22,17 +22,11 @@ from weightslab.format.manifest import Manifest
 from weightslab.format.manifest_log import LOG_MIN_ENTRIES
 from weightslab.store.manager import CheckpointManager
 
+from .conftest import writes
 from .meta_worker import EXP, POINTS, SEED_ENTRIES, payload_of
 
 REPO = Path(__file__).resolve().parent.parent
 H = "0123456789abcdef"
-
-
-def _writer(data: bytes) -> Any:
-    def produce(w: Any) -> None:
-        w.write(data)
-
-    return produce
 
 
 def _open(root: Path) -> CheckpointManager:
@@ -52,7 +46,7 @@ def _open(root: Path) -> CheckpointManager:
 
 def _save(mgr: CheckpointManager, steps: range) -> None:
     for s in steps:
-        mgr.save(H, s, _writer(b"s%d" % s), trigger="step", metrics={"loss": 1.0 / (s + 1)})
+        mgr.save(H, s, writes(b"s%d" % s), trigger="step", metrics={"loss": 1.0 / (s + 1)})
 
 
 def _exp(root: Path, h: str = H) -> Path:
@@ -102,10 +96,10 @@ def test_every_kind_of_change_goes_through_the_log_and_folds_to_the_writers_mani
     generation = json.loads((_exp(tmp_path) / "manifest.json").read_text())["log_generation"]
     mgr.annotate(H, 10, tags=("best",), description="kept", metrics={"val": 0.5})
     mgr.delete(H, 3)
-    mgr.save(H, 50, _writer(b"replaced"), trigger="manual")  # a replacement: pending mark, then commit
+    mgr.save(H, 50, writes(b"replaced"), trigger="manual")  # a replacement: pending mark, then commit
     mgr.rewind(H, 60)  # 51..69 were abandoned by re-saving 50: 60 comes back
     mgr.record_retention(H, {"keep_last": 5})
-    mgr.save(H, 61, _writer(b"continued"), trigger="step")
+    mgr.save(H, 61, writes(b"continued"), trigger="step")
     assert json.loads((_exp(tmp_path) / "manifest.json").read_text())["log_generation"] == generation
     assert len(_logs(tmp_path)[generation].read_bytes().splitlines()) == 6 + 8  # one line per write
     seen = CheckpointManager(tmp_path, mode="r").manifest(H)
