@@ -36,7 +36,7 @@ from weightslab.cli.formats import (
     plural,
 )
 from weightslab.format.activations import newest_activation
-from weightslab.format.summary import SUMMARY_NAME, decode, retention_monitor, stamped_files
+from weightslab.format.summary import SUMMARY_NAME, current, retention_monitor
 from weightslab.storage.stamps import stamps
 from weightslab.util.names import is_hash
 
@@ -93,12 +93,10 @@ def read_current(folder: str, exp_hash: str) -> dict[str, Any] | None:
     """The summary in ``folder`` if it describes the manifest files as they are now, else None."""
     try:
         with open(os.path.join(folder, SUMMARY_NAME), "rb") as f:
-            record = decode(f.read(), exp_hash)
+            data = f.read()
     except OSError:
         return None
-    if record is None or record.get("stamp") != stamps(folder, stamped_files(record)):
-        return None
-    return record
+    return current(data, exp_hash, lambda names: stamps(folder, names))
 
 
 def _info(record: dict[str, Any], monitor: str | None, mode: str | None) -> dict[str, Any] | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -223,8 +223,11 @@ def encode(m: Manifest, t: Tally, generation: int | None, files_stamp: list[Any]
     return json.dumps(record, allow_nan=False, separators=(",", ":")).encode()
 
 
-def decode(data: bytes, exp_hash: str) -> dict[str, Any] | None:
-    """The summary record in ``data`` if it is one of ``exp_hash`` in this format, else None."""
+def current(
+    data: bytes, exp_hash: str, stamps_now: Callable[[tuple[str, str | None]], list[Any] | None]
+) -> dict[str, Any] | None:
+    """The summary record in ``data`` if it is one of ``exp_hash`` in this format and describes the
+    manifest files as they are now (``stamps_now(names)`` stamps the named files), else None."""
     try:
         record = json.loads(data)
     except ValueError:
@@ -234,13 +237,8 @@ def decode(data: bytes, exp_hash: str) -> dict[str, Any] | None:
     generation = record.get("log_generation")
     if record.get("exp_hash") != exp_hash or not (generation is None or type(generation) is int):
         return None
-    return record
-
-
-def stamped_files(record: dict[str, Any]) -> tuple[str, str | None]:
-    """The names, in the experiment folder, of the files ``record``'s stamp covers: the base, the log."""
-    generation = record.get("log_generation")
-    return "manifest.json", None if generation is None else log_name(generation)
+    names = ("manifest.json", None if generation is None else log_name(generation))
+    return record if record.get("stamp") == stamps_now(names) else None
 
 
 __all__ = [
@@ -248,11 +246,10 @@ __all__ = [
     "SUMMARY_NAME",
     "Tally",
     "advance",
-    "decode",
+    "current",
     "encode",
     "file_kind",
     "log_name",
     "retention_monitor",
-    "stamped_files",
     "tally",
 ]

@@ -25,9 +25,8 @@ from weightslab.format.summary import (
     SUMMARY_NAME,
     Tally,
     advance,
-    decode,
+    current,
     encode,
-    stamped_files,
     tally,
 )
 from weightslab.storage.base import Storage
@@ -174,8 +173,7 @@ class ManifestStore:
             exp_hash = m.exp_hash
             state = self._logs.get(exp_hash)
             cached = self._cache.get(exp_hash)
-            if self._summarized():
-                self._next_tally(m, cached)
+            counted = self._next_tally(m, cached) if self._summarized() else None
             if (
                 self.caching
                 and cached is not None
@@ -199,7 +197,7 @@ class ManifestStore:
                     state.bytes += len(line)
                     m.forget_change()
                     self._cache[exp_hash] = m
-                    self._write_summary(m)
+                    self._write_summary(m, counted)
                     return
             if exp_hash in self._versions:
                 version = self._versions[exp_hash]
@@ -208,9 +206,9 @@ class ManifestStore:
                     version = self.storage.read_versioned(self.layout.experiment(exp_hash).manifest)[1]
                 except FileNotFoundError:
                     version = None
-            self._write_whole(m, version)
+            self._write_whole(m, version, counted)
 
-    def _write_whole(self, m: Manifest, version: str | None) -> None:
+    def _write_whole(self, m: Manifest, version: str | None, counted: Tally | None = None) -> None:
         """Replace the manifest whole (a compaction when it is a log's base), then drop older logs."""
         exp = self.layout.experiment(m.exp_hash)
         path = exp.manifest
@@ -242,35 +240,33 @@ class ManifestStore:
         for log_path, g in logs.items():
             if g != generation:
                 self.storage.remove(log_path)  # folded into the base just written
-        self._write_summary(m)
+        self._write_summary(m, counted)
 
     # -- the summary a listing reads -----------------------------------------------------------------
     def _summarized(self) -> bool:
         """Whether this store keeps summaries: a writer on a local file system."""
         return self.caching and isinstance(self.storage, LocalStorage)
 
-    def _next_tally(self, m: Manifest, cached: Manifest | None) -> None:
+    def _next_tally(self, m: Manifest, cached: Manifest | None) -> Tally:
         """Count ``m`` before it is committed: from the tally of ``cached`` when ``m`` derives from
         it (O(change)), else entry by entry. The tally of ``cached`` is dropped first (advancing
         changes it in place): a commit that fails leaves none, and the next one counts again."""
         known = self._tallies.pop(m.exp_hash, None)
         change = m.change()
         if known is not None and known[0] is cached and change is not None and change.origin is cached:
-            counted = advance(known[1], m)
-        else:
-            counted = tally(m)
-        m.__dict__["_tally"] = counted
+            return advance(known[1], m)
+        return tally(m)
 
     def _write_summary(self, m: Manifest, counted: Tally | None = None) -> None:
-        """Write the summary of ``m``, just committed (or read), for the files as they are now.
+        """Write the summary of ``m``, just committed (or read), for the files as they are now;
+        ``counted`` is its tally when the commit prepared one (else ``m`` is counted here).
 
         Not durable, and a failure is not an error: a summary whose stamp does not match the files
         is not used, so a lost or stale one only makes the next listing read the manifest.
         """
         if not self._summarized():
             return
-        prepared = m.__dict__.pop("_tally", None)
-        counted = counted or prepared or tally(m)
+        counted = counted or tally(m)
         self._tallies[m.exp_hash] = (m, counted)
         exp = self.layout.experiment(m.exp_hash)
         state = self._logs.get(m.exp_hash)
@@ -287,10 +283,10 @@ class ManifestStore:
         exp = self.layout.experiment(exp_hash)
         storage = self._summaries  # a LocalStorage, not durable
         try:
-            record = decode(storage.read_bytes(exp.dir / SUMMARY_NAME), exp_hash)
+            data = storage.read_bytes(exp.dir / SUMMARY_NAME)
         except OSError:
             return False
-        return record is not None and record.get("stamp") == stamps(str(exp.dir), stamped_files(record))
+        return current(data, exp_hash, lambda names: stamps(str(exp.dir), names)) is not None
 
     def _appends(self) -> bool:
         """Whether commits may append to a log: a local file system (one writer by its flock). An
