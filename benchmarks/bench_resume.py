@@ -11,12 +11,21 @@ in every round, each restoring into the same live model and optimizer:
   the journal lookup, the size and xxh3-128 check of the step file (computed on a second thread
   while the file is loaded and restored), ``weights_only`` + ``mmap`` loading, and the restore of
   model, optimizer, hyperparameters and RNG;
+- the same with ``resume(verify="background")``, which returns once the state is restored while the
+  checksum goes on (the optimizer's ``step()`` and every save wait for it); timed alone, and with
+  ``wait_verified()`` after it (the whole checksum). Its checksum is always waited for, untimed,
+  before the next peer runs, so that no peer shares the machine with it;
 - ``torch.load(path, mmap=True, weights_only=True)`` + ``load_state_dict`` (model and optimizer):
   the fastest peer, which checks no checksum;
 - the same without ``mmap`` (every byte read into new tensors first);
 - the checksum alone (``LocalStorage.checksum`` of the step file), to show what verification costs;
 - the fastest peer followed by that checksum: what any verified load costs if the two ran one after
   the other (resume overlaps them on two threads).
+
+and, since a resume is followed by training, each of weightslab's two modes and the fastest peer
+followed by the first training step (forward, backward, ``optimizer.step()``, which writes the
+mapped moments and so reads them): the time to the first update, where the peer's deferred reads
+are paid and where the background checksum must have ended.
 
 Each peer starts, untimed, from the same optimizer state (a mapped one) and after a garbage
 collection, so that none pays for freeing what the peer before it left.
@@ -32,6 +41,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -44,10 +54,13 @@ from _common import build_state, machine, median, parse_args, print_table, scrat
 warnings.filterwarnings("ignore")
 
 WL = "weightslab resume() (verified)"
+BG = "weightslab resume(verify='background')"
+BG_WAIT = "weightslab resume(verify='background') + wait_verified()"
 MMAP = "torch.load(mmap=True) + load_state_dict"
 PLAIN = "torch.load + load_state_dict"
 CHECKSUM = "checksum of the step file alone"
 FLOOR = "torch.load(mmap=True) + load_state_dict, then the checksum"
+STEP = ", then the first training step"
 
 
 def main() -> None:
@@ -82,8 +95,16 @@ def main() -> None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optim"])
 
-        times: dict[str, list[float]] = {WL: [], MMAP: [], PLAIN: [], CHECKSUM: [], FLOOR: []}
-        cpu: dict[str, list[float]] = {k: [] for k in times}
+        batch = torch.randn(8, args.width)
+
+        def first_step() -> None:
+            model(batch).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        keys = [WL, BG, BG_WAIT, MMAP, PLAIN, CHECKSUM, FLOOR, WL + STEP, BG + STEP, MMAP + STEP]
+        times: dict[str, list[float]] = {k: [] for k in keys}
+        cpu: dict[str, list[float]] = {k: [] for k in keys}
 
         # Every peer replaces the optimizer state the one before it left. Freeing 0.75 GB of heap
         # tensors (what the non-mmap load leaves) costs far more than dropping a mapping, so each
@@ -97,22 +118,35 @@ def main() -> None:
             times[key].append(timed(fn))
             cpu[key].append(time.process_time() - before)  # every thread of the process
 
-        for _ in range(args.repeats):
+        def resumed(
+            key: str,
+            verify: Literal["now", "background"],
+            then: Callable[[AutomaticCheckpointSystem], object] = lambda system: None,
+        ) -> None:
             system = open_system()
-            run(WL, system.resume)
-            system.close()
+            run(key, lambda: (system.resume(verify=verify), then(system)))
+            system.close()  # untimed: waits for a background checksum still running
             wl.clear_ledger()
+
+        for _ in range(args.repeats):
+            resumed(WL, "now")
+            resumed(BG, "background")
             run(MMAP, lambda: load(True))
+            resumed(BG_WAIT, "background", lambda system: system.wait_verified())
             run(PLAIN, lambda: load(False))
             run(CHECKSUM, lambda: storage.checksum(step_file))
             run(FLOOR, lambda: (load(True), storage.checksum(step_file)))
+            resumed(WL + STEP, "now", lambda system: first_step())
+            run(MMAP + STEP, lambda: (load(True), first_step()))
+            resumed(BG + STEP, "background", lambda system: first_step())
     load_after = os.getloadavg()
 
-    base = times[MMAP]
     rows = []
     for k, v in times.items():
+        base_key = MMAP + STEP if k.endswith(STEP) else MMAP
+        base = times[base_key]
         r = median(v) / median(base)
-        noise = min(v) <= max(base) and min(base) <= max(v) and k != MMAP
+        noise = min(v) <= max(base) and min(base) <= max(v) and k != base_key
         spread = (max(v) - min(v)) / median(v)
         rows.append(
             [
@@ -121,7 +155,7 @@ def main() -> None:
                 f"{spread * 100:.0f}%",
                 f"{r:.2f}x" + (" (noise)" if noise else ""),
                 f"{median(cpu[k]):.3f}",
-                f"{median(cpu[k]) / median(cpu[MMAP]):.2f}x",
+                f"{median(cpu[k]) / median(cpu[base_key]):.2f}x",
                 ", ".join(f"{t:.3f}" for t in v),
             ]
         )
@@ -131,9 +165,10 @@ def main() -> None:
         f"after {load_after[0]:.1f} / {load_after[1]:.1f} / {load_after[2]:.1f} (1 / 5 / 15 min)"
     )
     print_table(
-        f"resume, warm page cache (median seconds; ratio: time relative to {MMAP}, lower is faster; "
-        "(noise): the rounds overlap the peer's)",
-        ["peer", "median (s)", "spread", f"vs {MMAP}", "CPU (s)", "CPU vs peer", "all rounds (s)"],
+        f"resume, warm page cache (median seconds; ratio: time relative to {MMAP}, or to it then the "
+        "first training step for the rows with that step; lower is faster; (noise): the rounds overlap "
+        "the peer's)",
+        ["peer", "median (s)", "spread", "vs the peer", "CPU (s)", "CPU vs peer", "all rounds (s)"],
         rows,
     )
 

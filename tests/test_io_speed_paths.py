@@ -1,5 +1,6 @@
-"""The fast I/O paths: libxxhash digests, the hash beside the write, early writeback, and the resume
-whose checksum runs while the state is restored (a mismatch then falls back or says what is live)."""
+"""The fast I/O paths: libxxhash digests, the hash beside the write, early writeback, the resume
+whose checksum runs while the state is restored (a mismatch then falls back or says what is live),
+and the resume that returns before its checksum ends (verify="background": gated steps and saves)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,12 @@ import torch
 import xxhash
 
 from weightslab.components import AutomaticCheckpointSystem
-from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError
+from weightslab.errors import (
+    CheckpointCorruptedError,
+    CheckpointNotFoundError,
+    ConfigError,
+    UnverifiedStateError,
+)
 from weightslab.format.stepfile import save_state
 from weightslab.registry.ledger import Ledger
 from weightslab.storage import writeback
@@ -109,14 +115,23 @@ def test_a_file_hashed_by_the_xxhash_module_still_verifies(tmp_path: Path) -> No
     assert LocalStorage(durable=False).checksum(path) == (len(data), xxhash.xxh3_128(data).hexdigest())
 
 
-def _run(root: Path, steps: range, seed: int = 0) -> tuple[AutomaticCheckpointSystem, torch.nn.Module]:
+def _open(
+    root: Path, seed: int = 0, *, optimizer: bool = True
+) -> tuple[AutomaticCheckpointSystem, torch.nn.Module, torch.optim.Optimizer]:
+    """A system on ``root`` with a fresh model, its AdamW (registered with ``optimizer``) and a config."""
     ledger = Ledger()
     system = AutomaticCheckpointSystem(root_log_dir=root, checkpoint_frequency=10, ledger=ledger)
     model = mlp(seed=seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ledger.register_model("model", model)
-    ledger.register_optimizer("optimizer", opt)
+    if optimizer:
+        ledger.register_optimizer("optimizer", opt)
     ledger.register_hyperparams("config", {"lr": 1e-2})
+    return system, model, opt
+
+
+def _run(root: Path, steps: range, seed: int = 0) -> tuple[AutomaticCheckpointSystem, torch.nn.Module]:
+    system, model, opt = _open(root, seed)
     for step in steps:
         train_step(model, opt)
         system.checkpoint_on_step(step)
@@ -240,3 +255,102 @@ def test_an_explicit_step_is_verified_before_anything_is_restored(tmp_path: Path
     # the error of resume(N) still means that nothing was touched
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     second.close()
+
+
+def _saved_run(root: Path, *, damaged: bool) -> str:
+    """Checkpoints 10 and 20 of one run in ``root`` (20 with a flipped byte when ``damaged``); its hash."""
+    first, _ = _run(root, range(21))
+    h = first.exp_hash
+    first.close()
+    assert h is not None
+    if damaged:
+        saved = CheckpointManager(root, mode="r").load(h, 20)["models"]["model"]["0.weight"]
+        _damage_tensor(root / "checkpoints" / h / "model" / f"{h}_step_000020.pt", saved)
+    return h
+
+
+def _holds(model: torch.nn.Module, root: Path, h: str, step: int) -> bool:
+    saved = CheckpointManager(root, mode="r").load(h, step)["models"]["model"]
+    return all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_a_background_resume_restores_at_once_and_steps_once_its_checksum_passed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    h = _saved_run(root, damaged=False)
+    second, model, opt = _open(root, seed=7)
+    assert second.resume(verify="background") == 21
+    assert _holds(model, root, h, 20)
+    train_step(model, opt)  # the first step waits for the checksum, which passed: it steps
+    assert not opt._optimizer_step_pre_hooks  # the gate is gone once passed
+    second.wait_verified()  # nothing left to wait for
+    for step in range(21, 31):
+        train_step(model, opt)
+        second.checkpoint_on_step(step)
+    second.close()
+    assert [e.step for e in CheckpointManager(root, mode="r").checkpoints(h)] == [10, 20, 30]
+    assert not [
+        e for e in CheckpointManager(root, mode="r").events() if e["event"] == "checkpoint_unreadable"
+    ]
+
+
+def test_a_failed_background_checksum_stops_every_step_and_save_until_resume_falls_back(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    h = _saved_run(root, damaged=True)
+    second, model, opt = _open(root, seed=7)
+    assert second.resume(verify="background") == 21  # restored before its checksum ended
+    restored = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UnverifiedStateError, match=f"{h}_step_000020.pt") as exc:
+        train_step(model, opt)
+    assert "call resume() again" in str(exc.value)
+    assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())  # no update applied
+    with pytest.raises(UnverifiedStateError):
+        opt.step()  # and again, for as long as the state is unverified
+    with pytest.raises(UnverifiedStateError):
+        second.wait_verified()
+    with pytest.raises(UnverifiedStateError):
+        second.checkpoint_on_step(30)  # a due save refuses to write the unverified state
+    assert [e.step for e in CheckpointManager(root, mode="r").checkpoints(h)] == [10, 20]
+    (event,) = [e for e in second.manager.events() if e["event"] == "checkpoint_unreadable"]
+    assert event["step"] == 20 and event["deferred"] is True and "corrupted" in event["error"]
+
+    # resume again: the journalled file is verified before it is restored, so it falls back
+    assert second.resume(verify="background") == 11
+    assert _holds(model, root, h, 10)
+    train_step(model, opt)
+    second.close()
+
+
+def test_a_restarted_process_never_restores_a_checkpoint_that_failed_unverified_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "root"
+    h = _saved_run(root, damaged=True)
+    second, model, opt = _open(root, seed=7)
+    assert second.resume(verify="background") == 21
+    second.close()  # the failed check is logged, and nothing (no "last" save) is written from it
+    assert "failed its check" in caplog.text
+    assert [e.step for e in CheckpointManager(root, mode="r").checkpoints(h)] == [10, 20]
+
+    third, model, opt = _open(root, seed=8)  # a new run, as a restarted job would open it
+    assert third.resume(verify="background") == 11  # 20 is journalled unreadable: verified first
+    assert _holds(model, root, h, 10)
+    train_step(model, opt)
+    third.close()
+
+
+def test_a_background_resume_without_an_optimizer_verifies_before_it_returns(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    h = _saved_run(root, damaged=True)
+    second, model, _ = _open(root, seed=7, optimizer=False)  # nothing would wait: no step to gate
+    assert second.resume(verify="background") == 11
+    assert _holds(model, root, h, 10)
+    second.close()
+
+
+def test_resume_names_an_unknown_verify_mode(tmp_path: Path) -> None:
+    system, _, _ = _open(tmp_path / "root")
+    with pytest.raises(ConfigError, match=r"verify='later'.*verify='background'"):
+        system.resume(verify="later")  # type: ignore[arg-type]
+    system.close()

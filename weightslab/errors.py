@@ -121,6 +121,14 @@ class CheckpointCorruptedError(WeightslabError):
         )
 
 
+class UnverifiedStateError(WeightslabError):
+    """The registered objects hold state restored from a checkpoint that then failed its checksum.
+
+    Raised by ``optimizer.step()``, saves and :meth:`wait_verified` after ``resume(verify="background")``;
+    call ``resume()`` again.
+    """
+
+
 class CheckpointFormatError(WeightslabError, ValueError):
     """A file is not a weightslab checkpoint of a format this version reads."""
 
@@ -242,5 +250,6 @@ __all__ = [
     "UnknownExperimentError",
     "UnsafePathError",
     "UntrustedLoadError",
+    "UnverifiedStateError",
     "WeightslabError",
 ]

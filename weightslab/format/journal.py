@@ -93,3 +93,35 @@ def last_active_experiment(path: Path, storage: Storage | None = None) -> str | 
     except FileNotFoundError:
         return None
     return newest_activation(data)
+
+
+def unreadable_checkpoints(path: Path, storage: Storage | None = None) -> set[tuple[str, int]]:
+    """(experiment, step) of every checkpoint the journal records as ``checkpoint_unreadable``.
+
+    Most journals hold none: the bytes are searched for the event's name before any line is parsed.
+    """
+    storage = storage if storage is not None else LocalStorage(durable=False)
+    try:
+        data = storage.read_bytes(path) if storage.is_file(path) else b""
+    except FileNotFoundError:
+        return set()
+    marker = b'"checkpoint_unreadable"'
+    found: set[tuple[str, int]] = set()
+    at = data.find(marker)
+    while at >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        end = len(data) if end < 0 else end
+        try:
+            record = json.loads(data[start:end])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if (
+            isinstance(record, dict)
+            and record.get("event") == "checkpoint_unreadable"
+            and isinstance(record.get("exp_hash"), str)
+            and isinstance(record.get("step"), int)
+        ):
+            found.add((record["exp_hash"], record["step"]))
+        at = data.find(marker, end)
+    return found

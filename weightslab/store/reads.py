@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from weightslab.errors import CheckpointNotFoundError
-from weightslab.format.journal import last_active_experiment, read_events
+from weightslab.format.journal import last_active_experiment, read_events, unreadable_checkpoints
 from weightslab.format.layout import SHARD_STATE
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.policy.retention import RetentionPolicy
@@ -40,6 +40,10 @@ class Reading(ManagerParts):
 
     def events(self) -> list[dict[str, Any]]:
         return list(read_events(self.layout.events_file, self.storage))
+
+    def unreadable(self) -> set[tuple[str, int]]:
+        """(experiment, step) of the checkpoints the journal records as having failed a load or check."""
+        return unreadable_checkpoints(self.layout.events_file, self.storage)
 
     def entry(
         self,

@@ -46,6 +46,7 @@ from weightslab.system.saving import Saving
 from weightslab.system.scheduled import Scheduled
 from weightslab.system.snapshot import SnapshotBuffers
 from weightslab.system.validation import check_notes, check_step, clean_metrics
+from weightslab.system.verifying import PendingCheck
 from weightslab.system.views import Views
 from weightslab.system.writer import BackgroundWriter
 
@@ -114,6 +115,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         self._closed = False
         self._detect = self.config.detect_changes
         self._resume_floor: int | None = None
+        self._verifying: PendingCheck | None = None  # a resume's checksum still running (verify="background")
         self._warned_backwards = False
         self._warned_rewind = False
         # announced changes without step=: saved at the next checkpoint_on_step, at its step

@@ -32,8 +32,10 @@ class Lifecycle(SystemParts):
             if self._closed:
                 return
             final_error: CheckpointSaveError | None = None
+            verified = self._settle_verification()  # a failed check was logged: nothing is saved from it
             try:
-                self._save_at_close()
+                if verified:
+                    self._save_at_close()
             except CheckpointSaveError as exc:  # on_error="raise": still release the root, then raise
                 final_error = exc
             self._closed = True

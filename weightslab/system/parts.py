@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from weightslab.system.preemption import SignalTrap
     from weightslab.system.ranks import ShardCommitter, ShardJob
     from weightslab.system.snapshot import SnapshotBuffers
+    from weightslab.system.verifying import PendingCheck
     from weightslab.system.writer import BackgroundWriter
 
 
@@ -52,6 +53,7 @@ class SystemParts:
         _last_metrics: Mapping[str, Any] | None
         _closed: bool
         _resume_floor: int | None
+        _verifying: PendingCheck | None
         _monitor_seen: bool
         _warned_backwards: bool
         _warned_rewind: bool
@@ -71,6 +73,7 @@ class SystemParts:
         def flush(self) -> None: ...
         def _surface_errors(self) -> None: ...
         def _check_open(self) -> None: ...
+        def _settle_verification(self) -> bool: ...
         def _begin(self, step: int) -> None: ...
         def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None: ...
         def _save_announced(

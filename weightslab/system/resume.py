@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 from weightslab.errors import (
     CheckpointCorruptedError,
@@ -22,6 +22,7 @@ from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager
 from weightslab.store.verify import check_size, verify_entry
 from weightslab.system.validation import check_step
+from weightslab.system.verifying import Background
 
 log = logging.getLogger("weightslab")
 
@@ -103,6 +104,9 @@ def candidates(
 Restore = Callable[[dict[str, Any], CheckpointEntry, str], None]
 """Puts a loaded step dict into the live objects: (data, its entry, its experiment)."""
 
+Defer = Callable[[Background[Any], CheckpointEntry, str], None]
+"""Takes the checksum still running for a restored checkpoint: (the check, its entry, its experiment)."""
+
 
 def load_first(
     manager: CheckpointManager,
@@ -112,6 +116,8 @@ def load_first(
     strict: bool,
     root: Path | Any,
     restore: Restore | None = None,
+    defer: Defer | None = None,
+    verify_first: Collection[tuple[str, int]] = (),
 ) -> tuple[dict[str, Any], CheckpointEntry, str, list[str]]:
     """Load the first candidate that verifies: (data, entry, its experiment, files skipped).
 
@@ -124,6 +130,11 @@ def load_first(
     candidate is restored over the unverified state; if that candidate lacks the state of an object
     the unverified one wrote into, or none verifies, CheckpointNotFoundError says the live objects
     hold unverified state.
+
+    With ``defer`` too, the first candidate restored is returned without waiting for its checksum,
+    which is handed to ``defer``; the candidates in ``verify_first`` ((experiment, step) journalled
+    unreadable before) are still waited for, so a file that failed once is never restored unverified
+    again.
     """
     skipped: list[str] = []
     unverified: str | None = None  # a file restored into the live objects that then failed its checksum
@@ -149,7 +160,9 @@ def load_first(
                 return manager.load_entry(h, entry, consolidate=False), entry, h, skipped
             # an explicit step (strict) is verified before anything is restored: its error then means
             # that nothing was touched, as the caller of resume(N) expects
-            return load_and_restore(manager, h, entry, tracked, overlap=not strict), entry, h, skipped
+            later = defer if (h, entry.step) not in verify_first else None
+            data = load_and_restore(manager, h, entry, tracked, overlap=not strict, defer=later)
+            return data, entry, h, skipped
         except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
             if last and last[-1][0] == entry.file:
                 unverified = entry.file
@@ -193,6 +206,7 @@ def load_and_restore(
     restore: Restore,
     *,
     overlap: bool = True,
+    defer: Defer | None = None,
 ) -> dict[str, Any]:
     """Load ``entry``, restore it with ``restore`` and verify it, the checksum overlapping the rest.
 
@@ -206,7 +220,8 @@ def load_and_restore(
     says so). Any error of loading or restoring a file whose checksum differs is reported as that
     CheckpointCorruptedError. A sharded checkpoint is verified first and then restored (its DCP
     files are read by the restore itself). With ``overlap=False`` the checksum is waited for before
-    anything is restored.
+    anything is restored. With ``defer``, the checksum starts on the helper thread once ``restore``
+    returned and is handed to ``defer`` instead of waited for.
     """
     exp = manager.experiment(exp_hash)
     if entry.shards or not overlap:
@@ -215,42 +230,19 @@ def load_and_restore(
         return data
     path = exp.resolve(entry.file)
     check_size(manager.storage, path, entry)
-    checking = _Background(lambda: verify_entry(manager.storage, exp, entry))
+    check = partial(verify_entry, manager.storage, exp, entry)
+    # deferred, the checksum starts once the restore is done: run beside it, both would fault in
+    # pages of the same file and the restore, which resume() waits for, would take longer
+    checking = Background(check) if defer is None else None
     try:
         data = load_step_file(path, mmap=True, storage=manager.storage, verify_blobs=True)
         restore(data, entry, exp_hash)
     except BaseException:
-        checking.result()  # a checksum mismatch is the error to report, not what parsing it raised
+        # a checksum mismatch is the error to report, not what parsing it raised
+        (checking.result if checking is not None else check)()
         raise
-    checking.result()
+    if defer is not None:
+        defer(Background(check), entry, exp_hash)
+    elif checking is not None:
+        checking.result()
     return data
-
-
-T = TypeVar("T")
-
-
-class _Background(Generic[T]):
-    """Run ``fn`` on a new daemon thread now; :meth:`result` waits for it and returns or raises.
-
-    For work that releases the GIL (a checksum through libxxhash) overlapping this thread's own.
-    """
-
-    def __init__(self, fn: Callable[[], T]) -> None:
-        self._fn = fn
-        self._value: T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="weightslab-verify", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as exc:  # handed to whoever waits in result()
-            self._error = exc
-
-    def result(self) -> T:
-        """Wait for ``fn`` and return its value, or raise what it raised."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]  # set by _run when no error was kept

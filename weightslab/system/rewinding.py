@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
-from weightslab.errors import CheckpointNotFoundError, StepOrderError, WeightslabError
+import torch
+
+from weightslab.errors import CheckpointNotFoundError, ConfigError, StepOrderError, WeightslabError
 from weightslab.format.manifest import CheckpointEntry
 from weightslab.system import resume as resume_search
 from weightslab.system import sharded
@@ -20,30 +22,46 @@ from weightslab.system.parts import SystemParts
 from weightslab.system.restore import restore_state
 from weightslab.system.resume import ResumeMode
 from weightslab.system.snapshot import restore_rng
+from weightslab.system.verifying import Background, PendingCheck
 
 log = logging.getLogger("weightslab")
 
 Found = tuple[dict[str, Any], CheckpointEntry, str, list[str]]
 """A loaded checkpoint: its step dict, its entry, its experiment and the files skipped before it."""
 
+Verify = Literal["now", "background"]
+VERIFY_MODES: tuple[Verify, ...] = ("now", "background")
+
 
 class Rewinding(SystemParts):
     """``resume`` and the handling of steps that go back."""
 
-    def resume(self, mode: ResumeMode = "latest") -> int:
+    def resume(self, mode: ResumeMode = "latest", *, verify: Verify = "now") -> int:
         """Restore every registered object from the run's newest checkpoint that verifies.
 
         ``mode`` is "latest", "best" (by the configured ``monitor``) or a step number of the active
         experiment. Returns the step to continue from (0 on a fresh root). Raises
         ArchitectureMismatchError when a registered model does not fit the checkpoint,
         CheckpointNotFoundError when nothing verifies.
+
+        ``verify="now"`` (the default) returns once the step file's checksum passed. With
+        ``verify="background"`` resume returns as soon as the state is restored and the checksum
+        finishes on a helper thread: each registered optimizer's ``step()``, every save,
+        :meth:`wait_verified`, ``close()`` and the next ``resume()`` wait for it first, and raise
+        UnverifiedStateError when it failed (nothing is stepped or saved from that state). It
+        applies to the newest candidate of a ``"latest"`` or ``"best"`` resume of one process,
+        with a registered optimizer; everything else is verified before it returns, as is a
+        checkpoint the journal records as unreadable.
         """
+        if verify not in VERIFY_MODES:
+            raise ConfigError(f"resume(verify={verify!r}): use verify='now' or verify='background'")
         with self._lock:
             self._check_open()
+            self._settle_verification()
             if self._writer is not None:
                 self._writer.wait()
             restored = not self._group.distributed  # restored while its checksum is computed
-            found = self._resume_agreed(mode, restore=restored)
+            found = self._resume_agreed(mode, restore=restored, background=verify == "background")
             if found is None:
                 return 0
             data, entry, source_hash, skipped = found
@@ -71,9 +89,29 @@ class Rewinding(SystemParts):
         """
         with self._lock:
             self._check_open()
+            self._settle_verification()
             if self._writer is not None:
                 self._writer.wait()
             return self._resume_agreed(mode)
+
+    def wait_verified(self) -> None:
+        """Wait for the checksum of a ``resume(verify="background")``; returns at once if none runs.
+
+        Raises UnverifiedStateError when it failed: the registered objects hold unverified state
+        (call ``resume()`` again).
+        """
+        pending = self._verifying
+        if pending is None:
+            return
+        pending.wait()
+        self._verifying = None
+
+    def _settle_verification(self) -> bool:
+        """Wait for a background checksum still running, without raising (its failure is journalled
+        and logged): the caller is about to replace or release the state it guarded. Whether no
+        check failed."""
+        pending, self._verifying = self._verifying, None
+        return pending is None or pending.settle()
 
     def adopt(
         self,
@@ -94,6 +132,7 @@ class Rewinding(SystemParts):
         """
         with self._lock:
             self._check_open()
+            self._settle_verification()
             if self._writer is not None:
                 self._writer.wait()
             entry = self.manager.entry(exp_hash, step)
@@ -107,15 +146,18 @@ class Rewinding(SystemParts):
                 mode=mode,
             )
 
-    def _resume_agreed(self, mode: ResumeMode, *, restore: bool = False) -> Found | None:
+    def _resume_agreed(
+        self, mode: ResumeMode, *, restore: bool = False, background: bool = False
+    ) -> Found | None:
         """What to resume, chosen on rank 0 and loaded on every rank (None: start at step 0).
 
         With ``restore`` (one process only), the checkpoint found is also restored into the ledger,
-        its checksum computed meanwhile (:func:`~weightslab.system.resume.load_and_restore`).
+        its checksum computed meanwhile (:func:`~weightslab.system.resume.load_and_restore`), and
+        with ``background`` left running (see :meth:`resume`).
         """
         group = self._group
         if not group.distributed:
-            return self._find_resume(mode, restore=restore)
+            return self._find_resume(mode, restore=restore, background=background)
         found: Found | None = None
         failure: BaseException | None = None
         if group.is_main:
@@ -136,7 +178,9 @@ class Rewinding(SystemParts):
         entry = self.manager.entry(source_hash, step)
         return self.manager.load_entry(source_hash, entry, consolidate=False), entry, source_hash, []
 
-    def _find_resume(self, mode: ResumeMode, *, restore: bool = False) -> Found | None:
+    def _find_resume(
+        self, mode: ResumeMode, *, restore: bool = False, background: bool = False
+    ) -> Found | None:
         exp_hash = self.manager.last_active()
         if exp_hash is None:
             self.manager.event("resume_fresh")
@@ -148,6 +192,14 @@ class Rewinding(SystemParts):
             log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
             return None
         tried = resume_search.candidates(self.manager, exp_hash, mode, self.retention, self.config.monitor)
+        optimizers = [
+            o for o in self.ledger.items("optimizer").values() if isinstance(o, torch.optim.Optimizer)
+        ]
+        deferred = restore and background and bool(optimizers)  # without an optimizer nothing would wait
+
+        def defer(checking: Background[Any], entry: CheckpointEntry, h: str) -> None:
+            self._verifying = PendingCheck(checking, h, entry, optimizers, self.manager.event)
+
         return resume_search.load_first(
             self.manager,
             exp_hash,
@@ -155,6 +207,8 @@ class Rewinding(SystemParts):
             strict=isinstance(mode, int),
             root=self.root,
             restore=self._restore_found if restore else None,
+            defer=defer if deferred else None,
+            verify_first=self.manager.unreadable() if deferred else (),
         )
 
     def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
