@@ -281,8 +281,8 @@ def test_a_background_resume_restores_at_once_and_steps_once_its_checksum_passed
     assert second.resume(verify="background") == 21
     assert _holds(model, root, h, 20)
     train_step(model, opt)  # the first step waits for the checksum, which passed: it steps
+    second.wait_verified()
     assert not opt._optimizer_step_pre_hooks  # the gate is gone once passed
-    second.wait_verified()  # nothing left to wait for
     for step in range(21, 31):
         train_step(model, opt)
         second.checkpoint_on_step(step)
@@ -303,7 +303,7 @@ def test_a_failed_background_checksum_stops_every_step_and_save_until_resume_fal
     restored = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(UnverifiedStateError, match=f"{h}_step_000020.pt") as exc:
         train_step(model, opt)
-    assert "call resume() again" in str(exc.value)
+    assert "Call resume() again" in str(exc.value)
     assert all(torch.equal(restored[k], v) for k, v in model.state_dict().items())  # no update applied
     with pytest.raises(UnverifiedStateError):
         opt.step()  # and again, for as long as the state is unverified
@@ -353,4 +353,42 @@ def test_resume_names_an_unknown_verify_mode(tmp_path: Path) -> None:
     system, _, _ = _open(tmp_path / "root")
     with pytest.raises(ConfigError, match=r"verify='later'.*verify='background'"):
         system.resume(verify="later")  # type: ignore[arg-type]
+    system.close()
+
+
+def test_a_failed_background_check_keeps_gating_until_a_restore_replaces_the_state(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    h = _saved_run(root, damaged=True)
+    second, model, opt = _open(root, seed=7)
+    assert second.resume(verify="background") == 21
+    with pytest.raises(UnverifiedStateError):
+        second.wait_verified()
+    assert second.find_resume() is not None  # restores nothing: the gate stays
+    with pytest.raises(CheckpointNotFoundError):
+        second.resume(99)  # raises before restoring: the gate stays
+    late = torch.optim.SGD(model.parameters(), lr=0.1)
+    second.ledger.register_optimizer("late", late)  # registered after resume: gated too
+    model(torch.randn(2, 8)).sum().backward()
+    with pytest.raises(UnverifiedStateError):
+        late.step()
+    with pytest.raises(UnverifiedStateError):
+        opt.step()
+    assert [e.step for e in CheckpointManager(root, mode="r").checkpoints(h)] == [10, 20]
+    assert second.resume() == 11
+    late.step()
+    second.close()
+
+
+def test_a_best_resume_that_would_rewind_is_verified_before_it_returns(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    h = _saved_run(root, damaged=True)
+    ledger = Ledger()
+    system = AutomaticCheckpointSystem(root_log_dir=root, checkpoint_frequency=10, ledger=ledger)
+    model = mlp(seed=3)
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", torch.optim.AdamW(model.parameters(), lr=1e-2))
+    ledger.register_hyperparams("config", {"lr": 1e-2})
+    assert system.resume(10, verify="background") == 11  # an explicit step: verified first
+    live = [e.step for e in CheckpointManager(root, mode="r").manifest(h).live()]
+    assert live == [10]  # resume(10) rewound past 20, after verifying 10
     system.close()

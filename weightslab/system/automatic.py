@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import Any, cast
 
+import torch
+
 from weightslab.errors import (
     CheckpointNotFoundError,
     ConfigError,
@@ -341,8 +343,16 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
 
     # -- changes and saving -----------------------------------------------------------------------
     def _on_ledger_event(self, event: LedgerEvent) -> None:
-        """Journal what the ledger hears from outside the training loop (file edits, rejections)."""
-        if self._closed or event.kind != "hyperparams":
+        """Journal what the ledger hears from outside the training loop (file edits, rejections); gate
+        an optimizer registered while a background checksum runs."""
+        if self._closed:
+            return
+        pending = self._verifying
+        if pending is not None and event.kind == "optimizer" and event.action == "register":
+            opt = self.ledger.items("optimizer").get(event.name)
+            if isinstance(opt, torch.optim.Optimizer):
+                pending.guard(opt)
+        if event.kind != "hyperparams":
             return
         if event.action == "rejected":
             self.manager.event(
@@ -369,6 +379,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
 
     def _record_changes(self, step: int, metrics: dict[str, float | None], announced: str | None) -> bool:
         """Compare with the active experiment; on a hash change open the new one and save. True if switched."""
+        self._gate()  # no experiment is opened from unverified state (resume(verify="background"))
         old = self._exp.identity
         assert old is not None
         ident = self._exp.identity_now()

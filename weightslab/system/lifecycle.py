@@ -33,6 +33,7 @@ class Lifecycle(SystemParts):
                 return
             final_error: CheckpointSaveError | None = None
             verified = self._settle_verification()  # a failed check was logged: nothing is saved from it
+            self._drop_check(self._verifying)
             try:
                 if verified:
                     self._save_at_close()
@@ -102,6 +103,10 @@ class Lifecycle(SystemParts):
         signum = self._signals.signal
         assert signum is not None
         name = signal.Signals(signum).name
+        if not self._settle_verification():  # a failed background checksum: nothing is saved from it
+            self.manager.event("preempted", signal=name, step=step, exp_hash=self.exp_hash)
+            self.close()
+            raise SystemExit(128 + signum)
         clean = clean_metrics(metrics)
         if self._exp.identity is None:
             self._begin(step)

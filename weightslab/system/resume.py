@@ -117,6 +117,7 @@ def load_first(
     root: Path | Any,
     restore: Restore | None = None,
     defer: Defer | None = None,
+    deferrable: tuple[str, int] | None = None,
     verify_first: Collection[tuple[str, int]] = (),
 ) -> tuple[dict[str, Any], CheckpointEntry, str, list[str]]:
     """Load the first candidate that verifies: (data, entry, its experiment, files skipped).
@@ -131,10 +132,10 @@ def load_first(
     the unverified one wrote into, or none verifies, CheckpointNotFoundError says the live objects
     hold unverified state.
 
-    With ``defer`` too, the first candidate restored is returned without waiting for its checksum,
-    which is handed to ``defer``; the candidates in ``verify_first`` ((experiment, step) journalled
-    unreadable before) are still waited for, so a file that failed once is never restored unverified
-    again.
+    With ``defer`` too, the candidate ``deferrable`` ((experiment, step)) is returned once restored,
+    without waiting for its checksum, which is handed to ``defer``. The candidates in
+    ``verify_first`` (journalled unreadable before) are verified before anything is restored, so a
+    file that failed once is never restored unverified again.
     """
     skipped: list[str] = []
     unverified: str | None = None  # a file restored into the live objects that then failed its checksum
@@ -160,8 +161,9 @@ def load_first(
                 return manager.load_entry(h, entry, consolidate=False), entry, h, skipped
             # an explicit step (strict) is verified before anything is restored: its error then means
             # that nothing was touched, as the caller of resume(N) expects
-            later = defer if (h, entry.step) not in verify_first else None
-            data = load_and_restore(manager, h, entry, tracked, overlap=not strict, defer=later)
+            first = strict or (h, entry.step) in verify_first
+            later = defer if (h, entry.step) == deferrable and not first else None
+            data = load_and_restore(manager, h, entry, tracked, overlap=not first, defer=later)
             return data, entry, h, skipped
         except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
             if last and last[-1][0] == entry.file:

@@ -58,6 +58,7 @@ class Rewinding(SystemParts):
         with self._lock:
             self._check_open()
             self._settle_verification()
+            failed = self._verifying  # a failed background check: it gates until a restore replaces it
             if self._writer is not None:
                 self._writer.wait()
             restored = not self._group.distributed  # restored while its checksum is computed
@@ -65,6 +66,7 @@ class Rewinding(SystemParts):
             if found is None:
                 return 0
             data, entry, source_hash, skipped = found
+            self._drop_check(failed)
             if not restored:
                 self._restore_found(data, entry, source_hash)
             self._continue_resumed(entry, source_hash, f"resume({mode!r})")
@@ -89,7 +91,6 @@ class Rewinding(SystemParts):
         """
         with self._lock:
             self._check_open()
-            self._settle_verification()
             if self._writer is not None:
                 self._writer.wait()
             return self._resume_agreed(mode)
@@ -100,18 +101,33 @@ class Rewinding(SystemParts):
         Raises UnverifiedStateError when it failed: the registered objects hold unverified state
         (call ``resume()`` again).
         """
+        with self._lock:
+            self._gate()
+
+    def _gate(self) -> None:
+        """Wait for a background checksum; UnverifiedStateError when it failed. Once passed it is gone."""
         pending = self._verifying
-        if pending is None:
-            return
-        pending.wait()
-        self._verifying = None
+        if pending is not None:
+            pending.wait()
+            self._drop_check(pending)
 
     def _settle_verification(self) -> bool:
-        """Wait for a background checksum still running, without raising (its failure is journalled
-        and logged): the caller is about to replace or release the state it guarded. Whether no
-        check failed."""
-        pending, self._verifying = self._verifying, None
-        return pending is None or pending.settle()
+        """Wait for a background checksum without raising (a failure is logged); whether it passed.
+
+        A passed check is dropped; a failed one keeps gating until a restore replaces the state.
+        """
+        pending = self._verifying
+        if pending is None or pending.passed():
+            self._drop_check(pending)
+            return True
+        return False
+
+    def _drop_check(self, pending: PendingCheck | None) -> None:
+        """Forget ``pending`` (passed, or its state restored over) and remove its step hooks."""
+        if pending is not None:
+            pending.release()
+            if self._verifying is pending:
+                self._verifying = None
 
     def adopt(
         self,
@@ -133,10 +149,12 @@ class Rewinding(SystemParts):
         with self._lock:
             self._check_open()
             self._settle_verification()
+            failed = self._verifying  # the trainer restored over it
             if self._writer is not None:
                 self._writer.wait()
             entry = self.manager.entry(exp_hash, step)
             self._adopt_resumed(dict(restore or {}), entry, exp_hash, f"resume through {mode}")
+            self._drop_check(failed)
             self.manager.event(
                 "resumed",
                 exp_hash=exp_hash,
@@ -192,10 +210,17 @@ class Rewinding(SystemParts):
             log.info("weightslab: %s has no committed checkpoint yet; starting at step 0", exp_hash)
             return None
         tried = resume_search.candidates(self.manager, exp_hash, mode, self.retention, self.config.monitor)
-        optimizers = [
-            o for o in self.ledger.items("optimizer").values() if isinstance(o, torch.optim.Optimizer)
-        ]
-        deferred = restore and background and bool(optimizers)  # without an optimizer nothing would wait
+        optimizers = list(self.ledger.items("optimizer").values())
+        # deferred only where every step is gated (torch optimizers, at least one) and the resume
+        # rewinds nothing: the newest live checkpoint of the active experiment
+        live = self.manager.manifest(exp_hash).live()
+        deferred = (
+            restore
+            and background
+            and bool(optimizers)
+            and all(isinstance(o, torch.optim.Optimizer) for o in optimizers)
+            and bool(live)
+        )
 
         def defer(checking: Background[Any], entry: CheckpointEntry, h: str) -> None:
             self._verifying = PendingCheck(checking, h, entry, optimizers, self.manager.event)
@@ -208,6 +233,7 @@ class Rewinding(SystemParts):
             root=self.root,
             restore=self._restore_found if restore else None,
             defer=defer if deferred else None,
+            deferrable=(exp_hash, live[-1].step) if deferred else None,
             verify_first=self.manager.unreadable() if deferred else (),
         )
 

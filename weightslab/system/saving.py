@@ -24,9 +24,7 @@ class Saving(SystemParts):
     """``_save`` and what it calls."""
 
     def _save(self, step: int, trigger: str, metrics: dict[str, float | None]) -> None:
-        if self._verifying is not None:  # resume(verify="background"): nothing is saved unverified
-            self._verifying.wait()  # UnverifiedStateError when the resumed checkpoint failed its check
-            self._verifying = None
+        self._gate()  # resume(verify="background"): UnverifiedStateError when its checksum failed
         if self._timer is not None:  # train_time_interval counts from the last save of any kind
             self._timer.restart()
         if self._writer is not None:

@@ -3,11 +3,12 @@
 ``resume(verify="background")`` restores a checkpoint and returns while the step file's xxh3-128 is
 still being computed. The state it restored is then unverified until :class:`PendingCheck` says
 otherwise, and nothing may change it or persist it before that: each registered optimizer's
-``step()`` waits for the checksum first (a step pre-hook on that optimizer, removed once it
-passed), and so do the system's saves, ``close()`` and the next ``resume()``. A checksum that fails
-is journalled as ``checkpoint_unreadable`` and every gate then raises
-:class:`~weightslab.errors.UnverifiedStateError`; a later ``resume()`` verifies that checkpoint
-before restoring it, so a restarted process falls back instead of restoring it again.
+``step()`` waits for the checksum first (a step pre-hook on that optimizer, also on one registered
+later), and so do the system's change checks, saves, ``close()``, the preemption exit and the next
+``resume()``. A checksum that fails is journalled as ``checkpoint_unreadable`` and every gate then
+raises :class:`~weightslab.errors.UnverifiedStateError` until a restore replaces that state; a later
+``resume()`` verifies that checkpoint before restoring it, so a restarted process falls back instead
+of restoring it again.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-from weightslab.errors import UnverifiedStateError
+from weightslab.errors import (
+    CheckpointCorruptedError,
+    CheckpointFormatError,
+    UnsafePathError,
+    UnverifiedStateError,
+)
 from weightslab.format.manifest import CheckpointEntry
 
 log = logging.getLogger("weightslab")
@@ -57,9 +63,10 @@ class Background(Generic[T]):
 class PendingCheck:
     """The checksum of checkpoint ``entry`` of ``exp_hash``, restored before it was verified.
 
-    ``journal`` records the failure (the manager's ``event``). Installs a step pre-hook on each of
-    ``optimizers`` that waits for the checksum; the hooks go once it passed and stay while it failed,
-    so that every ``step()`` on the unverified state raises.
+    ``journal`` records a failure (the manager's ``event``). :meth:`guard` puts a step pre-hook on an
+    optimizer that waits for the checksum; the hooks stay while it failed, so that every ``step()``
+    on the unverified state raises, and go at :meth:`release` (a hook never removes itself: torch
+    is iterating over the hooks while it runs).
     """
 
     def __init__(
@@ -76,8 +83,15 @@ class PendingCheck:
         self._journal = journal
         self._lock = threading.Lock()
         self._done = False
+        self._logged = False
         self._error: UnverifiedStateError | None = None
-        self._hooks = [opt.register_step_pre_hook(self._before_step) for opt in optimizers]
+        self._hooks: list[Any] = []
+        for opt in optimizers:
+            self.guard(opt)
+
+    def guard(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make ``optimizer.step()`` wait for the checksum (and raise when it failed)."""
+        self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self.wait()
@@ -90,37 +104,43 @@ class PendingCheck:
             if self._error is not None:
                 raise self._error
 
-    def settle(self) -> bool:
-        """Wait for the checksum and drop the hooks; whether it passed (a failure is logged, not raised)."""
+    def passed(self) -> bool:
+        """Wait for the checksum; whether it passed. A failure is logged (once), not raised."""
         try:
             self.wait()
         except UnverifiedStateError as exc:
-            log.error("weightslab: %s", exc)
+            if not self._logged:
+                self._logged = True
+                log.error("weightslab: %s", exc)
             return False
-        finally:
-            self._release()
         return True
 
-    def _finish(self) -> None:
-        try:
-            self._checking.result()
-        except Exception as exc:  # any failure leaves the restored state unverified: fail closed
-            e = self.entry
-            self._journal(
-                "checkpoint_unreadable", exp_hash=self.exp_hash, step=e.step, error=str(exc), deferred=True
-            )
-            self._error = UnverifiedStateError(
-                f"{e.file} of experiment {self.exp_hash} (step {e.step}) failed its check after "
-                f"resume(verify='background') restored it ({type(exc).__name__}: {exc}). The registered "
-                "objects hold its unverified state, and no optimizer step and no checkpoint was taken "
-                "from it; call resume() again: it verifies that checkpoint before restoring it and falls "
-                "back to the newest one that verifies"
-            )
-        else:
-            self._release()
-        self._done = True
-
-    def _release(self) -> None:
+    def release(self) -> None:
+        """Remove the step hooks: the checksum passed, or the state it guarded was replaced."""
         hooks, self._hooks = self._hooks, []
         for handle in hooks:
             handle.remove()
+
+    def _finish(self) -> None:
+        e = self.entry
+        try:
+            self._checking.result()
+        except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
+            # the file itself is bad: journalled, so that every later resume verifies it first
+            self._journal(
+                "checkpoint_unreadable", exp_hash=self.exp_hash, step=e.step, error=str(exc), deferred=True
+            )
+            self._error = self._unverified(exc)
+        except Exception as exc:  # a read error (a network blip): not the file's fault, still unverified
+            self._error = self._unverified(exc)
+        self._done = True
+
+    def _unverified(self, exc: Exception) -> UnverifiedStateError:
+        e = self.entry
+        return UnverifiedStateError(
+            f"{e.file} of experiment {self.exp_hash} (step {e.step}) failed its check after "
+            f"resume(verify='background') restored it ({type(exc).__name__}: {exc}). The registered "
+            "objects hold its unverified state; no registered optimizer stepped it and nothing was saved "
+            "from it. Call resume() again: a checkpoint that failed its checksum is verified before it "
+            "is restored, so resume falls back to the newest one that verifies"
+        )
