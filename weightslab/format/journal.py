@@ -62,21 +62,31 @@ class Journal:
         return record
 
 
-def read_events(path: Path, storage: Storage | None = None) -> Iterator[dict[str, Any]]:
-    """Every well-formed event in order; torn or foreign lines are skipped."""
+def _journal_bytes(path: Path, storage: Storage | None) -> bytes:
+    """The journal's bytes (empty when there is none yet), through ``storage`` or the local disk."""
     storage = storage if storage is not None else LocalStorage(durable=False)
     if not storage.is_file(path):
-        return
+        return b""
     try:
-        data = storage.read_bytes(path)
+        return storage.read_bytes(path)
     except FileNotFoundError:
-        return
-    for line in data.split(b"\n"):  # only \n ends a line, as the writer writes them
-        try:
-            record = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(record, dict) and isinstance(record.get("event"), str):
+        return b""
+
+
+def _event(line: bytes) -> dict[str, Any] | None:
+    """The event of one journal line; None for a torn or foreign line."""
+    try:
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("event"), str) else None
+
+
+def read_events(path: Path, storage: Storage | None = None) -> Iterator[dict[str, Any]]:
+    """Every well-formed event in order; torn or foreign lines are skipped."""
+    for line in _journal_bytes(path, storage).split(b"\n"):  # only \n ends a line, as written
+        record = _event(line)
+        if record is not None:
             yield record
 
 
@@ -85,14 +95,7 @@ def last_active_experiment(path: Path, storage: Storage | None = None) -> str | 
 
     Read from the end: the journal grows with every commit, and ``weightslab ls`` asks on each run.
     """
-    storage = storage if storage is not None else LocalStorage(durable=False)
-    if not storage.is_file(path):
-        return None
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        return None
-    return newest_activation(data)
+    return newest_activation(_journal_bytes(path, storage))
 
 
 def unreadable_checkpoints(path: Path, storage: Storage | None = None) -> set[tuple[str, int]]:
@@ -100,11 +103,7 @@ def unreadable_checkpoints(path: Path, storage: Storage | None = None) -> set[tu
 
     Most journals hold none: the bytes are searched for the event's name before any line is parsed.
     """
-    storage = storage if storage is not None else LocalStorage(durable=False)
-    try:
-        data = storage.read_bytes(path) if storage.is_file(path) else b""
-    except FileNotFoundError:
-        return set()
+    data = _journal_bytes(path, storage)
     marker = b'"checkpoint_unreadable"'
     found: set[tuple[str, int]] = set()
     at = data.find(marker)
@@ -112,13 +111,10 @@ def unreadable_checkpoints(path: Path, storage: Storage | None = None) -> set[tu
         start = data.rfind(b"\n", 0, at) + 1
         end = data.find(b"\n", at)
         end = len(data) if end < 0 else end
-        try:
-            record = json.loads(data[start:end])
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            record = None
+        record = _event(data[start:end])
         if (
-            isinstance(record, dict)
-            and record.get("event") == "checkpoint_unreadable"
+            record is not None
+            and record["event"] == "checkpoint_unreadable"
             and isinstance(record.get("exp_hash"), str)
             and isinstance(record.get("step"), int)
         ):
