@@ -49,9 +49,10 @@ class Rewinding(SystemParts):
         finishes on a helper thread: each registered optimizer's ``step()``, every save,
         :meth:`wait_verified`, ``close()`` and the next ``resume()`` wait for it first, and raise
         UnverifiedStateError when it failed (nothing is stepped or saved from that state). It
-        applies to the newest candidate of a ``"latest"`` or ``"best"`` resume of one process,
-        with a registered optimizer; everything else is verified before it returns, as is a
-        checkpoint the journal records as unreadable.
+        applies only to the active experiment's newest live checkpoint (a resume that rewinds
+        nothing), in one process whose registered optimizers are all torch optimizers (at least
+        one); everything else is verified before it returns, and a checkpoint the journal records
+        as unreadable before anything is restored from it.
         """
         if verify not in VERIFY_MODES:
             raise ConfigError(f"resume(verify={verify!r}): use verify='now' or verify='background'")
@@ -213,13 +214,9 @@ class Rewinding(SystemParts):
         optimizers = list(self.ledger.items("optimizer").values())
         # deferred only where every step is gated (torch optimizers, at least one) and the resume
         # rewinds nothing: the newest live checkpoint of the active experiment
-        live = self.manager.manifest(exp_hash).live()
+        live = self.manager.manifest(exp_hash).live() if restore and background else []
         deferred = (
-            restore
-            and background
-            and bool(optimizers)
-            and all(isinstance(o, torch.optim.Optimizer) for o in optimizers)
-            and bool(live)
+            bool(live) and bool(optimizers) and all(isinstance(o, torch.optim.Optimizer) for o in optimizers)
         )
 
         def defer(checking: Background[Any], entry: CheckpointEntry, h: str) -> None:
