@@ -92,6 +92,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         self._buffers = SnapshotBuffers(
             copy_cpu=self.config.async_save, max_staging_bytes=self.config.max_staging_bytes
         )
+        self._early = None  # a snapshot staged ahead of its save (Saving._staging_early)
         self._clock = clock  # the `created` stamp of step files (injectable for reproducible files)
         self._errors = ErrorPolicy(self.manager, self.config.on_error)
         self._detector = ChangeDetector(self.ledger)
@@ -234,20 +235,18 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
         self._last_step = step
         self._last_metrics = metrics
         self._resume_floor = None
-        if self._should_save(step):
+        trigger: str | None = "step" if self._should_save(step) else None
+        if trigger is None and self._timer is not None and self._time_due():
+            trigger = "time"
+        if trigger is not None:
             clean = clean_metrics(metrics)
-            # the full hash (and a read of every parameter) runs before every save, whatever the
-            # cheap check said
-            self._record_changes(step, clean, announced=None)
-            assert self._exp.identity is not None
-            if (self._exp.identity.exp_hash, step) not in self._submitted:
-                self._save(step, "step", clean)
-        elif self._timer is not None and self._time_due():
-            clean = clean_metrics(metrics)
-            self._record_changes(step, clean, announced=None)
-            assert self._exp.identity is not None
-            if (self._exp.identity.exp_hash, step) not in self._submitted:
-                self._save(step, "time", clean)
+            # the state's copy starts first and runs while the full hash (and a read of every
+            # parameter), which runs before every save whatever the cheap check said, is computed
+            with self._staging_early():
+                self._record_changes(step, clean, announced=None)
+                assert self._exp.identity is not None
+                if (self._exp.identity.exp_hash, step) not in self._submitted:
+                    self._save(step, trigger, clean)
 
     def checkpoint_on_model_change(
         self, step: int | None = None, metrics: Mapping[str, Any] | None = None
@@ -406,7 +405,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
             self._detector.rebaseline()
             self._save(step, label, metrics)
             return False
-        self._detector.rebaseline()
+        self._detector.rebaseline(walk=False)  # the architecture hash just came out unchanged
         return False
 
     def _surface_errors(self) -> None:

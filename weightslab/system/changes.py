@@ -127,17 +127,25 @@ class ChangeDetector:
             self._hooked = False
             remove_structure_hooks()
 
-    def rebaseline(self) -> None:
-        """Take the current state as the baseline."""
+    def rebaseline(self, *, walk: bool = True) -> None:
+        """Take the current state as the baseline.
+
+        ``walk=False``, for a caller that has just found the architecture hash unchanged: while no
+        registration happened since the last baseline (the ledger's version and the torch hooks'
+        counter), the parameters are the same objects, and only their sizes, ``requires_grad`` and
+        the hyperparameters are read again, not the module tree.
+        """
+        params, names = self._params, self._names
+        if walk or not self.current():
+            params, names = [], []
+            for mname, model in self.ledger.items("model").items():
+                for pname, p in model.named_parameters():
+                    params.append(p)
+                    names.append((mname, pname))
         self._ledger_version = self.ledger.version
         self._structure = structure_version()
         self._hp_live = list(self.ledger.items("hyperparams").values())
         self._hp_snap = [_copy_for_compare(hp) for hp in self._hp_live]
-        params, names = [], []
-        for mname, model in self.ledger.items("model").items():
-            for pname, p in model.named_parameters():
-                params.append(p)
-                names.append((mname, pname))
         self._params = params
         self._names = names
         self._sizes = list(map(_nbytes, params))
@@ -148,6 +156,27 @@ class ChangeDetector:
             for i in range(0, len(params), b)
         ] or [([], [], [])]
         self._turn = itertools.cycle(self._chunks)  # the slices, round robin
+
+    def current(self) -> bool:
+        """Whether no registration (in the ledger, or of a module, parameter or buffer) happened since
+        the baseline: then its parameter list is still the models' parameters."""
+        return self.ledger._version == self._ledger_version and _structure_version == self._structure
+
+    def parameters(self) -> list[torch.nn.Parameter] | None:
+        """The registered models' parameters from the baseline while it is :meth:`current`, else None."""
+        return self._params if self.current() else None
+
+    def frozen_names(self) -> dict[str, list[str]]:
+        """``{model: [names of its parameters with requires_grad False now]}``, every model listed.
+
+        Read from the baseline's parameters: call it right after :meth:`rebaseline`.
+        """
+        frozen: dict[str, list[str]] = {name: [] for name in self.ledger.items("model")}
+        grads = list(map(_requires_grad, self._params))
+        for (mname, pname), g in zip(self._names, grads, strict=True):
+            if not g:
+                frozen[mname].append(pname)
+        return frozen
 
     @property
     def window(self) -> int:
@@ -170,7 +199,7 @@ class ChangeDetector:
         """(params frozen, params unfrozen) since the baseline, as "model.param" names."""
         frozen: list[str] = []
         unfrozen: list[str] = []
-        if len(self._params) != len(self._grads):
+        if len(self._params) != len(self._grads) or list(map(_requires_grad, self._params)) == self._grads:
             return frozen, unfrozen
         for (mname, pname), p, before in zip(self._names, self._params, self._grads, strict=True):
             if before and not p.requires_grad:

@@ -48,6 +48,7 @@ class Lifecycle(SystemParts):
             if self._writer is not None:
                 self._writer.close()
                 errors = self._writer.take_errors()
+            self._buffers.close()
             self.manager.event("system_closed", exp_hash=self.exp_hash, last_step=self._last_step)
             self.manager.close()
             for release in self._on_close:

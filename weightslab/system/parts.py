@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from weightslab.system.identity import ExperimentIdentity
     from weightslab.system.preemption import SignalTrap
     from weightslab.system.ranks import ShardCommitter, ShardJob
-    from weightslab.system.snapshot import SnapshotBuffers
+    from weightslab.system.snapshot import SnapshotBuffers, StagedCopy
     from weightslab.system.verifying import PendingCheck
     from weightslab.system.writer import BackgroundWriter
 
@@ -59,6 +59,7 @@ class SystemParts:
         _warned_rewind: bool
         _monitor_warned: bool
         _buffers: SnapshotBuffers
+        _early: StagedCopy | None
         _clock: Callable[[], float]
         _committer: Committer
         _shard_committer: ShardCommitter

@@ -7,7 +7,7 @@ from typing import Any
 
 from weightslab.format.layout import CHECKPOINT_FORMAT
 from weightslab.registry.ledger import Kind, Ledger
-from weightslab.system.snapshot import SnapshotBuffers, capture_rng
+from weightslab.system.snapshot import SnapshotBuffers, StagedCopy, capture_rng
 from weightslab.util.canonical import canonicalize, plain
 
 # ledger kind -> key of the step dict
@@ -18,9 +18,32 @@ _STATEFUL_KINDS: tuple[tuple[Kind, str], ...] = (
 )
 
 
+def stage_state(
+    ledger: Ledger, buffers: SnapshotBuffers, *, tensors: bool = True, background: bool = False
+) -> StagedCopy:
+    """Start staging every registered object's state (``background``: see SnapshotBuffers.begin).
+
+    ``tensors=False`` leaves out the models and optimizers (a sharded save writes them through DCP).
+    Raises CheckpointSaveError (from the buffers) naming a leaf a weights_only load could not read.
+    """
+    models = ledger.items("model")
+    # every state tree first, then one staging pass: all tensors land in one arena, copied in one call.
+    # keep_vars: the parameters themselves, not a detached view of each made anew at every save (the
+    # staging copies them without grad), so that a save sees the same objects as the last one
+    state: dict[str, Any] = {
+        "models": {n: m.state_dict(keep_vars=True) for n, m in models.items()} if tensors else {}
+    }
+    for kind, key in _STATEFUL_KINDS:
+        if kind == "optimizer" and not tensors:
+            state[key] = {}
+            continue
+        state[key] = {n: o.state_dict() for n, o in ledger.items(kind).items()}
+    return buffers.begin(state, background=background)
+
+
 def build_payload(
     ledger: Ledger,
-    buffers: SnapshotBuffers,
+    staged: StagedCopy,
     *,
     exp_hash: str,
     step: int,
@@ -28,12 +51,14 @@ def build_payload(
     metrics: Mapping[str, float | None],
     created: float,
     save_rng: bool,
-    tensors: bool = True,
+    frozen: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """The step dict of every registered object, and the CUDA event to wait on before writing it (or None).
+    """The step dict around the ``staged`` state, and the CUDA event to wait on before writing it (or None).
 
-    ``tensors=False`` leaves out the models and optimizers (a sharded save writes them through DCP).
-    Raises CheckpointSaveError (from the buffers) or a canonicalisation error naming the bad value.
+    ``frozen``: the names of the parameters with requires_grad False, when the caller has them (else
+    they are read from the models). The rest of the step dict is read while a background copy runs;
+    it is finished last. Raises a
+    canonicalisation error naming a bad hyperparameter, or the copy's own error.
     """
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -43,23 +68,24 @@ def build_payload(
         "trigger": trigger,
         "metrics": dict(metrics),
     }
-    models = ledger.items("model")
-    # every state tree first, then one staging pass: all tensors land in one arena, copied in one call
-    state: dict[str, Any] = {"models": {n: m.state_dict() for n, m in models.items()} if tensors else {}}
-    for kind, key in _STATEFUL_KINDS:
-        if kind == "optimizer" and not tensors:
-            state[key] = {}
-            continue
-        state[key] = {n: o.state_dict() for n, o in ledger.items(kind).items()}
-    staged, event = buffers.stage(state)
-    payload.update(staged)
-    payload["rng"] = capture_rng() if save_rng else {}
-    # the plain form (int keys, tuples, inf) so that resume restores values with their types
-    hyperparams = ledger.items("hyperparams")
-    for name, hp in hyperparams.items():
-        canonicalize(hp, name)  # refuses, naming the key, a value changed into something unserialisable
-    payload["hyperparams"] = {name: plain(hp) for name, hp in hyperparams.items()}
-    payload["frozen"] = {
-        n: [pn for pn, p in m.named_parameters() if not p.requires_grad] for n, m in models.items()
-    }
+    try:
+        rng = capture_rng() if save_rng else {}
+        # the plain form (int keys, tuples, inf) so that resume restores values with their types
+        hyperparams = ledger.items("hyperparams")
+        for name, hp in hyperparams.items():
+            canonicalize(hp, name)  # refuses, naming the key, a value changed into something unserialisable
+        values = {name: plain(hp) for name, hp in hyperparams.items()}
+        if frozen is None:
+            frozen = {
+                n: [pn for pn, p in m.named_parameters() if not p.requires_grad]
+                for n, m in ledger.items("model").items()
+            }
+    except BaseException:
+        staged.finish()  # no copy may run on once the save is given up
+        raise
+    tree, event = staged.finish()
+    payload.update(tree)
+    payload["rng"] = rng
+    payload["hyperparams"] = values
+    payload["frozen"] = frozen
     return payload, event

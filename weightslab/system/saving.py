@@ -9,13 +9,14 @@ through :mod:`.ranks`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 from weightslab.system.commit import CommitJob
 from weightslab.system.parts import SystemParts
-from weightslab.system.payload import build_payload
+from weightslab.system.payload import build_payload, stage_state
 from weightslab.system.ranks import ShardJob
 from weightslab.system.sharded import is_sharded
 
@@ -68,7 +69,8 @@ class Saving(SystemParts):
         exp_hash = self._exp.identity.exp_hash
         if not self._exp.reopen_if_needed(step):
             return  # still cannot open it: reported, training goes on
-        if self._group.distributed or is_sharded(self.ledger.items("model")):
+        # a state staged ahead (_staging_early) is a single process's plain state: no second look
+        if self._early is None and (self._group.distributed or is_sharded(self.ledger.items("model"))):
             self._save_ranked(exp_hash, step, trigger, metrics)
             return
         try:
@@ -89,17 +91,52 @@ class Saving(SystemParts):
         *,
         tensors: bool = True,
     ) -> tuple[dict[str, Any], Any]:
+        staged, self._early = self._early, None  # staged by _staging_early: the whole state
+        assert staged is None or tensors
+        frozen = None
+        if staged is None:
+            staged = stage_state(self.ledger, self._buffers, tensors=tensors)
+        else:  # the change check of this same call has just taken the detector's baseline
+            frozen = self._detector.frozen_names()
         return build_payload(
             self.ledger,
-            self._buffers,
+            staged,
+            frozen=frozen,
             exp_hash=exp_hash,
             step=step,
             trigger=trigger,
             metrics=metrics,
             created=self._clock(),
             save_rng=self.config.save_rng,
-            tensors=tensors,
         )
+
+    @contextmanager
+    def _staging_early(self) -> Iterator[None]:
+        """Around a scheduled save: stage the state first, its batched copy on the copier thread.
+
+        The copy then overlaps the change check (the architecture walk, the detector's baseline) and
+        the rest of the step dict, which read only metadata; the save in the block takes the staged
+        state. Only for a single process's asynchronous save of plain state; anything that goes
+        wrong here is left to the save itself, which stages again and reports it as usual. A
+        snapshot the block did not take is finished (and dropped) on the way out.
+        """
+        models = self.ledger.items("model")
+        if self._writer is None or self._group.distributed or is_sharded(models, self._detector.parameters()):
+            yield
+            return
+        self._writer.wait()  # the buffers are about to be overwritten
+        # the steady state: the same tensors as at the last save, copied again before they are read
+        self._buffers.copy_ahead()
+        try:
+            self._early = stage_state(self.ledger, self._buffers, background=True)
+        except Exception:  # the save stages again and reports the error
+            self._early = None
+        try:
+            yield
+        finally:
+            staged, self._early = self._early, None
+            if staged is not None:
+                staged.drop()
 
     def _submit(self, job: CommitJob | ShardJob) -> None:
         """Hand a job to the writer (or run it now); the step counts as saved from here on."""

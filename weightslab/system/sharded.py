@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -33,18 +34,23 @@ def _flat_options() -> Any:
     return _dsd().StateDictOptions(flatten_optimizer_state_dict=True)
 
 
-def is_sharded(models: Mapping[str, torch.nn.Module]) -> bool:
+def is_sharded(
+    models: Mapping[str, torch.nn.Module], params: Sequence[torch.nn.Parameter] | None = None
+) -> bool:
     """Whether any registered model holds a DTensor (FSDP2 ``fully_shard``, tensor parallel).
 
     No DTensor can exist before its package is imported, so until something imports
     ``torch.distributed.tensor`` no parameter is read (this runs before every save). The process
-    group is no guide: DTensors outlive ``destroy_process_group()``.
+    group is no guide: DTensors outlive ``destroy_process_group()``. ``params``: the models'
+    parameters when the caller has them already (no walk of the module trees).
     """
     if not torch.distributed.is_available() or "torch.distributed.tensor" not in sys.modules:
         return False
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(p, DTensor) for m in models.values() for p in m.parameters())
+    if params is None:
+        params = [p for m in models.values() for p in m.parameters()]
+    return any(map(isinstance, params, repeat(DTensor)))
 
 
 def _owner(models: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer, name: str) -> str:

@@ -12,10 +12,15 @@ when a source lives on a CUDA device, so that the device-to-host copies can run 
 from __future__ import annotations
 
 import random
+import threading
+import weakref
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from functools import partial
-from operator import attrgetter
-from typing import Any, NoReturn
+from itertools import repeat
+from operator import attrgetter, is_, is_not
+from typing import Any, NoReturn, cast
 
 import numpy as np
 import torch
@@ -26,6 +31,7 @@ from weightslab.system.staging import StagingArena
 Key = tuple[Any, ...]
 # what torch.load(weights_only=True) reads back, besides tensors and containers
 _LEAVES = (bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+_SCALARS = (int, float, str, bool)  # leaves a list is copied with, without a look at each
 _STRIDED = torch.strided
 # what must stay the same for a source to take its slot again without a look at it one by one
 _SIGNATURE = attrgetter("is_cpu", "layout", "dtype", "shape")
@@ -33,6 +39,11 @@ _SIGNATURE = attrgetter("is_cpu", "layout", "dtype", "shape")
 _cuda_is_initialized: Callable[[], bool] = torch.cuda.is_initialized
 # one C++ loop over all pairs instead of a Python call per tensor; private, so guarded
 _foreach_copy: Callable[..., None] | None = getattr(torch, "_foreach_copy_", None)
+# the batched copy goes to the copier thread from this size on (below it, the hand-over costs more
+# than the overlap saves)
+_BACKGROUND_BYTES = 1 << 20
+# CPU tensors copied in the batch: a Parameter (a model's state_dict(keep_vars=True)) is one too
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 class SnapshotBuffers:
@@ -64,6 +75,14 @@ class SnapshotBuffers:
         self._signature: list[tuple[Any, ...]] | None = None
         self.staged_bytes = 0
         """Bytes of staging memory the last snapshot used."""
+        self._copier: ThreadPoolExecutor | None = None  # started by the first background copy
+        self._inflight: StagedCopy | None = None  # a background copy not finished yet
+        # weak references to the sources of the last background copy, when it filled the kept arena
+        # in one batch: copy_ahead() copies them again before the next state is even read
+        self._last: list[weakref.ref[torch.Tensor]] | None = None
+        self._ahead: tuple[list[torch.Tensor], Future[None]] | None = None
+        self.copied_ahead = 0
+        """Snapshots whose copy was started by :meth:`copy_ahead` (the steady state of saves)."""
         self._reset(None)
 
     @property
@@ -78,27 +97,106 @@ class SnapshotBuffers:
         are read. Raises CheckpointSaveError naming the path of a leaf that a weights_only load could
         not read back.
         """
+        return self.begin(state).finish()
+
+    def copy_ahead(self) -> bool:
+        """Start copying the last background snapshot's sources into the kept arena, on the copier.
+
+        For the steady state, where a save stages the same tensor objects as the save before (a
+        model's parameters and buffers, an optimizer's state): the copy then runs while the caller
+        reads the state trees. The next :meth:`begin` takes the copy when the state it is given
+        holds exactly those objects, in that order and layout, and drops it otherwise (copying anew).
+        Call it only when nothing reads the arena any more. False when there is nothing to copy ahead.
+        """
+        arena, last = self._arena, self._last
+        if arena is None or last is None or self._signature is None or self._ahead is not None:
+            return False
+        self._finish_inflight()
+        alive = [ref() for ref in last]
+        if not all(map(is_not, alive, repeat(None))):
+            self._last = None  # a source is gone: the state changed
+            return False
+        srcs = cast("list[torch.Tensor]", alive)
+        self._ahead = (srcs, self._start(arena.tensors, srcs))
+        return True
+
+    def begin(self, state: Mapping[str, Any], *, background: bool = False) -> StagedCopy:
+        """Start copying ``state``; :meth:`StagedCopy.finish` returns what :meth:`stage` returns.
+
+        ``background`` runs the batched copy of plain CPU tensors on the copier thread (torch
+        releases the GIL while it copies), so that the caller's own work overlaps it, and takes a
+        copy started by :meth:`copy_ahead` when it copied exactly these sources. The sources must
+        not change before ``finish`` returns. The next ``begin`` finishes this copy first.
+        """
+        ahead, self._ahead = self._ahead, None
+        self._finish_inflight()
         arena = self._arena
         if arena is None and self._specs:
             arena = StagingArena(self._specs, pinned=self._pinned)  # transient: the last layout
         out: dict[str, Any] | None = None
         if arena is not None and self._signature is not None:
             out = self._fast_pass(state, arena)
+        if ahead is not None and (
+            out is None
+            or arena is not self._arena
+            or len(ahead[0]) != len(self._batch_src)
+            or not all(map(is_, ahead[0], self._batch_src))
+        ):
+            _wait(ahead[1])  # other sources: its slots are copied again (or the arena goes)
+            ahead = None
         if out is None:
             # hand the arena over, so that the general pass can release it before allocating anew
             self._arena, arena = arena, None
             out, arena = self._general_pass(state)
         assert out is not None
-        pending = self._copy()
+        event = self._copy_singles()
+        dst, src = self._batch_dst, self._batch_src
         self.staged_bytes = arena.nbytes if arena is not None else 0
         bound = self.max_staging_bytes
         self._arena = arena if bound is None or self.staged_bytes <= bound else None
+        whole = self._arena is not None and self._signature is not None
         self._reset(None)  # the snapshot alone keeps the slots alive from here on
-        if pending:
-            # record_event() is Event() recorded on the current stream (torch leaves Event.__new__ unannotated)
-            event: torch.cuda.Event = torch.cuda.current_stream().record_event()
-            return out, event
-        return out, None
+        job: Future[None] | None = None
+        if ahead is not None:
+            job = ahead[1]  # the copy of exactly these sources into exactly these slots
+            self.copied_ahead += 1
+        elif background and dst and self.staged_bytes >= _BACKGROUND_BYTES:
+            job = self._start(dst, src)
+            self._last = list(map(weakref.ref, src)) if whole else None
+        else:
+            _copy_batch(dst, src)
+        staged = StagedCopy(out, event, job)
+        if job is not None:
+            self._inflight = staged
+        return staged
+
+    def close(self) -> None:
+        """Finish a copy in flight and stop the copier thread. The buffers stay usable."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            _wait(ahead[1])
+        self._finish_inflight()
+        copier, self._copier = self._copier, None
+        if copier is not None:
+            copier.shutdown(wait=True)
+
+    def _finish_inflight(self) -> None:
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.drop()  # its slots are about to be reused
+
+    def _start(self, dst: list[torch.Tensor], src: list[torch.Tensor]) -> Future[None]:
+        """Run the batched copy on the copier thread; return once it has begun.
+
+        The copier needs the GIL until torch releases it inside the copy; waiting here for its
+        start hands the GIL over at once, instead of after the interpreter's switch interval.
+        """
+        if self._copier is None:
+            self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stager")
+        started = threading.Event()
+        job = self._copier.submit(_copy_started, started, dst, src)
+        started.wait()
+        return job
 
     def _fast_pass(self, state: Mapping[str, Any], arena: StagingArena) -> dict[str, Any] | None:
         """The steady state: every tensor a plain CPU tensor, in the layout of the arena.
@@ -110,27 +208,33 @@ class SnapshotBuffers:
         srcs: list[torch.Tensor] = []
         add = srcs.append
         take = partial(next, iter(arena.tensors), None)
-        tensor_type, leaves, refuse = torch.Tensor, _LEAVES, _refuse
+        tensor_type, leaves, scalars = torch.Tensor, _LEAVES, _SCALARS
 
-        def tree(key: Key, obj: Any) -> Any:
+        # no key paths here: a leaf this pass does not know sends the state to the general pass,
+        # which names its path in the error
+        def tree(obj: Any) -> Any:
             if isinstance(obj, tensor_type):
                 add(obj)
                 return take()
             if isinstance(obj, (dict, Mapping)):
                 # `add(v) or take()`: record the source (add returns None), then hand out its slot
                 return {
-                    k: add(v) or take() if isinstance(v, tensor_type) else tree((*key, k), v)
-                    for k, v in obj.items()
+                    k: add(v) or take() if isinstance(v, tensor_type) else tree(v) for k, v in obj.items()
                 }
             if isinstance(obj, list):
-                return [tree((*key, i), v) for i, v in enumerate(obj)]
+                if all(map(isinstance, obj, repeat(scalars))):  # an optimizer group's parameter ids
+                    return obj.copy()
+                return [tree(v) for v in obj]
             if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-                return tuple([tree((*key, i), v) for i, v in enumerate(obj)])
+                return tuple([tree(v) for v in obj])
             if obj is None or isinstance(obj, leaves):
                 return obj
-            refuse(key, obj)
+            raise _Unknown
 
-        out = {k: tree((k,), v) for k, v in state.items()}
+        try:
+            out = {k: tree(v) for k, v in state.items()}
+        except _Unknown:
+            return None
         if (
             len(srcs) != len(arena)
             or list(map(type, srcs)) != self._types
@@ -162,7 +266,7 @@ class SnapshotBuffers:
             self._specs, self._pinned = specs, pinned
         # the next snapshot may take the fast pass when every tensor went into the batched copy
         plain = not self._special and len(self._batch_src) == self._n
-        self._types = [torch.Tensor] * self._n if plain else []
+        self._types = list(map(type, self._batch_src)) if plain else []
         self._signature = list(map(_SIGNATURE, self._batch_src)) if plain else None
         assert out is not None
         return out, arena
@@ -186,31 +290,31 @@ class SnapshotBuffers:
         self._reset(arena)
         return {k: self._tree((k,), v) for k, v in state.items()}
 
-    def _copy(self) -> bool:
-        """Run the copies of the pass just made; True when device copies are in flight."""
+    def _copy_singles(self) -> torch.cuda.Event | None:
+        """The copies made one by one (device sources, other tensor types); the event to wait on."""
         pending = False
         with torch.no_grad():  # a source that requires grad must not make its copy part of a graph
-            if self._batch_dst:
-                if _foreach_copy is not None:
-                    _foreach_copy(self._batch_dst, self._batch_src)
-                else:  # pragma: no cover - depends on the torch version
-                    for dst, src in zip(self._batch_dst, self._batch_src, strict=True):
-                        dst.copy_(src)
             for dst, src, non_blocking in self._single:
                 dst.copy_(src, non_blocking=non_blocking)
                 pending = pending or non_blocking
-        return pending
+        if pending:
+            # record_event() is Event() recorded on the current stream (torch leaves Event.__new__ unannotated)
+            event: torch.cuda.Event = torch.cuda.current_stream().record_event()
+            return event
+        return None
 
     def _tensor(self, src: torch.Tensor) -> torch.Tensor:
         if src.layout is not _STRIDED or src.is_quantized or src.is_meta:
             # rare layouts get a copy of their own (meta tensors hold no data to copy)
             self._special = True
-            return src if src.is_meta else src.detach().clone().cpu()
+            if src.is_meta:  # a Parameter (state_dict(keep_vars=True)) is saved as a plain tensor
+                return src if type(src) is torch.Tensor else src.detach()
+            return src.detach().clone().cpu()
         if src.is_cpu:
             if not self.copy_cpu:
                 self._special = True
                 return src.detach()
-            batch, non_blocking = type(src) is torch.Tensor, False
+            batch, non_blocking = type(src) in _PLAIN, False
         else:
             # CUDA: into pinned memory without blocking; other devices: a plain synchronous copy
             batch, non_blocking = False, src.is_cuda
@@ -250,6 +354,55 @@ class SnapshotBuffers:
         if obj is None or isinstance(obj, _LEAVES):
             return obj
         _refuse(key, obj)
+
+
+class _Unknown(Exception):
+    """A leaf the fast pass does not handle."""
+
+
+class StagedCopy:
+    """A snapshot whose batched copy may still be running on the copier: :meth:`finish` waits for it."""
+
+    def __init__(self, out: dict[str, Any], event: torch.cuda.Event | None, job: Future[None] | None) -> None:
+        self._out = out
+        self._event = event
+        self._job = job
+
+    def finish(self) -> tuple[dict[str, Any], torch.cuda.Event | None]:
+        """The copy and the CUDA event to wait on (None when no device copy is in flight).
+
+        Waits for the copier; re-raises an error of its copy. Idempotent."""
+        job, self._job = self._job, None
+        if job is not None:
+            job.result()
+        return self._out, self._event
+
+    def drop(self) -> None:
+        """Finish the copy of a snapshot nobody takes; an error of its copy has no taker then."""
+        with suppress(Exception):
+            self.finish()
+
+
+def _wait(job: Future[None]) -> None:
+    """Wait for a copy whose result nobody takes."""
+    with suppress(Exception):
+        job.result()
+
+
+def _copy_batch(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    if not dst:
+        return  # _foreach_copy_ refuses empty lists
+    with torch.no_grad():  # a source that requires grad must not make its copy part of a graph
+        if _foreach_copy is not None:
+            _foreach_copy(dst, src)
+        else:  # pragma: no cover - depends on the torch version
+            for d, t in zip(dst, src, strict=True):
+                d.copy_(t)
+
+
+def _copy_started(started: threading.Event, dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    started.set()
+    _copy_batch(dst, src)
 
 
 def _refuse(key: Key, obj: Any) -> NoReturn:
