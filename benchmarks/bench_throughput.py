@@ -14,6 +14,8 @@ Peers, interleaved in every round, each writing a new file of the same state: ``
 fsync, ``safetensors.torch.save_file`` + fsync (the model and the optimizer's tensors, flattened),
 ``dcp.save`` (mode: sync, one process, no process group; it fsyncs its files), and the disk's floor:
 the same number of raw bytes from a preallocated buffer in 64 MB ``write()``s + fsync.
+A first round of every peer is reported apart; the order of the peers rotates from round to round,
+and each ratio is the median of the per-round ratios, with their range.
 weightslab asks the kernel to start writing back every 32 MB as it goes (``sync_file_range``); the
 raw floor with the same request is a row too, so that the table shows what that alone is worth.
 Before each timed peer ``os.sync()`` runs (untimed), so that no fsync waits for the writeback of
@@ -84,10 +86,13 @@ def spread(xs: list[float]) -> float:
 
 
 def ratio_cell(ours: list[float], theirs: list[float]) -> str:
-    """Speed of ``ours`` relative to ``theirs`` (higher is faster), marked noise when the rounds overlap."""
-    r = median(theirs) / median(ours)
-    overlap = min(theirs) <= max(ours) and min(ours) <= max(theirs)
-    return f"{r:.2f}x" + (" (noise)" if overlap else "")
+    """Speed of ``ours`` relative to ``theirs`` (higher is faster): the median of the per-round
+    ratios [their range]; marked noise when that range includes 1.0. Each round's peers ran
+    back to back, so a round's ratio compares saves that saw the same disk and load."""
+    ratios = [t / o for o, t in zip(ours, theirs, strict=True)]
+    lo, hi = min(ratios), max(ratios)
+    noise = " (noise)" if lo <= 1.0 <= hi and ours is not theirs else ""
+    return f"{median(ratios):.2f}x [{lo:.2f}-{hi:.2f}]{noise}"
 
 
 def main() -> None:
@@ -98,6 +103,7 @@ def main() -> None:
     state = {"model": model.state_dict(), "optim": opt.state_dict()}
     flat = flat_tensors(model, opt)
     times: dict[str, list[float]] = {k: [] for k in (WL_SYNC, WL_ASYNC, ST, TS, DCP, RAW, RAW_WB)}
+    first: dict[str, float] = {}
     load_before = os.getloadavg()
     with scratch(args.dir) as d:
         step = 0
@@ -143,18 +149,33 @@ def main() -> None:
             path.unlink()
             return took
 
-        for r in range(args.repeats):
-            times[WL_SYNC].append(weightslab_save("sync"))
-            times[WL_ASYNC].append(weightslab_save("async"))
-            times[ST].append(one_file("st.safetensors", lambda p: save_file(flat, str(p))))
-            times[TS].append(one_file("plain.pt", lambda p: torch.save(state, p)))
-            times[DCP].append(settled(lambda: dcp.save(state, checkpoint_id=str(d / f"dcp{r}"))))
+        def dcp_save(r: int) -> float:
+            took = settled(lambda: dcp.save(state, checkpoint_id=str(d / f"dcp{r}")))
             shutil.rmtree(d / f"dcp{r}")
-            times[RAW].append(settled(lambda: raw_write(d / "raw", raw, 64 << 20, writeback=False)))
-            times[RAW_WB].append(settled(lambda: raw_write(d / "raw", raw, 64 << 20, writeback=True)))
+            return took
+
+        peers: list[tuple[str, Callable[[int], float]]] = [
+            (WL_SYNC, lambda r: weightslab_save("sync")),
+            (WL_ASYNC, lambda r: weightslab_save("async")),
+            (ST, lambda r: one_file("st.safetensors", lambda p: save_file(flat, str(p)))),
+            (TS, lambda r: one_file("plain.pt", lambda p: torch.save(state, p))),
+            (DCP, dcp_save),
+            (RAW, lambda r: settled(lambda: raw_write(d / "raw", raw, 64 << 20, writeback=False))),
+            (RAW_WB, lambda r: settled(lambda: raw_write(d / "raw", raw, 64 << 20, writeback=True))),
+        ]
+        for r in range(args.repeats + 1):
+            # round 0 is reported apart (the first write of each peer into this process's page
+            # cache); the order rotates every round, so that no peer always runs first
+            shift = r % len(peers)
+            for name, save in peers[shift:] + peers[:shift]:
+                took = save(r)
+                (first.__setitem__(name, took) if r == 0 else times[name].append(took))
             print(
-                f"round {r + 1}: "
-                + ", ".join(f"{k.split(',')[0].split(' ')[0]} {v[-1]:.3f}" for k, v in times.items()),
+                f"round {r}: "
+                + ", ".join(
+                    f"{k.split(',')[0].split(' ')[0]} {(v[-1] if r else first[k]):.3f}"
+                    for k, v in times.items()
+                ),
                 flush=True,
             )
     load_after = os.getloadavg()
@@ -162,6 +183,7 @@ def main() -> None:
     rows = [
         [
             k,
+            f"{first[k]:.3f}",
             f"{median(v):.3f}",
             f"{spread(v) * 100:.0f}%",
             f"{nbytes / median(v) / 1e9:.2f}",
@@ -171,16 +193,18 @@ def main() -> None:
         ]
         for k, v in times.items()
     ]
-    print(f"state {nbytes / 1e9:.2f} GB; {args.repeats} rounds; {machine()}")
+    print(f"state {nbytes / 1e9:.2f} GB; {args.repeats} rounds after a first one; {machine()}")
     print(
         f"load average before {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}, "
         f"after {load_after[0]:.1f} / {load_after[1]:.1f} / {load_after[2]:.1f} (1 / 5 / 15 min)"
     )
     print_table(
-        "durable save (median seconds; ratios: speed relative to the column's peer, higher is faster; "
-        "(noise): the two series' rounds overlap)",
+        "durable save (median seconds of the rounds after the first; ratios: speed relative to the "
+        "column's peer, higher is faster, median of the per-round ratios [their range]; (noise): the "
+        "range includes 1.0)",
         [
             "peer",
+            "first round (s)",
             "median (s)",
             "spread",
             "GB/s",
