@@ -188,3 +188,19 @@ def test_close_stops_the_copier_thread(tmp_path: Path) -> None:
     assert any(t.name.startswith("weightslab-stager") for t in threading.enumerate())
     system.close()
     assert not any(t.name.startswith("weightslab-stager") for t in threading.enumerate())
+
+
+def test_saves_through_save_as_trainer_callbacks_make_them_are_copied_ahead_too(tmp_path: Path) -> None:
+    system, _, model, opt = _open(tmp_path)
+    expected: dict[int, dict[str, Any]] = {}
+    for step in range(1, 6):
+        _train(model, opt)
+        system.save(step * 100)  # what the Lightning and HF Trainer adapters call
+        expected[step * 100] = _live(model, opt)
+    system.flush()
+    assert system._buffers.copied_ahead >= 3
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    for step, live in expected.items():
+        assert _same(live, _saved(tmp_path, h, step)), f"step {step}"

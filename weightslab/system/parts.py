@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Mapping
+    from contextlib import AbstractContextManager
 
     from weightslab.policy.retention import RetentionPolicy
     from weightslab.policy.save import EveryNSeconds
@@ -102,3 +103,4 @@ class SystemParts:
         def _record_changes(
             self, step: int, metrics: dict[str, float | None], announced: str | None
         ) -> bool: ...
+        def _staging_early(self) -> AbstractContextManager[None]: ...

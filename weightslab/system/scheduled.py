@@ -64,10 +64,12 @@ class Scheduled(SystemParts):
                 if self._pending:
                     pending, self._pending = self._pending, []
                     self._save_announced(step, pending, clean)
-                elif not self._record_changes(step, clean, announced=None):
-                    assert self._exp.identity is not None
-                    if (self._exp.identity.exp_hash, step) not in self._submitted:
-                        self._save(step, trigger, clean)
+                else:
+                    with self._staging_early():  # the copy runs beside the change check
+                        if not self._record_changes(step, clean, announced=None):
+                            assert self._exp.identity is not None
+                            if (self._exp.identity.exp_hash, step) not in self._submitted:
+                                self._save(step, trigger, clean)
             finally:
                 self._notes = ((), "")
             if self._last_step is None or step > self._last_step:
