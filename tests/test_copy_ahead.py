@@ -9,16 +9,19 @@ every checkpoint back.
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import threading
 import weakref
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from weightslab.components import AutomaticCheckpointSystem
 from weightslab.registry.ledger import Ledger
 from weightslab.store.manager import CheckpointManager
+from weightslab.system.snapshot import SnapshotBuffers
 
 
 def _model() -> torch.nn.Sequential:
@@ -204,3 +207,167 @@ def test_saves_through_save_as_trainer_callbacks_make_them_are_copied_ahead_too(
     system.close()
     for step, live in expected.items():
         assert _same(live, _saved(tmp_path, h, step)), f"step {step}"
+
+
+class _Progress:
+    """A stateful object whose state_dict() writes its count into a tensor it returns, in place."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.seen = 0
+        self.fail = fail
+        self._t = torch.zeros(1 << 18)  # 1 MiB: staged with the rest, in the batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.fail:
+            raise RuntimeError("transient failure")
+        self._t.fill_(self.seen)
+        return {"seen": self._t}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.seen = int(sd["seen"][0])
+
+
+def _seen(root: Path, h: str, steps: range) -> dict[int, float]:
+    manager = CheckpointManager(root, mode="r")
+    return {s: float(manager.load(h, s)["extra"]["progress"]["seen"][0]) for s in steps}
+
+
+def test_a_tensor_a_state_dict_writes_in_place_is_copied_after_it_ran(tmp_path: Path) -> None:
+    system, ledger, model, opt = _open(tmp_path)
+    progress = _Progress()
+    ledger.register_stateful("progress", progress)
+    for step in range(1, 7):
+        _train(model, opt)
+        progress.seen = step * 10
+        system.checkpoint_on_step(step)
+    system.flush()
+    assert system._buffers.copied_ahead >= 3  # the model and optimizer still are copied ahead
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    assert _seen(tmp_path, h, range(1, 7)) == {s: s * 10.0 for s in range(1, 7)}
+
+
+def test_a_save_that_fails_to_read_the_state_leaves_no_copy_for_the_next(tmp_path: Path) -> None:
+    system, ledger, model, opt = _open(tmp_path)
+    flaky = _Progress()
+    ledger.register_stateful("progress", flaky)
+    for step in range(1, 4):
+        _train(model, opt)
+        system.checkpoint_on_step(step)
+    flaky.fail = True
+    _train(model, opt)
+    with pytest.warns(UserWarning, match="transient failure"):
+        system.checkpoint_on_step(4)  # reported (on_error="warn"); training goes on
+        system.flush()
+    flaky.fail = False
+    _train(model, opt)
+    system.checkpoint_on_step(5)
+    expected = _live(model, opt)
+    system.flush()
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    assert _same(expected, _saved(tmp_path, h, 5))
+
+
+class _Head(torch.nn.Module):
+    """Saves only its head: a state_dict override that takes no keep_vars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(256, 256)
+        self.head = torch.nn.Linear(256, 1024)
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {k: v for k, v in super().state_dict().items() if k.startswith("head.")}
+
+
+def test_a_state_dict_override_without_keep_vars_saves_what_it_returns(tmp_path: Path) -> None:
+    ledger = Ledger()
+    model = _Head()
+    ledger.register_model("model", model)
+    ledger.register_hyperparams("config", {"lr": 1e-3})
+    system = AutomaticCheckpointSystem(root_log_dir=tmp_path, checkpoint_frequency=1, ledger=ledger)
+    for step in range(1, 4):
+        with torch.no_grad():
+            model.head.weight.add_(1.0)
+        system.checkpoint_on_step(step)
+    system.flush()
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    saved = CheckpointManager(tmp_path, mode="r").load(h, 3)["models"]["model"]
+    assert set(saved) == {"head.weight", "head.bias"}
+    assert torch.equal(saved["head.weight"], model.head.weight.detach())
+
+
+def test_a_module_state_dict_hook_that_writes_a_buffer_is_seen_by_the_save(tmp_path: Path) -> None:
+    system, ledger, model, opt = _open(tmp_path)
+    model[0].register_buffer("calls", torch.zeros(1 << 18))
+
+    def count(module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
+        module.calls.add_(1)
+
+    model[0].register_state_dict_pre_hook(count)
+    for step in range(1, 6):
+        system.checkpoint_on_step(step)
+    system.flush()
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    manager = CheckpointManager(tmp_path, mode="r")
+    for step in range(1, 6):
+        assert float(manager.load(h, step)["models"]["model"]["0.calls"][0]) == step
+
+
+def test_a_parameter_swapped_without_a_hook_is_the_one_a_freeze_is_seen_on(tmp_path: Path) -> None:
+    system, _, model, opt = _open(tmp_path)
+    for step in range(1, 4):
+        _train(model, opt)
+        system.checkpoint_on_step(step)
+    # what accelerate and torch's functional accessors do: no registration hook fires
+    model[0]._parameters["weight"] = torch.nn.Parameter(model[0].weight.detach().clone())
+    system.checkpoint_on_step(4)
+    model[0].weight.requires_grad_(False)
+    system.checkpoint_on_step(5)
+    system.flush()
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    manager = CheckpointManager(tmp_path, mode="r")
+    assert manager.load(h, 5)["frozen"] == {"model": ["0.weight"]}
+    assert manager.load(h, 5)["trigger"] == "freeze"
+
+
+def test_a_transient_snapshot_is_not_held_once_finished() -> None:
+    state = {"a": torch.ones(1 << 20), "b": torch.ones(1 << 20)}
+    bufs = SnapshotBuffers(max_staging_bytes=0)  # over the bound: nothing kept between saves
+    staged = bufs.begin(state, background=True)
+    out, _ = staged.finish()
+    assert torch.equal(out["a"], state["a"])
+    ref = weakref.ref(out["a"])
+    del staged, out
+    gc.collect()
+    assert ref() is None and bufs.kept_bytes == 0
+    bufs.close()
+
+
+def _stage_in_child(bufs: SnapshotBuffers, state: dict[str, torch.Tensor], done: Any) -> None:
+    torch.set_num_threads(1)  # as DataLoader workers do: the parent's OpenMP pool is not in a child
+    out, _ = bufs.begin(state, background=True).finish()
+    done.put(torch.equal(out["a"], state["a"]))
+
+
+def test_a_forked_child_stages_with_a_copier_of_its_own() -> None:
+    state = {"a": torch.arange(1 << 19, dtype=torch.float32), "b": torch.ones(1 << 19)}
+    bufs = SnapshotBuffers(max_staging_bytes=None)
+    bufs.begin(state, background=True).finish()  # the parent's copier thread exists now
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Queue()
+    child = ctx.Process(target=_stage_in_child, args=(bufs, state, done))
+    child.start()
+    assert done.get(timeout=300) is True  # a child that waited on the parent's thread would hang
+    child.join()
+    assert child.exitcode == 0
+    bufs.close()

@@ -93,6 +93,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
             copy_cpu=self.config.async_save, max_staging_bytes=self.config.max_staging_bytes
         )
         self._early = None  # a snapshot staged ahead of its save (Saving._staging_early)
+        self._walk = None  # that save's walk of the parameters
         self._clock = clock  # the `created` stamp of step files (injectable for reproducible files)
         self._errors = ErrorPolicy(self.manager, self.config.on_error)
         self._detector = ChangeDetector(self.ledger)
@@ -405,7 +406,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
             self._detector.rebaseline()
             self._save(step, label, metrics)
             return False
-        self._detector.rebaseline(walk=False)  # the architecture hash just came out unchanged
+        self._detector.rebaseline(self._walk)  # a save's own walk of the parameters, when it made one
         return False
 
     def _surface_errors(self) -> None:

@@ -127,21 +127,20 @@ class ChangeDetector:
             self._hooked = False
             remove_structure_hooks()
 
-    def rebaseline(self, *, walk: bool = True) -> None:
+    def rebaseline(self, walk: list[tuple[str, str, torch.nn.Parameter]] | None = None) -> None:
         """Take the current state as the baseline.
 
-        ``walk=False``, for a caller that has just found the architecture hash unchanged: while no
-        registration happened since the last baseline (the ledger's version and the torch hooks'
-        counter), the parameters are the same objects, and only their sizes, ``requires_grad`` and
-        the hyperparameters are read again, not the module tree.
+        ``walk``: ``(model, name, parameter)`` of every registered model's ``named_parameters()``,
+        read by the caller just now (else they are read here).
         """
-        params, names = self._params, self._names
-        if walk or not self.current():
-            params, names = [], []
-            for mname, model in self.ledger.items("model").items():
-                for pname, p in model.named_parameters():
-                    params.append(p)
-                    names.append((mname, pname))
+        if walk is None:
+            walk = [
+                (m, n, p)
+                for m, model in self.ledger.items("model").items()
+                for n, p in model.named_parameters()
+            ]
+        params = [p for _, _, p in walk]
+        names = [(m, n) for m, n, _ in walk]
         self._ledger_version = self.ledger.version
         self._structure = structure_version()
         self._hp_live = list(self.ledger.items("hyperparams").values())
@@ -156,15 +155,6 @@ class ChangeDetector:
             for i in range(0, len(params), b)
         ] or [([], [], [])]
         self._turn = itertools.cycle(self._chunks)  # the slices, round robin
-
-    def current(self) -> bool:
-        """Whether no registration (in the ledger, or of a module, parameter or buffer) happened since
-        the baseline: then its parameter list is still the models' parameters."""
-        return self.ledger._version == self._ledger_version and _structure_version == self._structure
-
-    def parameters(self) -> list[torch.nn.Parameter] | None:
-        """The registered models' parameters from the baseline while it is :meth:`current`, else None."""
-        return self._params if self.current() else None
 
     def frozen_names(self) -> dict[str, list[str]]:
         """``{model: [names of its parameters with requires_grad False now]}``, every model listed.

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from contextlib import AbstractContextManager
 
+    import torch
+
     from weightslab.policy.retention import RetentionPolicy
     from weightslab.policy.save import EveryNSeconds
     from weightslab.registry.ledger import Ledger
@@ -61,6 +63,7 @@ class SystemParts:
         _monitor_warned: bool
         _buffers: SnapshotBuffers
         _early: StagedCopy | None
+        _walk: list[tuple[str, str, torch.nn.Parameter]] | None
         _clock: Callable[[], float]
         _committer: Committer
         _shard_committer: ShardCommitter

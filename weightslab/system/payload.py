@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from weightslab.format.layout import CHECKPOINT_FORMAT
 from weightslab.registry.ledger import Kind, Ledger
 from weightslab.system.snapshot import SnapshotBuffers, StagedCopy, capture_rng
@@ -27,18 +29,65 @@ def stage_state(
     Raises CheckpointSaveError (from the buffers) naming a leaf a weights_only load could not read.
     """
     models = ledger.items("model")
-    # every state tree first, then one staging pass: all tensors land in one arena, copied in one call.
-    # keep_vars: the parameters themselves, not a detached view of each made anew at every save (the
-    # staging copies them without grad), so that a save sees the same objects as the last one
-    state: dict[str, Any] = {
-        "models": {n: m.state_dict(keep_vars=True) for n, m in models.items()} if tensors else {}
-    }
+    optimizers = ledger.items("optimizer")
+    # every state tree first, then one staging pass: all tensors land in one arena, copied in one call
+    state: dict[str, Any] = {"models": {n: _model_state(m) for n, m in models.items()} if tensors else {}}
     for kind, key in _STATEFUL_KINDS:
         if kind == "optimizer" and not tensors:
             state[key] = {}
             continue
         state[key] = {n: o.state_dict() for n, o in ledger.items(kind).items()}
-    return buffers.begin(state, background=background)
+    # what the next save may copy before it reads the state: the tensors of objects whose
+    # state_dict() only reads them (torch's own, without hooks); schedulers and other objects run
+    # their own code, which may write into a tensor it returns, so theirs are copied after it ran
+    ahead: tuple[str, ...] = ()
+    if background and all(map(_reads_only, models.values())):
+        ahead = (
+            ("models", "optimizers") if all(map(_reads_only_optimizer, optimizers.values())) else ("models",)
+        )
+    return buffers.begin(state, background=background, ahead_keys=ahead)
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, Any]:
+    # torch's own state_dict: the parameters themselves (keep_vars), not a detached view of each made
+    # anew at every save (the staging copies them without grad), so that a save sees the same
+    # objects as the last one; an override may not take keep_vars
+    if type(model).state_dict is _MODULE_STATE_DICT:
+        return model.state_dict(keep_vars=True)
+    return model.state_dict()
+
+
+_MODULE_STATE_DICT = torch.nn.Module.state_dict
+_MODULE_SAVE = torch.nn.Module._save_to_state_dict
+_MODULE_EXTRA = torch.nn.Module.get_extra_state
+_OPTIMIZER_STATE_DICT = torch.optim.Optimizer.state_dict
+_plain_types: dict[type, bool] = {}
+
+
+def _reads_only(model: torch.nn.Module) -> bool:
+    """Whether ``model.state_dict()`` is torch's own all the way down, with no hook: it only reads."""
+    if type(model).state_dict is not _MODULE_STATE_DICT:
+        return False
+    for module in model.modules():
+        cls = type(module)
+        plain = _plain_types.get(cls)
+        if plain is None:
+            plain = _plain_types[cls] = (
+                cls.state_dict is _MODULE_STATE_DICT
+                and cls._save_to_state_dict is _MODULE_SAVE
+                and cls.get_extra_state is _MODULE_EXTRA
+            )
+        if not plain or module._state_dict_hooks or module._state_dict_pre_hooks:
+            return False
+    return True
+
+
+def _reads_only_optimizer(optimizer: Any) -> bool:
+    return (
+        type(optimizer).state_dict is _OPTIMIZER_STATE_DICT
+        and not getattr(optimizer, "_optimizer_state_dict_pre_hooks", None)
+        and not getattr(optimizer, "_optimizer_state_dict_post_hooks", None)
+    )
 
 
 def build_payload(

@@ -69,8 +69,8 @@ class Saving(SystemParts):
         exp_hash = self._exp.identity.exp_hash
         if not self._exp.reopen_if_needed(step):
             return  # still cannot open it: reported, training goes on
-        # a state staged ahead (_staging_early) is a single process's plain state: no second look
-        if self._early is None and (self._group.distributed or is_sharded(self.ledger.items("model"))):
+        # inside _staging_early the state is a single process's plain state: no second look
+        if self._walk is None and (self._group.distributed or is_sharded(self.ledger.items("model"))):
             self._save_ranked(exp_hash, step, trigger, metrics)
             return
         try:
@@ -96,8 +96,13 @@ class Saving(SystemParts):
         frozen = None
         if staged is None:
             staged = stage_state(self.ledger, self._buffers, tensors=tensors)
-        else:  # the change check of this same call has just taken the detector's baseline
-            frozen = self._detector.frozen_names()
+        try:
+            if self._walk is not None:  # the change check of this call took its baseline from it
+                frozen = self._detector.frozen_names()
+            created = self._clock()
+        except BaseException:
+            staged.drop()  # no copy may run on once the save is given up
+            raise
         return build_payload(
             self.ledger,
             staged,
@@ -106,7 +111,7 @@ class Saving(SystemParts):
             step=step,
             trigger=trigger,
             metrics=metrics,
-            created=self._clock(),
+            created=created,
             save_rng=self.config.save_rng,
         )
 
@@ -120,23 +125,32 @@ class Saving(SystemParts):
         wrong here is left to the save itself, which stages again and reports it as usual. A
         snapshot the block did not take is finished (and dropped) on the way out.
         """
+        if self._writer is None or self._group.distributed:
+            yield
+            return
         models = self.ledger.items("model")
-        if self._writer is None or self._group.distributed or is_sharded(models, self._detector.parameters()):
+        # the one walk of the parameters this save makes: the sharded check, then the detector's
+        # new baseline and the frozen list (nothing in the block changes the models)
+        walk = [(m, n, p) for m, model in models.items() for n, p in model.named_parameters()]
+        if is_sharded(models, [p for _, _, p in walk]):
             yield
             return
         self._writer.wait()  # the buffers are about to be overwritten
-        # the steady state: the same tensors as at the last save, copied again before they are read
-        self._buffers.copy_ahead()
+        self._walk = walk
         try:
-            self._early = stage_state(self.ledger, self._buffers, background=True)
-        except Exception:  # the save stages again and reports the error
-            self._early = None
-        try:
+            # the steady state: the same tensors as at the last save, copied before they are read
+            self._buffers.copy_ahead()
+            try:
+                self._early = stage_state(self.ledger, self._buffers, background=True)
+            except Exception:  # the save stages again and reports the error
+                self._early = None
             yield
         finally:
+            self._walk = None
             staged, self._early = self._early, None
             if staged is not None:
                 staged.drop()
+            self._buffers.cancel_ahead()  # a copy made ahead that no staging took (it failed)
 
     def _submit(self, job: CommitJob | ShardJob) -> None:
         """Hand a job to the writer (or run it now); the step counts as saved from here on."""

@@ -11,10 +11,11 @@ when a source lives on a CUDA device, so that the device-to-host copies can run 
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from functools import partial
@@ -76,10 +77,13 @@ class SnapshotBuffers:
         self.staged_bytes = 0
         """Bytes of staging memory the last snapshot used."""
         self._copier: ThreadPoolExecutor | None = None  # started by the first background copy
-        self._inflight: StagedCopy | None = None  # a background copy not finished yet
-        # weak references to the sources of the last background copy, when it filled the kept arena
-        # in one batch: copy_ahead() copies them again before the next state is even read
+        self._pid = os.getpid()  # the process the copier thread runs in (a forked child has none)
+        self._inflight: Future[None] | None = None  # a background copy not finished yet
+        # weak references to the sources of the last background copy that may be copied ahead (those
+        # of its leading ahead_keys), when it filled the kept arena in one batch: copy_ahead()
+        # copies them again before the next state is even read
         self._last: list[weakref.ref[torch.Tensor]] | None = None
+        self._marks: dict[str, int] = {}  # the pass in progress: batched sources after each top-level key
         self._ahead: tuple[list[torch.Tensor], Future[None]] | None = None
         self.copied_ahead = 0
         """Snapshots whose copy was started by :meth:`copy_ahead` (the steady state of saves)."""
@@ -100,16 +104,20 @@ class SnapshotBuffers:
         return self.begin(state).finish()
 
     def copy_ahead(self) -> bool:
-        """Start copying the last background snapshot's sources into the kept arena, on the copier.
+        """Start copying the last background snapshot's leading sources into the kept arena, on the copier.
 
         For the steady state, where a save stages the same tensor objects as the save before (a
         model's parameters and buffers, an optimizer's state): the copy then runs while the caller
-        reads the state trees. The next :meth:`begin` takes the copy when the state it is given
-        holds exactly those objects, in that order and layout, and drops it otherwise (copying anew).
-        Call it only when nothing reads the arena any more. False when there is nothing to copy ahead.
+        reads the state trees. Only the tensors under the ``ahead_keys`` given to the last
+        :meth:`begin` are copied ahead, so the caller must give there only state whose
+        ``state_dict()`` does not write into the tensors it returns. The next :meth:`begin` takes the
+        copy when the state it is given holds exactly those objects first, in that order and layout,
+        and waits for it and copies anew otherwise; :meth:`cancel_ahead` drops it when no ``begin``
+        follows. Call it only when nothing reads the arena any more. False when there is nothing to
+        copy ahead.
         """
         arena, last = self._arena, self._last
-        if arena is None or last is None or self._signature is None or self._ahead is not None:
+        if arena is None or not last or self._signature is None or self._ahead is not None:
             return False
         self._finish_inflight()
         alive = [ref() for ref in last]
@@ -117,16 +125,25 @@ class SnapshotBuffers:
             self._last = None  # a source is gone: the state changed
             return False
         srcs = cast("list[torch.Tensor]", alive)
-        self._ahead = (srcs, self._start(arena.tensors, srcs))
+        self._ahead = (srcs, self._start(arena.tensors[: len(srcs)], srcs))
         return True
 
-    def begin(self, state: Mapping[str, Any], *, background: bool = False) -> StagedCopy:
+    def cancel_ahead(self) -> None:
+        """Wait for, and forget, a copy made ahead that no :meth:`begin` took."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            _wait(ahead[1])
+
+    def begin(
+        self, state: Mapping[str, Any], *, background: bool = False, ahead_keys: Collection[str] = ()
+    ) -> StagedCopy:
         """Start copying ``state``; :meth:`StagedCopy.finish` returns what :meth:`stage` returns.
 
         ``background`` runs the batched copy of plain CPU tensors on the copier thread (torch
         releases the GIL while it copies), so that the caller's own work overlaps it, and takes a
-        copy started by :meth:`copy_ahead` when it copied exactly these sources. The sources must
-        not change before ``finish`` returns. The next ``begin`` finishes this copy first.
+        copy started by :meth:`copy_ahead` when it copied exactly these sources. ``ahead_keys``: the
+        leading keys of ``state`` whose tensors the next save may copy ahead. The sources must not
+        change before ``finish`` returns. The next ``begin`` finishes this copy first.
         """
         ahead, self._ahead = self._ahead, None
         self._finish_inflight()
@@ -139,7 +156,7 @@ class SnapshotBuffers:
         if ahead is not None and (
             out is None
             or arena is not self._arena
-            or len(ahead[0]) != len(self._batch_src)
+            or len(ahead[0]) > len(self._batch_src)
             or not all(map(is_, ahead[0], self._batch_src))
         ):
             _wait(ahead[1])  # other sources: its slots are copied again (or the arena goes)
@@ -150,7 +167,7 @@ class SnapshotBuffers:
             out, arena = self._general_pass(state)
         assert out is not None
         event = self._copy_singles()
-        dst, src = self._batch_dst, self._batch_src
+        dst, src, marks = self._batch_dst, self._batch_src, self._marks
         self.staged_bytes = arena.nbytes if arena is not None else 0
         bound = self.max_staging_bytes
         self._arena = arena if bound is None or self.staged_bytes <= bound else None
@@ -159,31 +176,34 @@ class SnapshotBuffers:
         job: Future[None] | None = None
         if ahead is not None:
             job = ahead[1]  # the copy of exactly these sources into exactly these slots
+            done = len(ahead[0])
+            _copy_batch(dst[done:], src[done:])  # the rest (beside the copier), read after their state_dict
             self.copied_ahead += 1
         elif background and dst and self.staged_bytes >= _BACKGROUND_BYTES:
             job = self._start(dst, src)
-            self._last = list(map(weakref.ref, src)) if whole else None
+            lead = 0
+            for key in state:  # the sources of the leading ahead_keys come first
+                if key not in ahead_keys:
+                    break
+                lead = marks.get(key, lead)
+            self._last = list(map(weakref.ref, src[:lead])) if whole else None
         else:
             _copy_batch(dst, src)
-        staged = StagedCopy(out, event, job)
-        if job is not None:
-            self._inflight = staged
-        return staged
+        self._inflight = job
+        return StagedCopy(out, event, job)
 
     def close(self) -> None:
         """Finish a copy in flight and stop the copier thread. The buffers stay usable."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            _wait(ahead[1])
+        self.cancel_ahead()
         self._finish_inflight()
         copier, self._copier = self._copier, None
-        if copier is not None:
+        if copier is not None and self._pid == os.getpid():
             copier.shutdown(wait=True)
 
     def _finish_inflight(self) -> None:
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
-            inflight.drop()  # its slots are about to be reused
+            _wait(inflight)  # its slots are about to be reused
 
     def _start(self, dst: list[torch.Tensor], src: list[torch.Tensor]) -> Future[None]:
         """Run the batched copy on the copier thread; return once it has begun.
@@ -191,6 +211,8 @@ class SnapshotBuffers:
         The copier needs the GIL until torch releases it inside the copy; waiting here for its
         start hands the GIL over at once, instead of after the interpreter's switch interval.
         """
+        if self._pid != os.getpid():  # a forked child: the parent's copier thread is not here
+            self._pid, self._copier = os.getpid(), None
         if self._copier is None:
             self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stager")
         started = threading.Event()
@@ -231,8 +253,12 @@ class SnapshotBuffers:
                 return obj
             raise _Unknown
 
+        out: dict[str, Any] = {}
+        marks: dict[str, int] = {}
         try:
-            out = {k: tree(v) for k, v in state.items()}
+            for k, v in state.items():
+                out[k] = tree(v)
+                marks[k] = len(srcs)
         except _Unknown:
             return None
         if (
@@ -244,6 +270,7 @@ class SnapshotBuffers:
         self._reset(None)
         self._batch_src = srcs
         self._batch_dst = arena.tensors
+        self._marks = marks
         return out
 
     def _general_pass(self, state: Mapping[str, Any]) -> tuple[dict[str, Any], StagingArena | None]:
@@ -285,10 +312,15 @@ class SnapshotBuffers:
         self._batch_src = []
         self._batch_dst = []
         self._single = []
+        self._marks = {}
 
     def _pass(self, state: Mapping[str, Any], arena: StagingArena | None) -> dict[str, Any]:
         self._reset(arena)
-        return {k: self._tree((k,), v) for k, v in state.items()}
+        out: dict[str, Any] = {}
+        for k, v in state.items():
+            out[k] = self._tree((k,), v)
+            self._marks[k] = len(self._batch_src)
+        return out
 
     def _copy_singles(self) -> torch.cuda.Event | None:
         """The copies made one by one (device sources, other tensor types); the event to wait on."""
