@@ -49,6 +49,26 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
     opt.step()
 
 
+def _done(system: AutomaticCheckpointSystem) -> str:
+    """Flush and close ``system``; the hash of its active experiment."""
+    system.flush()
+    h = system.exp_hash
+    assert h is not None
+    system.close()
+    return h
+
+
+def _started(
+    root: Path, steps: range = range(1, 4)
+) -> tuple[AutomaticCheckpointSystem, Ledger, torch.nn.Module, torch.optim.Optimizer]:
+    """A system on ``root`` that trained and saved at ``steps``."""
+    system, ledger, model, opt = _open(root)
+    for step in steps:
+        _train(model, opt)
+        system.checkpoint_on_step(step)
+    return system, ledger, model, opt
+
+
 def _live(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -88,10 +108,7 @@ def test_every_save_copied_ahead_holds_the_state_of_its_own_step(tmp_path: Path)
 
 
 def test_new_source_tensors_are_copied_anew(tmp_path: Path) -> None:
-    system, _, model, opt = _open(tmp_path)
-    for step in range(3):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
+    system, _, model, opt = _started(tmp_path, range(3))
     system.flush()
     before = system._buffers.copied_ahead
     # load_state_dict gives the optimizer new state tensors, of the same shapes, with new values
@@ -112,28 +129,19 @@ def test_new_source_tensors_are_copied_anew(tmp_path: Path) -> None:
 
 
 def test_a_parameter_given_another_shape_in_place_is_saved_with_it(tmp_path: Path) -> None:
-    system, _, model, opt = _open(tmp_path)
-    for step in range(3):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
+    system, _, model, opt = _started(tmp_path, range(3))
     weight = model[3].weight
     weight.data = torch.arange(128 * 256, dtype=torch.float32).reshape(128, 256)  # same object
     model[3].bias.data = torch.zeros(128)
     system.checkpoint_on_step(3)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     saved = CheckpointManager(tmp_path, mode="r").load(h, 3)["models"]["model"]
     assert saved["3.weight"].shape == (128, 256)
     assert torch.equal(saved["3.weight"], weight.detach())
 
 
 def test_the_sources_of_the_last_copy_are_not_kept_alive(tmp_path: Path) -> None:
-    system, ledger, model, opt = _open(tmp_path)
-    for step in range(3):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
+    system, ledger, model, opt = _started(tmp_path, range(3))
     system.flush()
     old_state = weakref.ref(next(iter(opt.state.values()))["exp_avg"])
     fresh = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -144,50 +152,32 @@ def test_the_sources_of_the_last_copy_are_not_kept_alive(tmp_path: Path) -> None
     _train(model, fresh)
     system.checkpoint_on_step(3)
     expected = _live(model, fresh)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     saved = CheckpointManager(tmp_path, mode="r").load(h, 3)["models"]["model"]
     assert all(torch.equal(v, saved[k]) for k, v in expected["model"].items())
 
 
 def test_staged_parameters_are_saved_as_plain_tensors_without_grad(tmp_path: Path) -> None:
-    system, _, model, opt = _open(tmp_path)
-    for step in range(3):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    system, _, model, opt = _started(tmp_path, range(3))
+    h = _done(system)
     saved = CheckpointManager(tmp_path, mode="r").load(h, 2)["models"]["model"]
     assert all(type(t) is torch.Tensor and not t.requires_grad for t in saved.values())
 
 
 def test_a_freeze_between_saves_is_in_the_next_checkpoint(tmp_path: Path) -> None:
-    system, _, model, opt = _open(tmp_path)
-    for step in range(3):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
+    system, _, model, opt = _started(tmp_path, range(3))
     model[1].weight.requires_grad_(False)
     system.checkpoint_on_step(3)
     model[1].weight.requires_grad_(True)
     system.checkpoint_on_step(4)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     manager = CheckpointManager(tmp_path, mode="r")
     assert manager.load(h, 3)["frozen"] == {"model": ["1.weight"]}
     assert manager.load(h, 4)["frozen"] == {"model": []}
 
 
 def test_close_stops_the_copier_thread(tmp_path: Path) -> None:
-    system, _, model, opt = _open(tmp_path)
-    for step in range(3):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
+    system, _, model, opt = _started(tmp_path, range(3))
     assert any(t.name.startswith("weightslab-stager") for t in threading.enumerate())
     system.close()
     assert not any(t.name.startswith("weightslab-stager") for t in threading.enumerate())
@@ -264,10 +254,7 @@ def test_a_save_that_fails_to_read_the_state_leaves_no_copy_for_the_next(tmp_pat
     _train(model, opt)
     system.checkpoint_on_step(5)
     expected = _live(model, opt)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     assert _same(expected, _saved(tmp_path, h, 5))
 
 
@@ -293,10 +280,7 @@ def test_a_state_dict_override_without_keep_vars_saves_what_it_returns(tmp_path:
         with torch.no_grad():
             model.head.weight.add_(1.0)
         system.checkpoint_on_step(step)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     saved = CheckpointManager(tmp_path, mode="r").load(h, 3)["models"]["model"]
     assert set(saved) == {"head.weight", "head.bias"}
     assert torch.equal(saved["head.weight"], model.head.weight.detach())
@@ -312,29 +296,20 @@ def test_a_module_state_dict_hook_that_writes_a_buffer_is_seen_by_the_save(tmp_p
     model[0].register_state_dict_pre_hook(count)
     for step in range(1, 6):
         system.checkpoint_on_step(step)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     manager = CheckpointManager(tmp_path, mode="r")
     for step in range(1, 6):
         assert float(manager.load(h, step)["models"]["model"]["0.calls"][0]) == step
 
 
 def test_a_parameter_swapped_without_a_hook_is_the_one_a_freeze_is_seen_on(tmp_path: Path) -> None:
-    system, _, model, opt = _open(tmp_path)
-    for step in range(1, 4):
-        _train(model, opt)
-        system.checkpoint_on_step(step)
+    system, _, model, opt = _started(tmp_path, range(1, 4))
     # what accelerate and torch's functional accessors do: no registration hook fires
     model[0]._parameters["weight"] = torch.nn.Parameter(model[0].weight.detach().clone())
     system.checkpoint_on_step(4)
     model[0].weight.requires_grad_(False)
     system.checkpoint_on_step(5)
-    system.flush()
-    h = system.exp_hash
-    assert h is not None
-    system.close()
+    h = _done(system)
     manager = CheckpointManager(tmp_path, mode="r")
     assert manager.load(h, 5)["frozen"] == {"model": ["0.weight"]}
     assert manager.load(h, 5)["trigger"] == "freeze"
