@@ -12,6 +12,7 @@ import gc
 import multiprocessing
 import threading
 import weakref
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,7 +232,8 @@ def test_a_tensor_a_state_dict_writes_in_place_is_copied_after_it_ran(tmp_path: 
         progress.seen = step * 10
         system.checkpoint_on_step(step)
     system.flush()
-    assert system._buffers.copied_ahead >= 3  # the model and optimizer still are copied ahead
+    # an object that runs its own state_dict() is registered: nothing is copied before the reads
+    assert system._buffers.copied_ahead == 0
     h = system.exp_hash
     assert h is not None
     system.close()
@@ -345,4 +347,95 @@ def test_a_forked_child_stages_with_a_copier_of_its_own() -> None:
     assert done.get(timeout=300) is True  # a child that waited on the parent's thread would hang
     child.join()
     assert child.exitcode == 0
+    bufs.close()
+
+
+def test_a_hook_added_after_saves_were_copied_ahead_is_seen_by_the_next(tmp_path: Path) -> None:
+    system, _, model, opt = _started(tmp_path)
+    model[0].register_buffer("calls", torch.zeros(1 << 18))
+    system.checkpoint_on_step(4)  # a new layout, copied after the reads
+    system.checkpoint_on_step(5)  # copied ahead
+
+    def count(module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
+        module.calls.add_(1)
+
+    model[0].register_state_dict_pre_hook(count)  # from now on the state_dict writes
+    for step in range(6, 9):
+        system.checkpoint_on_step(step)
+    h = _done(system)
+    manager = CheckpointManager(tmp_path, mode="r")
+    got = {s: float(manager.load(h, s)["models"]["model"]["0.calls"][0]) for s in range(6, 9)}
+    assert got == {6: 1.0, 7: 2.0, 8: 3.0}
+
+
+class _Ema:
+    """A stateful object whose state_dict() folds pending updates into a registered model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.pending = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        with torch.no_grad():
+            for p in self.model.parameters():
+                p.add_(self.pending)
+        self.pending = 0.0
+        return {}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        pass
+
+
+def test_a_model_another_objects_state_dict_writes_into_is_copied_after_it(tmp_path: Path) -> None:
+    system, ledger, model, opt = _started(tmp_path)
+    ema = _Ema(model)
+    ledger.register_stateful("ema", ema)
+    expected: dict[int, float] = {}
+    for step in range(4, 8):
+        ema.pending = 1.0
+        system.checkpoint_on_step(step)
+        expected[step] = float(model[0].bias[0])  # what the save had to see, after the fold
+    h = _done(system)
+    manager = CheckpointManager(tmp_path, mode="r")
+    got = {s: float(manager.load(h, s)["models"]["model"]["0.bias"][0]) for s in range(4, 8)}
+    assert got == expected
+
+
+def test_a_state_dict_replaced_on_the_instance_is_called_as_it_is(tmp_path: Path) -> None:
+    ledger = Ledger()
+    model = _model()
+    plain = model.state_dict
+    model.state_dict = lambda: {k: v for k, v in plain().items() if k.startswith("3.")}  # type: ignore[method-assign,assignment]
+    ledger.register_model("model", model)
+    ledger.register_hyperparams("config", {"lr": 1e-3})
+    system = AutomaticCheckpointSystem(root_log_dir=tmp_path, checkpoint_frequency=1, ledger=ledger)
+    for step in range(1, 4):
+        system.checkpoint_on_step(step)
+    h = _done(system)
+    saved = CheckpointManager(tmp_path, mode="r").load(h, 3)["models"]["model"]
+    assert set(saved) == {"3.weight", "3.bias"}
+
+
+class _Broken(Mapping[str, Any]):
+    """A state tree whose items() fails."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("this tree cannot be read")
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_a_snapshot_that_fails_after_taking_the_copy_made_ahead_waits_for_it() -> None:
+    src = {"a": torch.randn(1 << 24), "b": torch.randn(1 << 10)}  # 64 MiB: the copy takes a while
+    bufs = SnapshotBuffers()
+    bufs.begin({"models": src}, background=True, ahead_keys=("models",)).finish()
+    assert bufs.copy_ahead()
+    job = bufs._ahead[1] if bufs._ahead is not None else None
+    with pytest.raises(RuntimeError, match="cannot be read"):
+        bufs.begin({"models": src, "extra": _Broken()}, background=True, ahead_keys=("models",))
+    assert job is not None and job.done()  # no copy reads the sources once begin has raised
     bufs.close()

@@ -243,7 +243,7 @@ class AutomaticCheckpointSystem(Lifecycle, Rewinding, Saving, RankedSaving, Sche
             clean = clean_metrics(metrics)
             # the state's copy starts first and runs while the full hash (and a read of every
             # parameter), which runs before every save whatever the cheap check said, is computed
-            with self._staging_early():
+            with self._staging_early(step):
                 self._record_changes(step, clean, announced=None)
                 assert self._exp.identity is not None
                 if (self._exp.identity.exp_hash, step) not in self._submitted:

@@ -37,14 +37,19 @@ def stage_state(
             state[key] = {}
             continue
         state[key] = {n: o.state_dict() for n, o in ledger.items(kind).items()}
-    # what the next save may copy before it reads the state: the tensors of objects whose
-    # state_dict() only reads them (torch's own, without hooks); schedulers and other objects run
-    # their own code, which may write into a tensor it returns, so theirs are copied after it ran
+    # what the next save may copy before it reads the state: the tensors of models and optimizers,
+    # when every registered object's state_dict() is torch's own without hooks (it only reads).
+    # Any other object runs code of its own, which may write into a tensor it returns or into a
+    # model's (an EMA folding its updates in), so then everything is copied after the reads
     ahead: tuple[str, ...] = ()
-    if background and all(map(_reads_only, models.values())):
-        ahead = (
-            ("models", "optimizers") if all(map(_reads_only_optimizer, optimizers.values())) else ("models",)
-        )
+    if (
+        background
+        and not ledger.items("stateful")
+        and all(map(_reads_only, models.values()))
+        and all(map(_reads_only_optimizer, optimizers.values()))
+        and all(map(_reads_only_scheduler, ledger.items("scheduler").values()))
+    ):
+        ahead = ("models", "optimizers")
     return buffers.begin(state, background=background, ahead_keys=ahead)
 
 
@@ -52,21 +57,36 @@ def _model_state(model: torch.nn.Module) -> dict[str, Any]:
     # torch's own state_dict: the parameters themselves (keep_vars), not a detached view of each made
     # anew at every save (the staging copies them without grad), so that a save sees the same
     # objects as the last one; an override may not take keep_vars
-    if type(model).state_dict is _MODULE_STATE_DICT:
+    if _own(model, _MODULE_STATE_DICT):
         return model.state_dict(keep_vars=True)
     return model.state_dict()
+
+
+def _own(obj: Any, *methods: Any) -> bool:
+    """Whether ``obj.state_dict`` is one of ``methods``: no subclass or instance of its own."""
+    return getattr(type(obj), "state_dict", None) in methods and "state_dict" not in getattr(
+        obj, "__dict__", {}
+    )
 
 
 _MODULE_STATE_DICT = torch.nn.Module.state_dict
 _MODULE_SAVE = torch.nn.Module._save_to_state_dict
 _MODULE_EXTRA = torch.nn.Module.get_extra_state
 _OPTIMIZER_STATE_DICT = torch.optim.Optimizer.state_dict
+# torch's schedulers (LambdaLR, SequentialLR, ... have their own, which only read)
+_SCHEDULER_STATE_DICTS = tuple(
+    {
+        method
+        for cls in vars(torch.optim.lr_scheduler).values()
+        if isinstance(cls, type) and callable(method := getattr(cls, "state_dict", None))
+    }
+)
 _plain_types: dict[type, bool] = {}
 
 
 def _reads_only(model: torch.nn.Module) -> bool:
     """Whether ``model.state_dict()`` is torch's own all the way down, with no hook: it only reads."""
-    if type(model).state_dict is not _MODULE_STATE_DICT:
+    if not _own(model, _MODULE_STATE_DICT):
         return False
     for module in model.modules():
         cls = type(module)
@@ -77,14 +97,23 @@ def _reads_only(model: torch.nn.Module) -> bool:
                 and cls._save_to_state_dict is _MODULE_SAVE
                 and cls.get_extra_state is _MODULE_EXTRA
             )
-        if not plain or module._state_dict_hooks or module._state_dict_pre_hooks:
+        if (
+            not plain
+            or module._state_dict_hooks
+            or module._state_dict_pre_hooks
+            or "state_dict" in vars(module)
+        ):
             return False
     return True
 
 
+def _reads_only_scheduler(scheduler: Any) -> bool:
+    return _own(scheduler, *_SCHEDULER_STATE_DICTS)
+
+
 def _reads_only_optimizer(optimizer: Any) -> bool:
     return (
-        type(optimizer).state_dict is _OPTIMIZER_STATE_DICT
+        _own(optimizer, _OPTIMIZER_STATE_DICT)
         and not getattr(optimizer, "_optimizer_state_dict_pre_hooks", None)
         and not getattr(optimizer, "_optimizer_state_dict_post_hooks", None)
     )

@@ -116,7 +116,7 @@ class Saving(SystemParts):
         )
 
     @contextmanager
-    def _staging_early(self) -> Iterator[None]:
+    def _staging_early(self, step: int) -> Iterator[None]:
         """Around a scheduled save: stage the state first, its batched copy on the copier thread.
 
         The copy then overlaps the change check (the architecture walk, the detector's baseline) and
@@ -125,7 +125,12 @@ class Saving(SystemParts):
         wrong here is left to the save itself, which stages again and reports it as usual. A
         snapshot the block did not take is finished (and dropped) on the way out.
         """
-        if self._writer is None or self._group.distributed:
+        ident = self._exp.identity
+        if (
+            self._writer is None
+            or self._group.distributed
+            or (ident is not None and (ident.exp_hash, step) in self._submitted)  # saved already
+        ):
             yield
             return
         models = self.ledger.items("model")
@@ -138,9 +143,9 @@ class Saving(SystemParts):
         self._writer.wait()  # the buffers are about to be overwritten
         self._walk = walk
         try:
-            # the steady state: the same tensors as at the last save, copied before they are read
-            self._buffers.copy_ahead()
             try:
+                # the steady state: the same tensors as at the last save, copied before they are read
+                self._buffers.copy_ahead()
                 self._early = stage_state(self.ledger, self._buffers, background=True)
             except Exception:  # the save stages again and reports the error
                 self._early = None

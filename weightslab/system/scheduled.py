@@ -65,7 +65,7 @@ class Scheduled(SystemParts):
                     pending, self._pending = self._pending, []
                     self._save_announced(step, pending, clean)
                 else:
-                    with self._staging_early():  # the copy runs beside the change check
+                    with self._staging_early(step):  # the copy runs beside the change check
                         if not self._record_changes(step, clean, announced=None):
                             assert self._exp.identity is not None
                             if (self._exp.identity.exp_hash, step) not in self._submitted:

@@ -146,6 +146,21 @@ class SnapshotBuffers:
         change before ``finish`` returns. The next ``begin`` finishes this copy first.
         """
         ahead, self._ahead = self._ahead, None
+        try:
+            return self._begin(state, background, ahead_keys, ahead)
+        except BaseException:
+            if ahead is not None:  # no copy may run on once this snapshot is given up
+                _wait(ahead[1])
+            self._finish_inflight()
+            raise
+
+    def _begin(
+        self,
+        state: Mapping[str, Any],
+        background: bool,
+        ahead_keys: Collection[str],
+        ahead: tuple[list[torch.Tensor], Future[None]] | None,
+    ) -> StagedCopy:
         self._finish_inflight()
         arena = self._arena
         if arena is None and self._specs:
@@ -156,7 +171,7 @@ class SnapshotBuffers:
         if ahead is not None and (
             out is None
             or arena is not self._arena
-            or len(ahead[0]) > len(self._batch_src)
+            or len(ahead[0]) > _lead(state, ahead_keys, self._marks)  # now they may not be copied ahead
             or not all(map(is_, ahead[0], self._batch_src))
         ):
             _wait(ahead[1])  # other sources: its slots are copied again (or the arena goes)
@@ -167,7 +182,8 @@ class SnapshotBuffers:
             out, arena = self._general_pass(state)
         assert out is not None
         event = self._copy_singles()
-        dst, src, marks = self._batch_dst, self._batch_src, self._marks
+        dst, src = self._batch_dst, self._batch_src
+        lead = _lead(state, ahead_keys, self._marks)
         self.staged_bytes = arena.nbytes if arena is not None else 0
         bound = self.max_staging_bytes
         self._arena = arena if bound is None or self.staged_bytes <= bound else None
@@ -175,21 +191,17 @@ class SnapshotBuffers:
         self._reset(None)  # the snapshot alone keeps the slots alive from here on
         job: Future[None] | None = None
         if ahead is not None:
-            job = ahead[1]  # the copy of exactly these sources into exactly these slots
+            job = self._inflight = ahead[1]  # the copy of exactly these sources into these slots
             done = len(ahead[0])
             _copy_batch(dst[done:], src[done:])  # the rest (beside the copier), read after their state_dict
             self.copied_ahead += 1
+            if lead != done:
+                self._last = list(map(weakref.ref, src[:lead]))
         elif background and dst and self.staged_bytes >= _BACKGROUND_BYTES:
-            job = self._start(dst, src)
-            lead = 0
-            for key in state:  # the sources of the leading ahead_keys come first
-                if key not in ahead_keys:
-                    break
-                lead = marks.get(key, lead)
+            job = self._inflight = self._start(dst, src)
             self._last = list(map(weakref.ref, src[:lead])) if whole else None
         else:
             _copy_batch(dst, src)
-        self._inflight = job
         return StagedCopy(out, event, job)
 
     def close(self) -> None:
@@ -413,6 +425,16 @@ class StagedCopy:
         """Finish the copy of a snapshot nobody takes; an error of its copy has no taker then."""
         with suppress(Exception):
             self.finish()
+
+
+def _lead(state: Mapping[str, Any], ahead_keys: Collection[str], marks: Mapping[str, int]) -> int:
+    """How many of the pass's batched sources come from the leading ``ahead_keys`` of ``state``."""
+    lead = 0
+    for key in state:
+        if key not in ahead_keys:
+            break
+        lead = marks.get(key, lead)
+    return lead
 
 
 def _wait(job: Future[None]) -> None:
