@@ -19,7 +19,11 @@ and each ratio is the median of the per-round ratios, with their range.
 weightslab asks the kernel to start writing back every 32 MB as it goes (``sync_file_range``); the
 raw floor with the same request is a row too, so that the table shows what that alone is worth.
 Before each timed peer ``os.sync()`` runs (untimed), so that no fsync waits for the writeback of
-what the peer before it left dirty.
+what the peer before it left dirty. Every peer keeps its last file until its next one is durable,
+as weightslab's ``keep_last=1`` and Lightning's ``ModelCheckpoint(save_top_k=1)`` do: on a
+thin-provisioned virtual disk a write into blocks never written before runs several times slower
+than one into blocks freed by a deleted file, so peers that deleted their file before the next
+round would be measured on a different disk.
 """
 
 from __future__ import annotations
@@ -70,7 +74,6 @@ def raw_write(path: Path, buffer: bytearray, chunk: int, writeback: bool) -> Non
                 start_writeback(f.fileno(), started, end - started)
                 started = end
         os.fsync(f.fileno())
-    path.unlink()
 
 
 def settled(fn: Callable[[], object]) -> float:
@@ -138,30 +141,33 @@ def main() -> None:
             wl.clear_ledger()
             return took
 
-        def one_file(name: str, write: object) -> float:
-            path = d / name
+        def keeping_last(name: str, r: int, write: Callable[[Path], object]) -> float:
+            # like keep_last=1 (and Lightning's ModelCheckpoint(save_top_k=1)): the new file is
+            # written while the last one is still on disk, which is removed (untimed) once the new
+            # one is durable, so every peer writes with the same space taken
+            path, last = d / f"{name}.{r}", d / f"{name}.{r - 1}"
+            took = settled(lambda: write(path))
+            if last.is_dir():
+                shutil.rmtree(last)
+            elif last.exists():
+                last.unlink()
+            return took
 
-            def run() -> None:
-                write(path)  # type: ignore[operator]
+        def one_file(name: str, r: int, write: Callable[[Path], object]) -> float:
+            def run(path: Path) -> None:
+                write(path)
                 fsync(path)
 
-            took = settled(run)
-            path.unlink()
-            return took
-
-        def dcp_save(r: int) -> float:
-            took = settled(lambda: dcp.save(state, checkpoint_id=str(d / f"dcp{r}")))
-            shutil.rmtree(d / f"dcp{r}")
-            return took
+            return keeping_last(name, r, run)
 
         peers: list[tuple[str, Callable[[int], float]]] = [
             (WL_SYNC, lambda r: weightslab_save("sync")),
             (WL_ASYNC, lambda r: weightslab_save("async")),
-            (ST, lambda r: one_file("st.safetensors", lambda p: save_file(flat, str(p)))),
-            (TS, lambda r: one_file("plain.pt", lambda p: torch.save(state, p))),
-            (DCP, dcp_save),
-            (RAW, lambda r: settled(lambda: raw_write(d / "raw", raw, 64 << 20, writeback=False))),
-            (RAW_WB, lambda r: settled(lambda: raw_write(d / "raw", raw, 64 << 20, writeback=True))),
+            (ST, lambda r: one_file("st.safetensors", r, lambda p: save_file(flat, str(p)))),
+            (TS, lambda r: one_file("plain.pt", r, lambda p: torch.save(state, p))),
+            (DCP, lambda r: keeping_last("dcp", r, lambda p: dcp.save(state, checkpoint_id=str(p)))),
+            (RAW, lambda r: keeping_last("raw", r, lambda p: raw_write(p, raw, 64 << 20, False))),
+            (RAW_WB, lambda r: keeping_last("raw_wb", r, lambda p: raw_write(p, raw, 64 << 20, True))),
         ]
         for r in range(args.repeats + 1):
             # round 0 is reported apart (the first write of each peer into this process's page
