@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import threading
+import types
 import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -439,3 +440,116 @@ def test_a_snapshot_that_fails_after_taking_the_copy_made_ahead_waits_for_it() -
         bufs.begin({"models": src, "extra": _Broken()}, background=True, ahead_keys=("models",))
     assert job is not None and job.done()  # no copy reads the sources once begin has raised
     bufs.close()
+
+
+def _counting_save(module: torch.nn.Module, destination: Any, prefix: str, keep_vars: bool) -> None:
+    """A ``_save_to_state_dict`` that bumps the module's ``calls`` buffer first (folds updates in)."""
+    module.calls.add_(1)
+    torch.nn.Module._save_to_state_dict(module, destination, prefix, keep_vars)
+
+
+def _calls_saved(root: Path, h: str, key: str, steps: range) -> dict[int, float]:
+    manager = CheckpointManager(root, mode="r")
+    return {s: float(manager.load(h, s)["models"]["model"][key][0]) for s in steps}
+
+
+def test_a_save_to_state_dict_replaced_on_an_instance_runs_before_the_copy(tmp_path: Path) -> None:
+    system, _, model, opt = _started(tmp_path)
+    model[0].register_buffer("calls", torch.zeros(1 << 18))
+    model[0]._save_to_state_dict = types.MethodType(_counting_save, model[0])  # type: ignore[method-assign]
+    expected: dict[int, float] = {}
+    for step in range(4, 10):
+        _train(model, opt)
+        system.checkpoint_on_step(step)
+        expected[step] = float(model[0].calls[0])  # what the save's own state_dict() left
+    h = _done(system)
+    assert _calls_saved(tmp_path, h, "0.calls", range(4, 10)) == expected
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(1 << 18))
+        self.lin = torch.nn.Linear(256, 256)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def test_a_class_patched_between_saves_is_seen_by_the_next(tmp_path: Path) -> None:
+    ledger = Ledger()
+    model = torch.nn.Sequential(_Block(), *[torch.nn.Linear(256, 256) for _ in range(3)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ledger.register_model("model", model)
+    ledger.register_optimizer("optimizer", opt)
+    ledger.register_hyperparams("config", {"lr": 1e-3})
+    system = AutomaticCheckpointSystem(
+        root_log_dir=tmp_path, checkpoint_frequency=1, keep_last=100, ledger=ledger
+    )
+    for step in range(1, 4):
+        _train(model, opt)
+        system.checkpoint_on_step(step)
+    _Block._save_to_state_dict = _counting_save  # type: ignore[method-assign,assignment]
+    try:
+        expected: dict[int, float] = {}
+        for step in range(4, 10):
+            _train(model, opt)
+            system.checkpoint_on_step(step)
+            expected[step] = float(model[0].calls[0])
+        h = _done(system)
+    finally:
+        del _Block._save_to_state_dict
+    assert _calls_saved(tmp_path, h, "0.calls", range(4, 10)) == expected
+
+
+class _Warmup(torch.optim.lr_scheduler.LRScheduler):
+    """A scheduler of the user's whose state_dict() writes into a registered model."""
+
+    def __init__(self, opt: torch.optim.Optimizer, model: torch.nn.Module) -> None:
+        self.model = model
+        super().__init__(opt)
+
+    def get_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        self.model[0].calls.add_(1)
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_epoch = state_dict["last_epoch"]
+
+
+def test_a_scheduler_of_the_users_inside_a_chained_scheduler_runs_before_the_copy(tmp_path: Path) -> None:
+    system, ledger, model, opt = _open(tmp_path)
+    model[0].register_buffer("calls", torch.zeros(1 << 18))
+    chained = torch.optim.lr_scheduler.ChainedScheduler(
+        [torch.optim.lr_scheduler.StepLR(opt, 10), _Warmup(opt, model)]
+    )
+    ledger.register_scheduler("sched", chained)
+    expected: dict[int, float] = {}
+    for step in range(1, 9):
+        _train(model, opt)
+        chained.step()
+        system.checkpoint_on_step(step)
+        expected[step] = float(model[0].calls[0])
+    assert system._buffers.copied_ahead == 0
+    h = _done(system)
+    assert _calls_saved(tmp_path, h, "0.calls", range(1, 9)) == expected
+
+
+def test_torchs_own_schedulers_keep_the_copy_made_ahead(tmp_path: Path) -> None:
+    system, ledger, model, opt = _open(tmp_path)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.5, total_iters=3)
+    sched = torch.optim.lr_scheduler.SequentialLR(
+        opt, [warm, torch.optim.lr_scheduler.StepLR(opt, 10)], milestones=[3]
+    )
+    ledger.register_scheduler("sched", sched)
+    for step in range(1, 7):
+        _train(model, opt)
+        sched.step()
+        system.checkpoint_on_step(step)
+        live = _live(model, opt)
+    assert system._buffers.copied_ahead > 0
+    h = _done(system)
+    assert _same(live, _saved(tmp_path, h, 6))

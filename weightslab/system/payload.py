@@ -73,42 +73,54 @@ _MODULE_STATE_DICT = torch.nn.Module.state_dict
 _MODULE_SAVE = torch.nn.Module._save_to_state_dict
 _MODULE_EXTRA = torch.nn.Module.get_extra_state
 _OPTIMIZER_STATE_DICT = torch.optim.Optimizer.state_dict
-# torch's schedulers (LambdaLR, SequentialLR, ... have their own, which only read)
+_SCHEDULER_BASES = tuple(
+    base
+    for name in ("LRScheduler", "_LRScheduler", "ReduceLROnPlateau")
+    if isinstance(base := getattr(torch.optim.lr_scheduler, name, None), type)
+)
+# the state_dict methods of torch's own schedulers (LambdaLR, SequentialLR, ... have their own,
+# which only read, or call the state_dict of the schedulers they wrap: those are checked too)
 _SCHEDULER_STATE_DICTS = tuple(
     {
-        method
+        cls.state_dict
         for cls in vars(torch.optim.lr_scheduler).values()
-        if isinstance(cls, type) and callable(method := getattr(cls, "state_dict", None))
+        if isinstance(cls, type)
+        and issubclass(cls, _SCHEDULER_BASES)
+        and cls.__module__ == torch.optim.lr_scheduler.__name__
     }
 )
-_plain_types: dict[type, bool] = {}
 
 
 def _reads_only(model: torch.nn.Module) -> bool:
-    """Whether ``model.state_dict()`` is torch's own all the way down, with no hook: it only reads."""
+    """Whether ``model.state_dict()`` is torch's own all the way down, with no hook: it only reads.
+
+    Looked up on every call, classes included (a library may patch a class's method between saves);
+    the lookups are cheap next to the save.
+    """
     if not _own(model, _MODULE_STATE_DICT):
         return False
     for module in model.modules():
-        cls = type(module)
-        plain = _plain_types.get(cls)
-        if plain is None:
-            plain = _plain_types[cls] = (
-                cls.state_dict is _MODULE_STATE_DICT
-                and cls._save_to_state_dict is _MODULE_SAVE
-                and cls.get_extra_state is _MODULE_EXTRA
-            )
+        cls, own = type(module), module.__dict__
         if (
-            not plain
+            cls.state_dict is not _MODULE_STATE_DICT
+            or cls._save_to_state_dict is not _MODULE_SAVE
+            or cls.get_extra_state is not _MODULE_EXTRA
             or module._state_dict_hooks
             or module._state_dict_pre_hooks
-            or "state_dict" in vars(module)
+            or "state_dict" in own
+            or "_save_to_state_dict" in own
+            or "get_extra_state" in own
         ):
             return False
     return True
 
 
 def _reads_only_scheduler(scheduler: Any) -> bool:
-    return _own(scheduler, *_SCHEDULER_STATE_DICTS)
+    """Whether ``scheduler.state_dict()`` is torch's own, and so is every scheduler it wraps."""
+    if not _own(scheduler, *_SCHEDULER_STATE_DICTS):
+        return False
+    wrapped = getattr(scheduler, "_schedulers", ())  # SequentialLR, ChainedScheduler
+    return all(map(_reads_only_scheduler, wrapped))
 
 
 def _reads_only_optimizer(optimizer: Any) -> bool:

@@ -229,7 +229,11 @@ class SnapshotBuffers:
             self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stager")
         started = threading.Event()
         job = self._copier.submit(_copy_started, started, dst, src)
-        started.wait()
+        try:
+            started.wait()
+        except BaseException:  # interrupted: no copy may run on that nobody tracks
+            _wait(job)
+            raise
         return job
 
     def _fast_pass(self, state: Mapping[str, Any], arena: StagingArena) -> dict[str, Any] | None:
