@@ -82,7 +82,7 @@ _SCHEDULER_BASES = tuple(
 # which only read, or call the state_dict of the schedulers they wrap: those are checked too)
 _SCHEDULER_STATE_DICTS = tuple(
     {
-        cls.state_dict
+        getattr(cls, "state_dict")  # noqa: B009 - each base defines it; the type checker cannot tell
         for cls in vars(torch.optim.lr_scheduler).values()
         if isinstance(cls, type)
         and issubclass(cls, _SCHEDULER_BASES)
