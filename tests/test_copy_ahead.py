@@ -553,3 +553,18 @@ def test_torchs_own_schedulers_keep_the_copy_made_ahead(tmp_path: Path) -> None:
     assert system._buffers.copied_ahead > 0
     h = _done(system)
     assert _same(live, _saved(tmp_path, h, 6))
+
+
+def test_a_finished_copy_holds_no_slot_even_when_it_failed() -> None:
+    bufs = SnapshotBuffers()
+    for fits in (True, False):
+        slot = torch.empty(1 << 18)
+        gone = weakref.ref(slot)
+        source = torch.ones(1 << 18 if fits else 7)  # a size that does not fit: the copy raises
+        job = bufs._start([slot], [source])
+        assert (job.exception() is None) is fits  # waits for the copy
+        del slot
+        gc.collect()
+        # the future (and a failure's traceback in it) is still held here, the slot is not
+        assert gone() is None, fits
+    bufs.close()

@@ -228,7 +228,7 @@ class SnapshotBuffers:
         if self._copier is None:
             self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightslab-stager")
         started = threading.Event()
-        job = self._copier.submit(_copy_started, started, dst, src)
+        job = self._copier.submit(_copy_started, started, [dst, src])
         try:
             started.wait()
         except BaseException:  # interrupted: no copy may run on that nobody tracks
@@ -458,9 +458,21 @@ def _copy_batch(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
                 d.copy_(t)
 
 
-def _copy_started(started: threading.Event, dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+def _copy_started(started: threading.Event, box: list[list[torch.Tensor]]) -> None:
+    """The copier's job: ``box`` holds the slots and the sources, and is emptied at once.
+
+    Nothing of the job (its arguments, a failure's traceback) then refers to the slots once the
+    copy ended, so an arena given up after the copy is freed before a new one is allocated, even
+    while the executor still holds the finished work item.
+    """
+    dst, src = box
+    box.clear()
     started.set()
-    _copy_batch(dst, src)
+    try:
+        _copy_batch(dst, src)
+    except BaseException as error:
+        del dst, src
+        raise error.with_traceback(None) from None
 
 
 def _refuse(key: Key, obj: Any) -> NoReturn:
