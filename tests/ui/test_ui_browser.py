@@ -269,6 +269,16 @@ def test_verify_reports_ok(
     shot(page, "verify")
 
 
+def test_a_live_table_that_did_not_change_keeps_its_elements(page: Any, shared_server: UIServer) -> None:
+    # a refresh that replaced the same buttons would lose a click landing during it
+    open_experiment(page, shared_server, run_cli("ls", shared_server.root)["active"])
+    page.locator('button[data-action="delete"][data-step="300"]').evaluate("b => { window.marked = b; }")
+    for _ in range(2):  # the second fragment is fetched only once the first was handled
+        with page.expect_response(lambda r: "/fragments/exp/" in r.url, timeout=TIMEOUT_MS):
+            pass
+    assert page.evaluate("() => document.contains(window.marked)")
+
+
 def test_delete_removes_the_checkpoint_from_disk_and_manifest(
     page: Any,
     ui_server: Callable[[Path], UIServer],

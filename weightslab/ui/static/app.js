@@ -67,7 +67,11 @@
       const html = await r.text();
       if (html !== shown.get(node)) {
         shown.set(node, html);
-        node.innerHTML = html;
+        // replace the node's children only when the fragment differs from what it shows (the
+        // page as served, at the first tick): a replaced button loses a click in progress
+        const fresh = document.createElement("template");
+        fresh.innerHTML = html;
+        if (fresh.innerHTML.trim() !== node.innerHTML.trim()) node.innerHTML = html;
       }
     } catch (e) {
       // the server is gone or restarting: keep what is shown, try again on the next tick
