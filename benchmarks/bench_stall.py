@@ -20,7 +20,8 @@ round:
   (and, for reference, the same copies in one ``torch._foreach_copy_`` call).
 
 The first save of each peer allocates its staging memory and is reported apart; the steady figure is
-the median of the later rounds. Between saves each peer's background write finishes outside the
+the median of the later rounds, with their maximum beside it (a pause of Python's garbage collector
+lands in some peer's round: the medians hide it, the maximum shows it). Between saves each peer's background write finishes outside the
 timed region, and ``os.sync()`` puts what it wrote on disk before the next peer is timed. Ratios to the floor are taken per round (the peers of one round saw the same load), and
 a ratio whose spread over the rounds includes 1.0 is marked as noise.
 """
@@ -128,6 +129,7 @@ def run_case(layers: int, width: int, repeats: int, base: Path | None) -> tuple[
                 name,
                 f"{first[name]:.3f}",
                 f"{median(ts):.4f}",
+                f"{max(ts):.4f}",
                 f"{median(ts) / median(times['dcp.async_save (thread mode)']):.2f}x",
                 f"{median(ratios):.2f}x [{lo:.2f}-{hi:.2f}]{noise}",
             ]
@@ -151,6 +153,7 @@ def main() -> None:
                 "peer",
                 "first save (s)",
                 "steady median (s)",
+                "steady max (s)",
                 "vs dcp.async_save",
                 "vs bare copy: median [min-max of rounds]",
             ],
