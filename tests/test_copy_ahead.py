@@ -31,9 +31,12 @@ def _model() -> torch.nn.Sequential:
     return torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
 
 
-def _open(root: Path) -> tuple[AutomaticCheckpointSystem, Ledger, torch.nn.Module, torch.optim.Optimizer]:
+def _open(
+    root: Path, model: torch.nn.Module | None = None
+) -> tuple[AutomaticCheckpointSystem, Ledger, torch.nn.Module, torch.optim.Optimizer]:
+    """A system on ``root`` saving every step: ``model`` (default :func:`_model`) and its AdamW."""
     ledger = Ledger()
-    model = _model()
+    model = _model() if model is None else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ledger.register_model("model", model)
     ledger.register_optimizer("optimizer", opt)
@@ -477,15 +480,8 @@ class _Block(torch.nn.Module):
 
 
 def test_a_class_patched_between_saves_is_seen_by_the_next(tmp_path: Path) -> None:
-    ledger = Ledger()
     model = torch.nn.Sequential(_Block(), *[torch.nn.Linear(256, 256) for _ in range(3)])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ledger.register_model("model", model)
-    ledger.register_optimizer("optimizer", opt)
-    ledger.register_hyperparams("config", {"lr": 1e-3})
-    system = AutomaticCheckpointSystem(
-        root_log_dir=tmp_path, checkpoint_frequency=1, keep_last=100, ledger=ledger
-    )
+    system, _, model, opt = _open(tmp_path, model)
     for step in range(1, 4):
         _train(model, opt)
         system.checkpoint_on_step(step)
