@@ -168,10 +168,11 @@ class SnapshotBuffers:
         out: dict[str, Any] | None = None
         if arena is not None and self._signature is not None:
             out = self._fast_pass(state, arena)
+        lead = _lead(state, ahead_keys, self._marks) if out is not None else 0
         if ahead is not None and (
             out is None
             or arena is not self._arena
-            or len(ahead[0]) > _lead(state, ahead_keys, self._marks)  # now they may not be copied ahead
+            or len(ahead[0]) > lead  # now they may not be copied ahead
             or not all(map(is_, ahead[0], self._batch_src))
         ):
             _wait(ahead[1])  # other sources: its slots are copied again (or the arena goes)
@@ -180,10 +181,10 @@ class SnapshotBuffers:
             # hand the arena over, so that the general pass can release it before allocating anew
             self._arena, arena = arena, None
             out, arena = self._general_pass(state)
+            lead = _lead(state, ahead_keys, self._marks)  # the marks of the new layout
         assert out is not None
         event = self._copy_singles()
         dst, src = self._batch_dst, self._batch_src
-        lead = _lead(state, ahead_keys, self._marks)
         self.staged_bytes = arena.nbytes if arena is not None else 0
         bound = self.max_staging_bytes
         self._arena = arena if bound is None or self.staged_bytes <= bound else None
