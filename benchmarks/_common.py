@@ -53,11 +53,15 @@ def ledger_for(model: torch.nn.Module, opt: torch.optim.Optimizer) -> Ledger:
     return ledger
 
 
+def state_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor a checkpoint of ``model`` and ``opt`` holds: the model's, then the optimizer state's."""
+    return list(model.state_dict().values()) + [
+        t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
+
+
 def state_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
-    n = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    for s in opt.state.values():
-        n += sum(t.numel() * t.element_size() for t in s.values() if isinstance(t, torch.Tensor))
-    return n
+    return sum(t.numel() * t.element_size() for t in state_tensors(model, opt))
 
 
 @contextmanager

@@ -33,7 +33,7 @@ import torch
 import weightslab as wl
 from weightslab.components import checkpoint_on_step, get_checkpoint_system
 
-from _common import build_state, machine, median, print_table, scratch
+from _common import build_state, machine, median, print_table, scratch, state_tensors
 
 warnings.filterwarnings("ignore")
 
@@ -111,9 +111,7 @@ def series(
 def main() -> None:
     args = parse()
     model, opt = build_state(args.layers, args.width)
-    tensors = list(model.state_dict().values()) + [
-        t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-    ]
+    tensors = state_tensors(model, opt)
     floor = [torch.empty_like(t) for t in tensors]
     load0 = os.getloadavg()[0]
     with scratch(args.dir) as d:

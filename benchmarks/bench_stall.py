@@ -40,7 +40,17 @@ import torch.distributed.checkpoint as dcp
 import weightslab as wl
 from weightslab.components import AutomaticCheckpointSystem, checkpoint_on_step, get_checkpoint_system
 
-from _common import build_state, ledger_for, machine, median, print_table, scratch, state_bytes, timed
+from _common import (
+    build_state,
+    ledger_for,
+    machine,
+    median,
+    print_table,
+    scratch,
+    state_bytes,
+    state_tensors,
+    timed,
+)
 
 warnings.filterwarnings("ignore")
 
@@ -61,9 +71,7 @@ def parse() -> argparse.Namespace:
 def run_case(layers: int, width: int, repeats: int, base: Path | None) -> tuple[str, list[list[str]]]:
     model, opt = build_state(layers, width)
     nbytes = state_bytes(model, opt)
-    tensors = list(model.state_dict().values()) + [
-        t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-    ]
+    tensors = state_tensors(model, opt)
     with scratch(base) as d:
         wl.register_model("model", model)
         wl.register_optimizer("optimizer", opt)
