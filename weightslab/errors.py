@@ -113,6 +113,7 @@ class CheckpointCorruptedError(WeightslabError):
         self.path = str(path)
         self.expected = expected
         self.actual = actual
+        self.detail = detail
         extra = f" ({detail})" if detail else ""
         super().__init__(
             f"checkpoint {self.path} is corrupted: expected xxh3_128 {expected}, found {actual}{extra}; "

@@ -22,6 +22,7 @@ from typing import Any
 from weightslab.errors import ManifestError
 from weightslab.format.layout import MANIFEST_FORMAT, MANIFEST_LOGGED_FORMAT
 from weightslab.format.manifest_entries import (
+    BlockDigests,
     CheckpointEntry,
     FileRecord,
     ParentRef,
@@ -343,6 +344,7 @@ def read_manifest(path: Path, storage: Storage | None = None) -> Manifest:
 
 
 __all__ = [
+    "BlockDigests",
     "CheckpointEntry",
     "FileRecord",
     "Manifest",

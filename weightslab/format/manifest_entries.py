@@ -68,6 +68,35 @@ class PendingReplacement:
 
 
 @dataclass(frozen=True)
+class BlockDigests:
+    """The digest of every block of a step file, so that a reader can check its blocks on all cores.
+
+    ``xxh3_64[i]`` is the first 64 bits (hex) of the xxh3-128 of bytes ``i * block_bytes`` up to the
+    next block; the last block may be shorter. ``of`` is the file's own xxh3-128 when they were
+    computed: an entry whose file digest differs (a copy re-encoded, a replacement) does not use them.
+    """
+
+    block_bytes: int
+    of: str
+    xxh3_64: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bytes": self.block_bytes, "of": self.of, "xxh3_64": list(self.xxh3_64)}
+
+    def cover(self, size: int, xxh3_128: str) -> bool:
+        """Whether these are the blocks of a file of ``size`` bytes whose xxh3-128 is ``xxh3_128``."""
+        return (
+            self.of == xxh3_128 and self.block_bytes > 0 and len(self.xxh3_64) == -(-size // self.block_bytes)
+        )
+
+
+def _block_digests(raw: Any) -> BlockDigests | None:
+    if not raw:
+        return None
+    return BlockDigests(int(raw["bytes"]), str(raw["of"]), tuple(str(d) for d in raw["xxh3_64"]))
+
+
+@dataclass(frozen=True)
 class CheckpointEntry:
     """One committed checkpoint.
 
@@ -92,6 +121,8 @@ class CheckpointEntry:
     # a sharded checkpoint (written through torch.distributed.checkpoint by every rank): ``file`` is
     # its folder, these are all its files, and ``bytes``/``xxh3_128`` cover them all
     shards: tuple[FileRecord, ...] = ()
+    # the digests of the step file's blocks (files of two blocks or more), checked in parallel
+    blocks: BlockDigests | None = None
 
     @property
     def sharded(self) -> bool:
@@ -116,7 +147,17 @@ class CheckpointEntry:
             d["pending"] = asdict(self.pending)
         if self.shards:
             d["shards"] = [r.to_dict() for r in self.shards]
+        if self.blocks is not None:
+            d["blocks"] = self.blocks.to_dict()
         return d
+
+    def usable_blocks(self) -> BlockDigests | None:
+        """The block digests that describe this entry's one step file now, or None (then the whole
+        file's digest is checked): none recorded, a replacement under way, or blocks of other bytes."""
+        blocks = self.blocks
+        if blocks is None or self.pending is not None or self.shards:
+            return None
+        return blocks if blocks.cover(self.bytes, self.xxh3_128) else None
 
     def metric(self, name: str) -> float | None:
         value = self.metrics.get(name)
@@ -132,7 +173,7 @@ def entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
 
 def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
     # A manifest of 10,000 checkpoints builds 10,000 entries on every read (`weightslab ls`), and a
-    # frozen dataclass's __init__ sets each of its 13 fields through object.__setattr__. The entry is
+    # frozen dataclass's __init__ sets each of its 14 fields through object.__setattr__. The entry is
     # built here with the same conversions (and the same errors for a malformed field), its fields
     # set at once; it is equal to, and behaves as, one made by the constructor.
     pending = e.get("pending")
@@ -154,6 +195,7 @@ def _entry_from_dict(e: dict[str, Any]) -> CheckpointEntry:
         seq=int(e.get("seq", 0)),
         abandoned=bool(e.get("abandoned", False)),
         shards=tuple(r for raw in shards if (r := _file_record(raw)) is not None) if shards else (),
+        blocks=_block_digests(e.get("blocks")),
     )
     return entry
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from weightslab.util.digests import Xxh3Stream, as_bytes, releases_gil
+from weightslab.util.digests import BLOCK_BYTES, FileHasher, as_bytes, releases_gil
 
 if TYPE_CHECKING:  # imported where a hash thread starts: the read-only commands never start one
     from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +24,17 @@ TMP_MARKER = ".tmp-"
 
 @dataclass(frozen=True)
 class WrittenFile:
-    """What a durable write produced: where, how many bytes, and their xxh3-128."""
+    """What a durable write produced: where, how many bytes, their xxh3-128 and block digests.
+
+    ``blocks``: the digest of each ``block_bytes`` block (see :class:`~weightslab.util.digests.FileHasher`),
+    empty where the writer did not compute them.
+    """
 
     path: Path
     bytes: int
     xxh3_128: str
+    blocks: tuple[str, ...] = ()
+    block_bytes: int = BLOCK_BYTES
 
 
 PARALLEL_HASH_MIN = 1 << 20
@@ -53,7 +59,7 @@ class HashingWriter:
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._hash = Xxh3Stream()
+        self._hash = FileHasher()
         self._pool: ThreadPoolExecutor | None = None
         self._hash_failure: BaseException | None = None
         self.bytes = 0
@@ -107,6 +113,12 @@ class HashingWriter:
         if self._hash_failure is not None:
             raise self._hash_failure
         return self._hash.hexdigest()
+
+    def blocks(self) -> tuple[str, ...]:
+        """The digest of each :data:`~weightslab.util.digests.BLOCK_BYTES` block written so far."""
+        if self._hash_failure is not None:
+            raise self._hash_failure
+        return self._hash.blocks()
 
     def close(self) -> None:
         """End the hashing thread (the digest stays readable); idempotent."""

@@ -21,7 +21,7 @@ from typing import Any
 from weightslab.storage.base import TMP_MARKER, HashingWriter, WrittenFile
 from weightslab.storage.local_lock import RootLock
 from weightslab.storage.writeback import WINDOW, WritebackFile
-from weightslab.util.digests import Xxh3Stream
+from weightslab.util.digests import Xxh3Stream, block_digests
 
 READ_CHUNK = 8 << 20
 
@@ -33,6 +33,16 @@ def fsync(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def hash_threads() -> int:
+    """How many threads hash the blocks of one file: the cores this process may run on, at most 8
+    (beyond that one file's hashing is bound by memory bandwidth)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 def tmp_path_for(path: Path) -> Path:
@@ -75,7 +85,7 @@ class LocalStorage:
                 writer.close()
         if self.durable:
             fsync(path.parent)
-        return WrittenFile(path=path, bytes=writer.bytes, xxh3_128=writer.hexdigest())
+        return WrittenFile(path=path, bytes=writer.bytes, xxh3_128=writer.hexdigest(), blocks=writer.blocks())
 
     def write_bytes_atomic(self, path: Path, data: bytes) -> WrittenFile:
         """:meth:`write_atomic` of bytes already in memory."""
@@ -185,6 +195,28 @@ class LocalStorage:
                 finally:
                     view.release()
         return size, h.hexdigest()
+
+    def block_checksums(self, path: Path, block_bytes: int) -> tuple[int, list[str]]:
+        """(size, the block digest of each ``block_bytes`` block) of the file as it is on disk now.
+
+        The blocks are hashed on every core this process may use (up to 8), through one mapping of
+        the file: what :attr:`CheckpointEntry.blocks` lets a reader do instead of one sequential
+        :meth:`checksum`.
+        """
+        with open(path, "rb", buffering=0) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return 0, []
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    return size, block_digests(view, block_bytes, hash_threads())
+                finally:
+                    view.release()
+
+    def hash_threads(self) -> int:
+        """How many threads :meth:`block_checksums` hashes on."""
+        return hash_threads()
 
     def exists(self, path: Path) -> bool:
         return path.exists()

@@ -219,7 +219,7 @@ class S3Storage(S3Client):
         except BaseException:
             upload.abort()
             raise
-        return WrittenFile(path=path, bytes=writer.bytes, xxh3_128=writer.hexdigest())
+        return WrittenFile(path=path, bytes=writer.bytes, xxh3_128=writer.hexdigest(), blocks=writer.blocks())
 
     def write_bytes_atomic(self, path: Path, data: bytes) -> WrittenFile:
         if len(data) > self.part_size:

@@ -14,7 +14,7 @@ from typing import Any
 
 from weightslab.errors import CheckpointCorruptedError, CheckpointNotFoundError, ConfigError
 from weightslab.format.layout import TMP_MARKER, ExperimentLayout
-from weightslab.format.manifest import CheckpointEntry, Manifest, PendingReplacement
+from weightslab.format.manifest import BlockDigests, CheckpointEntry, Manifest, PendingReplacement
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.storage.base import HashingWriter, Storage, WrittenFile
 from weightslab.storage.local import LocalStorage
@@ -109,6 +109,7 @@ class Committing(ShardedCommitting):
             metrics=dict(metrics or {}),
             tags=tuple(tags),
             description=description,
+            blocks=block_digests_of(written),
         )
         with self._lock:
             current = self.manifest(exp_hash)
@@ -347,6 +348,14 @@ class Committing(ShardedCommitting):
         are deleted, then RetentionRefusedError names the refused entries (its ``deleted`` lists the rest).
         """
         return retention.apply_retention(self.manifests, self.delete, exp_hash, policy, protected)
+
+
+def block_digests_of(written: WrittenFile) -> BlockDigests | None:
+    """The block digests of a step file just written, for its entry; None under two blocks (one
+    block is the whole file: its xxh3-128 is checked)."""
+    if len(written.blocks) < 2:
+        return None
+    return BlockDigests(written.block_bytes, written.xxh3_128, written.blocks)
 
 
 def _check_placed(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry) -> None:

@@ -1,7 +1,9 @@
 """Checking a root: each committed checkpoint's size and xxh3-128, and files no manifest lists.
 
 :func:`verify_entry` is the one check every verified load goes through; :func:`verify_root` is what
-``CheckpointManager.verify`` (and ``weightslab verify``) reports.
+``CheckpointManager.verify`` (and ``weightslab verify``) reports. A step file whose entry records
+block digests (files over one block, written by this version) is checked block by block on every
+core of a local root; any other file by its whole xxh3-128 on one core.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Literal
 
 from weightslab.errors import CheckpointCorruptedError, ManifestError, UnsafePathError
 from weightslab.format.layout import TMP_MARKER, ExperimentLayout, parse_shard_dir, parse_step_file
-from weightslab.format.manifest import CheckpointEntry
+from weightslab.format.manifest import BlockDigests, CheckpointEntry
 from weightslab.storage.base import Storage
 from weightslab.store.blob_check import BlobChecker
 from weightslab.store.manifests import ManifestStore
@@ -55,8 +57,59 @@ def verify_entry(storage: Storage, exp: ExperimentLayout, entry: CheckpointEntry
             )
         return folder
     path = exp.resolve(entry.file)
-    _verify_file(storage, path, _accepted(entry), entry.xxh3_128)
+    blocks = entry.usable_blocks()
+    by_blocks = getattr(storage, "block_checksums", None)  # a backend that can hash in parallel
+    if blocks is not None and by_blocks is not None:
+        _verify_blocks(storage, path, entry, blocks, by_blocks)
+    else:
+        _verify_file(storage, path, _accepted(entry), entry.xxh3_128)
     return path
+
+
+BLOCK_MISMATCH = "<not computed>: a mismatch in block"
+"""How a CheckpointCorruptedError's ``actual`` starts when one block's digest differed."""
+
+
+def _verify_blocks(
+    storage: Storage,
+    path: Path,
+    entry: CheckpointEntry,
+    blocks: BlockDigests,
+    by_blocks: Callable[[Path, int], tuple[int, list[str]]],
+) -> None:
+    """Raise CheckpointCorruptedError unless every block of the file at ``path`` has its recorded digest.
+
+    The blocks cover every byte and the size is checked first, so this accepts what the whole
+    file's xxh3-128 accepts (up to a 64-bit collision in a block), on every core at once.
+    """
+    _check_size(storage, path, _accepted(entry), entry.xxh3_128)
+    try:
+        size, found = by_blocks(path, blocks.block_bytes)
+    except FileNotFoundError:  # deleted between the two looks (a writer's retention)
+        raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
+    if size != entry.bytes:
+        raise CheckpointCorruptedError(
+            path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
+        )
+    for i, (want, got) in enumerate(zip(blocks.xxh3_64, found, strict=True)):
+        if want != got:
+            start = i * blocks.block_bytes
+            end = min(start + blocks.block_bytes, size)
+            raise CheckpointCorruptedError(
+                path,
+                entry.xxh3_128,
+                f"{BLOCK_MISMATCH} {i + 1} of {len(found)}",
+                f"bytes {start}-{end} have xxh3-64 {got}, the manifest records {want}",
+            )
+
+
+def verifies_in_parallel(storage: Storage, entry: CheckpointEntry) -> bool:
+    """Whether :func:`verify_entry` checks ``entry``'s step file on several cores (its block digests
+    on a backend that hashes blocks in parallel, with more than one core to hash on)."""
+    if entry.usable_blocks() is None or getattr(storage, "block_checksums", None) is None:
+        return False
+    threads = getattr(storage, "hash_threads", None)
+    return threads is not None and threads() > 1
 
 
 def check_size(storage: Storage, path: Path, entry: CheckpointEntry) -> None:
@@ -198,4 +251,6 @@ def _corrupt_detail(storage: Storage, exc: CheckpointCorruptedError, expected_by
         except OSError:
             return "size differs from the manifest"
         return f"size {size} bytes, expected {expected_bytes}"
+    if exc.actual.startswith(BLOCK_MISMATCH):
+        return f"checksum mismatch in block {exc.actual[len(BLOCK_MISMATCH) :].strip()}: {exc.detail}"
     return "checksum mismatch"

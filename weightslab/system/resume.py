@@ -20,7 +20,7 @@ from weightslab.format.manifest import CheckpointEntry, Manifest
 from weightslab.format.stepfile import load_step_file
 from weightslab.policy.retention import RetentionPolicy
 from weightslab.store.manager import CheckpointManager
-from weightslab.store.verify import check_size, verify_entry
+from weightslab.store.verify import check_size, verifies_in_parallel, verify_entry
 from weightslab.system.validation import check_step
 from weightslab.system.verifying import Background
 
@@ -221,12 +221,16 @@ def load_and_restore(
     live objects hold the unverified bytes (the caller restores another checkpoint over them or
     says so). Any error of loading or restoring a file whose checksum differs is reported as that
     CheckpointCorruptedError. A sharded checkpoint is verified first and then restored (its DCP
-    files are read by the restore itself). With ``overlap=False`` the checksum is waited for before
-    anything is restored. With ``defer``, the checksum starts on the helper thread once ``restore``
+    files are read by the restore itself), and so is a step file whose entry records block digests
+    when the storage hashes them on several cores (every core checks its blocks, then the restore
+    runs: quicker than one core's checksum beside the restore, which reads the same memory). With
+    ``overlap=False`` the checksum is waited for before anything is restored. With ``defer``, the checksum starts on the helper thread once ``restore``
     returned and is handed to ``defer`` instead of waited for.
     """
     exp = manager.experiment(exp_hash)
-    if entry.shards or not overlap:
+    # a file with block digests is checked on every core first: faster than one core's checksum
+    # beside the restore (both read the same memory), and nothing unverified is restored
+    if entry.shards or not overlap or (defer is None and verifies_in_parallel(manager.storage, entry)):
         data = manager.load_entry(exp_hash, entry, consolidate=False)
         restore(data, entry, exp_hash)
         return data

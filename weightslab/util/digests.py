@@ -8,6 +8,12 @@ vector unit at run time (AVX2 here: about 3x the SSE2 speed on data in cache). T
 syscall and the hash of the same bytes run on two cores, and several threads hash parts of a file
 at once. The digests are the same bits either way (xxh3-128, seed 0, canonical hex as
 ``xxhash.xxh3_128().hexdigest()``); without the library everything still works, only slower.
+
+A streaming digest of a whole file is sequential: one core computes it, at most at the memory
+bandwidth one core reaches. :class:`FileHasher` also keeps a digest of every block of
+:data:`BLOCK_BYTES` (the first 64 bits of each block's xxh3-128), computed on the same bytes while
+they are still in the core's cache, so that a reader can check the blocks of a file on every core at
+once (:func:`block_digests`).
 """
 
 from __future__ import annotations
@@ -165,6 +171,83 @@ def digest(data: Buffer) -> str:
     return _hex(lib.one_shot(address(view), view.nbytes))
 
 
+BLOCK_BYTES = 64 << 20
+"""The block size of :class:`FileHasher`'s block digests (a manifest records it with them)."""
+
+_PIECE = 512 << 10  # hashed twice in a row, the second time from the core's cache
+
+
+def block_digest(data: Buffer) -> str:
+    """The digest of one block: the first 64 bits (16 hex digits) of its xxh3-128."""
+    return digest(data)[:16]
+
+
+class FileHasher:
+    """The xxh3-128 of a stream of bytes, and the :func:`block_digest` of each of its blocks.
+
+    Blocks are ``block_bytes`` long, counted from the first byte; the last one may be shorter.
+    :meth:`update` feeds both in pieces of 512 KiB, each hashed for the file and for its block
+    while it is in the cache, so the second digest costs computation, not another pass over memory.
+    """
+
+    def __init__(self, block_bytes: int = BLOCK_BYTES) -> None:
+        if block_bytes <= 0:
+            raise ValueError(f"block_bytes must be positive, got {block_bytes}")
+        self.block_bytes = block_bytes
+        self._file = Xxh3Stream()
+        self._block = Xxh3Stream()
+        self._in_block = 0
+        self._blocks: list[str] = []
+        self.bytes = 0
+
+    def update(self, data: Buffer) -> None:
+        """Hash ``data`` next."""
+        view = as_bytes(data)
+        n = view.nbytes
+        lib, base = _lib(), 0
+        if lib is not None and n:
+            base = address(view)  # ``view`` stays alive (and unchanged) for the whole call
+        start = 0
+        while start < n:
+            room = self.block_bytes - self._in_block
+            end = min(n, start + _PIECE, start + room)
+            if lib is not None and self._file._state and self._block._state:
+                lib.update(self._file._state, base + start, end - start)
+                lib.update(self._block._state, base + start, end - start)
+            else:
+                piece = view[start:end]
+                self._file.update(piece)
+                self._block.update(piece)
+            self._in_block += end - start
+            if self._in_block == self.block_bytes:
+                self._blocks.append(self._block.hexdigest()[:16])
+                self._block = Xxh3Stream()
+                self._in_block = 0
+            start = end
+        self.bytes += n
+
+    def hexdigest(self) -> str:
+        """The xxh3-128 of every byte hashed so far."""
+        return self._file.hexdigest()
+
+    def blocks(self) -> tuple[str, ...]:
+        """The digest of each block so far, the last (shorter) one included."""
+        if self._in_block:
+            return (*self._blocks, self._block.hexdigest()[:16])
+        return tuple(self._blocks)
+
+
+def block_digests(view: memoryview, block_bytes: int, threads: int) -> list[str]:
+    """The :func:`block_digest` of each ``block_bytes`` block of ``view``, on up to ``threads`` threads."""
+    view = as_bytes(view)
+    parts = [view[i : i + block_bytes] for i in range(0, view.nbytes, block_bytes)]
+    try:
+        return [d[:16] for d in digests_parallel(parts, threads)]
+    finally:
+        for part in parts:
+            part.release()
+
+
 def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     """The digest of each of ``parts``, computed by up to ``threads`` threads (in order of ``parts``).
 
@@ -200,4 +283,16 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     return [str(d) for d in out]
 
 
-__all__ = ["RELEASES_GIL", "Xxh3Stream", "address", "as_bytes", "digest", "digests_parallel", "releases_gil"]
+__all__ = [
+    "BLOCK_BYTES",
+    "RELEASES_GIL",
+    "FileHasher",
+    "Xxh3Stream",
+    "address",
+    "as_bytes",
+    "block_digest",
+    "block_digests",
+    "digest",
+    "digests_parallel",
+    "releases_gil",
+]
