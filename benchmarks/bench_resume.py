@@ -8,9 +8,9 @@ read once first, so they sit in the page cache (warm, as after a recent save). P
 in every round, each restoring into the same live model and optimizer:
 
 - weightslab: a fresh system over the saved root (opened untimed), then the timed ``resume()``:
-  the journal lookup, the size and xxh3-128 check of the step file (computed on a second thread
-  while the file is loaded and restored), ``weights_only`` + ``mmap`` loading, and the restore of
-  model, optimizer, hyperparameters and RNG;
+  the journal lookup, the size check and the block digests of the step file (its 64 MiB blocks
+  hashed on every core, before anything is restored), ``weights_only`` + ``mmap`` loading, and the
+  restore of model, optimizer, hyperparameters and RNG;
 - the same with ``resume(verify="background")``, which returns once the state is restored while the
   checksum goes on (the optimizer's ``step()`` and every save wait for it); timed alone, and with
   ``wait_verified()`` after it (the whole checksum). Its checksum is always waited for, untimed,
@@ -18,9 +18,12 @@ in every round, each restoring into the same live model and optimizer:
 - ``torch.load(path, mmap=True, weights_only=True)`` + ``load_state_dict`` (model and optimizer):
   the fastest peer, which checks no checksum;
 - the same without ``mmap`` (every byte read into new tensors first);
-- the checksum alone (``LocalStorage.checksum`` of the step file), to show what verification costs;
-- the fastest peer followed by that checksum: what any verified load costs if the two ran one after
-  the other (resume overlaps them on two threads).
+- the checksums alone: the block digests on every core (``LocalStorage.block_checksums``, what
+  resume checks) and the whole file's xxh3-128 on one core (``LocalStorage.checksum``, what a file
+  without block digests costs), to show what verification costs;
+- the fastest peer followed by the block digests: what a verified load costs at least, since it reads
+  every byte of the file once where the peer reads only what ``load_state_dict`` copies (the model:
+  the optimizer's moments stay mapped until the first step).
 
 and, since a resume is followed by training, each of weightslab's two modes and the fastest peer
 followed by the first training step (forward, backward, ``optimizer.step()``, which writes the
@@ -48,6 +51,7 @@ import torch
 import weightslab as wl
 from weightslab.components import AutomaticCheckpointSystem, checkpoint_on_step, get_checkpoint_system
 from weightslab.storage.local import LocalStorage
+from weightslab.util.digests import BLOCK_BYTES
 
 from _common import build_state, machine, median, parse_args, print_table, scratch, state_bytes, timed
 
@@ -58,8 +62,9 @@ BG = "weightslab resume(verify='background')"
 BG_WAIT = "weightslab resume(verify='background') + wait_verified()"
 MMAP = "torch.load(mmap=True) + load_state_dict"
 PLAIN = "torch.load + load_state_dict"
-CHECKSUM = "checksum of the step file alone"
-FLOOR = "torch.load(mmap=True) + load_state_dict, then the checksum"
+BLOCKS = "block digests of the step file alone (every core)"
+CHECKSUM = "whole-file xxh3-128 of the step file alone (one core)"
+FLOOR = "torch.load(mmap=True) + load_state_dict, then the block digests"
 STEP = ", then the first training step"
 
 
@@ -102,7 +107,7 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        keys = [WL, BG, BG_WAIT, MMAP, PLAIN, CHECKSUM, FLOOR, WL + STEP, BG + STEP, MMAP + STEP]
+        keys = [WL, BG, BG_WAIT, MMAP, PLAIN, BLOCKS, CHECKSUM, FLOOR, WL + STEP, BG + STEP, MMAP + STEP]
         times: dict[str, list[float]] = {k: [] for k in keys}
         cpu: dict[str, list[float]] = {k: [] for k in keys}
 
@@ -134,8 +139,9 @@ def main() -> None:
             run(MMAP, lambda: load(True))
             resumed(BG_WAIT, "background", lambda system: system.wait_verified())
             run(PLAIN, lambda: load(False))
+            run(BLOCKS, lambda: storage.block_checksums(step_file, BLOCK_BYTES))
             run(CHECKSUM, lambda: storage.checksum(step_file))
-            run(FLOOR, lambda: (load(True), storage.checksum(step_file)))
+            run(FLOOR, lambda: (load(True), storage.block_checksums(step_file, BLOCK_BYTES)))
             resumed(WL + STEP, "now", lambda system: first_step())
             run(MMAP + STEP, lambda: (load(True), first_step()))
             resumed(BG + STEP, "background", lambda system: first_step())
@@ -160,6 +166,7 @@ def main() -> None:
             ]
         )
     print(f"state {nbytes / 1e9:.2f} GB; {args.repeats} rounds; {machine()}")
+    print(f"block digests: {BLOCK_BYTES >> 20} MiB blocks on {LocalStorage().hash_threads()} threads")
     print(
         f"load average before {load_before[0]:.1f} / {load_before[1]:.1f} / {load_before[2]:.1f}, "
         f"after {load_after[0]:.1f} / {load_after[1]:.1f} / {load_after[2]:.1f} (1 / 5 / 15 min)"
