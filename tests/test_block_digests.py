@@ -104,10 +104,10 @@ def test_a_step_file_over_one_block_is_verified_block_by_block_and_a_damaged_blo
     assert entry is not None and entry.blocks is not None
     path = root / "checkpoints" / h / entry.file
     data = path.read_bytes()
-    assert entry.blocks.block_bytes == BLOCK_BYTES and list(entry.blocks.xxh3_64) == _blocks_of(
+    assert entry.blocks.block_bytes == BLOCK_BYTES and list(entry.blocks.xxh3_128_hi64) == _blocks_of(
         data, BLOCK_BYTES
     )
-    assert len(entry.blocks.xxh3_64) == 2 and entry.usable_blocks() == entry.blocks
+    assert len(entry.blocks.xxh3_128_hi64) == 2 and entry.usable_blocks() == entry.blocks
     assert LocalStorage(durable=False).hash_threads() >= 1
     assert verifies_in_parallel(manager.storage, entry) == (LocalStorage(durable=False).hash_threads() > 1)
     assert manager.verify().healthy

@@ -71,29 +71,31 @@ class PendingReplacement:
 class BlockDigests:
     """The digest of every block of a step file, so that a reader can check its blocks on all cores.
 
-    ``xxh3_64[i]`` is the first 64 bits (hex) of the xxh3-128 of bytes ``i * block_bytes`` up to the
+    ``xxh3_128_hi64[i]`` is the high 64 bits (the first 16 hex digits) of the xxh3-128 of bytes ``i * block_bytes`` up to the
     next block; the last block may be shorter. ``of`` is the file's own xxh3-128 when they were
     computed: an entry whose file digest differs (a copy re-encoded, a replacement) does not use them.
     """
 
     block_bytes: int
     of: str
-    xxh3_64: tuple[str, ...]
+    xxh3_128_hi64: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.block_bytes, "of": self.of, "xxh3_64": list(self.xxh3_64)}
+        return {"bytes": self.block_bytes, "of": self.of, "xxh3_128_hi64": list(self.xxh3_128_hi64)}
 
     def cover(self, size: int, xxh3_128: str) -> bool:
         """Whether these are the blocks of a file of ``size`` bytes whose xxh3-128 is ``xxh3_128``."""
         return (
-            self.of == xxh3_128 and self.block_bytes > 0 and len(self.xxh3_64) == -(-size // self.block_bytes)
+            self.of == xxh3_128
+            and self.block_bytes > 0
+            and len(self.xxh3_128_hi64) == -(-size // self.block_bytes)
         )
 
 
 def _block_digests(raw: Any) -> BlockDigests | None:
     if not raw:
         return None
-    return BlockDigests(int(raw["bytes"]), str(raw["of"]), tuple(str(d) for d in raw["xxh3_64"]))
+    return BlockDigests(int(raw["bytes"]), str(raw["of"]), tuple(str(d) for d in raw["xxh3_128_hi64"]))
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,8 @@ class LocalStorage:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 return 0, []
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            # mapped to the size read: a file that grows meanwhile is hashed as it was measured
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped:
                 view = memoryview(mapped)
                 try:
                     return size, block_digests(view, block_bytes, hash_threads())

@@ -19,6 +19,7 @@ from weightslab.format.manifest import BlockDigests, CheckpointEntry
 from weightslab.storage.base import Storage
 from weightslab.store.blob_check import BlobChecker
 from weightslab.store.manifests import ManifestStore
+from weightslab.util.digests import releases_gil
 
 
 @dataclass(frozen=True)
@@ -87,11 +88,11 @@ def _verify_blocks(
         size, found = by_blocks(path, blocks.block_bytes)
     except FileNotFoundError:  # deleted between the two looks (a writer's retention)
         raise CheckpointCorruptedError(path, entry.xxh3_128, "<missing>", "the file is gone") from None
-    if size != entry.bytes:
+    if size != entry.bytes or len(found) != len(blocks.xxh3_128_hi64):
         raise CheckpointCorruptedError(
             path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
         )
-    for i, (want, got) in enumerate(zip(blocks.xxh3_64, found, strict=True)):
+    for i, (want, got) in enumerate(zip(blocks.xxh3_128_hi64, found, strict=True)):
         if want != got:
             start = i * blocks.block_bytes
             end = min(start + blocks.block_bytes, size)
@@ -99,7 +100,7 @@ def _verify_blocks(
                 path,
                 entry.xxh3_128,
                 f"{BLOCK_MISMATCH} {i + 1} of {len(found)}",
-                f"bytes {start}-{end} have xxh3-64 {got}, the manifest records {want}",
+                f"bytes {start}-{end} hash to {got}, the manifest records {want}",
             )
 
 
@@ -109,7 +110,7 @@ def verifies_in_parallel(storage: Storage, entry: CheckpointEntry) -> bool:
     if entry.usable_blocks() is None or getattr(storage, "block_checksums", None) is None:
         return False
     threads = getattr(storage, "hash_threads", None)
-    return threads is not None and threads() > 1
+    return threads is not None and threads() > 1 and releases_gil()
 
 
 def check_size(storage: Storage, path: Path, entry: CheckpointEntry) -> None:
@@ -252,5 +253,5 @@ def _corrupt_detail(storage: Storage, exc: CheckpointCorruptedError, expected_by
             return "size differs from the manifest"
         return f"size {size} bytes, expected {expected_bytes}"
     if exc.actual.startswith(BLOCK_MISMATCH):
-        return f"checksum mismatch in block {exc.actual[len(BLOCK_MISMATCH) :].strip()}: {exc.detail}"
+        return f"checksum mismatch in block {exc.actual[len(BLOCK_MISMATCH) :].strip()}: {getattr(exc, 'detail', '')}"
     return "checksum mismatch"

@@ -11,7 +11,7 @@ at once. The digests are the same bits either way (xxh3-128, seed 0, canonical h
 
 A streaming digest of a whole file is sequential: one core computes it, at most at the memory
 bandwidth one core reaches. :class:`FileHasher` also keeps a digest of every block of
-:data:`BLOCK_BYTES` (the first 64 bits of each block's xxh3-128), computed on the same bytes while
+:data:`BLOCK_BYTES` (the high 64 bits of each block's xxh3-128, its first 16 hex digits; not an xxh3-64), computed on the same bytes while
 they are still in the core's cache, so that a reader can check the blocks of a file on every core at
 once (:func:`block_digests`).
 """
@@ -178,7 +178,7 @@ _PIECE = 512 << 10  # hashed twice in a row, the second time from the core's cac
 
 
 def block_digest(data: Buffer) -> str:
-    """The digest of one block: the first 64 bits (16 hex digits) of its xxh3-128."""
+    """The digest of one block: the high 64 bits of its xxh3-128 (its first 16 hex digits; not an xxh3-64)."""
     return digest(data)[:16]
 
 
@@ -260,10 +260,11 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     errors: list[BaseException] = []
     cursor = iter(range(len(parts)))
     lock = threading.Lock()
+    stop = threading.Event()
 
     def work() -> None:
         try:
-            while True:
+            while not stop.is_set():
                 with lock:
                     i = next(cursor, None)
                 if i is None:
@@ -273,11 +274,23 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
             errors.append(exc)
 
     workers = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, len(parts)) - 1)]
-    for w in workers:
-        w.start()
-    work()
-    for w in workers:
-        w.join()
+    interrupted: BaseException | None = None
+    try:
+        for w in workers:
+            w.start()
+        work()
+    except BaseException as exc:  # a KeyboardInterrupt: the workers still hash through raw pointers
+        interrupted = exc
+        stop.set()
+    for w in workers:  # the caller frees the buffers once this returns: wait for every worker
+        while w.is_alive():
+            try:
+                w.join()
+            except BaseException as exc:
+                interrupted = interrupted or exc
+                stop.set()
+    if interrupted is not None:
+        raise interrupted
     if errors:
         raise errors[0]
     return [str(d) for d in out]
