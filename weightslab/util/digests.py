@@ -149,6 +149,14 @@ class Xxh3Stream:
         elif view.nbytes:
             self._lib.update(self._state, address(view), view.nbytes)
 
+    def update_span(self, view: memoryview, base: int, start: int, end: int) -> None:
+        """Hash ``view[start:end]`` next, ``base`` being ``address(view)`` (any value without
+        libxxhash): no address lookup per call, for loops over the pieces of one buffer."""
+        if self._lib is None:
+            self._py.update(view[start:end])
+        elif end > start:
+            self._lib.update(self._state, base + start, end - start)
+
     def hexdigest(self) -> str:
         """The digest of everything hashed so far (more updates may follow)."""
         if self._lib is None:
@@ -177,13 +185,14 @@ BLOCK_BYTES = 64 << 20
 _PIECE = 512 << 10  # hashed twice in a row, the second time from the core's cache
 
 
-def block_digest(data: Buffer) -> str:
-    """The digest of one block: the high 64 bits of its xxh3-128 (its first 16 hex digits; not an xxh3-64)."""
-    return digest(data)[:16]
+def _high64(hexdigest: str) -> str:
+    """A block's digest from its xxh3-128: the high 64 bits (the first 16 hex digits; not an xxh3-64)."""
+    return hexdigest[:16]
 
 
 class FileHasher:
-    """The xxh3-128 of a stream of bytes, and the :func:`block_digest` of each of its blocks.
+    """The xxh3-128 of a stream of bytes, and the digest of each of its blocks (the high 64 bits of
+    the block's xxh3-128).
 
     Blocks are ``block_bytes`` long, counted from the first byte; the last one may be shorter.
     :meth:`update` feeds both in pieces of 512 KiB, each hashed for the file and for its block
@@ -204,23 +213,17 @@ class FileHasher:
         """Hash ``data`` next."""
         view = as_bytes(data)
         n = view.nbytes
-        lib, base = _lib(), 0
-        if lib is not None and n:
-            base = address(view)  # ``view`` stays alive (and unchanged) for the whole call
+        # ``view`` stays alive (and unchanged) for the whole call
+        base = address(view) if n and _lib() is not None else 0
         start = 0
         while start < n:
             room = self.block_bytes - self._in_block
             end = min(n, start + _PIECE, start + room)
-            if lib is not None and self._file._state and self._block._state:
-                lib.update(self._file._state, base + start, end - start)
-                lib.update(self._block._state, base + start, end - start)
-            else:
-                piece = view[start:end]
-                self._file.update(piece)
-                self._block.update(piece)
+            self._file.update_span(view, base, start, end)
+            self._block.update_span(view, base, start, end)
             self._in_block += end - start
             if self._in_block == self.block_bytes:
-                self._blocks.append(self._block.hexdigest()[:16])
+                self._blocks.append(_high64(self._block.hexdigest()))
                 self._block = Xxh3Stream()
                 self._in_block = 0
             start = end
@@ -233,16 +236,17 @@ class FileHasher:
     def blocks(self) -> tuple[str, ...]:
         """The digest of each block so far, the last (shorter) one included."""
         if self._in_block:
-            return (*self._blocks, self._block.hexdigest()[:16])
+            return (*self._blocks, _high64(self._block.hexdigest()))
         return tuple(self._blocks)
 
 
 def block_digests(view: memoryview, block_bytes: int, threads: int) -> list[str]:
-    """The :func:`block_digest` of each ``block_bytes`` block of ``view``, on up to ``threads`` threads."""
+    """The digest of each ``block_bytes`` block of ``view`` (as :class:`FileHasher` computes them), on
+    up to ``threads`` threads."""
     view = as_bytes(view)
     parts = [view[i : i + block_bytes] for i in range(0, view.nbytes, block_bytes)]
     try:
-        return [d[:16] for d in digests_parallel(parts, threads)]
+        return [_high64(d) for d in digests_parallel(parts, threads)]
     finally:
         for part in parts:
             part.release()
@@ -303,7 +307,6 @@ __all__ = [
     "Xxh3Stream",
     "address",
     "as_bytes",
-    "block_digest",
     "block_digests",
     "digest",
     "digests_parallel",
