@@ -279,6 +279,49 @@ def test_a_live_table_that_did_not_change_keeps_its_elements(page: Any, shared_s
     assert page.evaluate("() => document.contains(window.marked)")
 
 
+def test_a_live_table_that_changed_keeps_the_elements_that_did_not(
+    page: Any,
+    ui_server: Callable[[Path], UIServer],
+    writable_root: Path,
+    quickstart_experiments: dict[str, str],
+) -> None:
+    # another client tags step 350 and deletes step 300: the refresh changes those rows in place and
+    # leaves every other button and link the same element, so a click landing during it is not lost
+    server = ui_server(writable_root)
+    active = quickstart_experiments["model"]
+    open_experiment(page, server, active)
+    marks = {
+        "export": 'a[data-action="export"][data-step="350"]',
+        "tag": 'button[data-action="tag"][data-step="350"]',
+        "other": 'a[data-action="export"][data-step="250"]',
+    }
+    for name, selector in marks.items():
+        page.locator(selector).evaluate(f"(e) => {{ (window.marks ||= {{}})[{name!r}] = e; }}")
+    page.evaluate(
+        """async ([exp]) => {
+            const token = document.querySelector('meta[name="weightslab-token"]').content;
+            const headers = { "Content-Type": "application/json", "X-Weightslab-Token": token };
+            const base = `/api/exp/${exp}/checkpoints`;
+            for (const [url, body] of [[`${base}/350/tag`, { tags: "elsewhere" }], [`${base}/300/delete`, {}]]) {
+                const r = await fetch(url, { method: "POST", headers, body: JSON.stringify(body) });
+                if (!r.ok) throw new Error(await r.text());
+            }
+        }""",
+        [active],
+    )
+    expect(page.locator('table#checkpoints tbody tr[data-step="350"] td.tags .tag')).to_have_text(
+        ["elsewhere"]
+    )
+    expect(page.locator('table#checkpoints tbody tr[data-step="300"]')).to_have_count(0)
+    kept = page.evaluate(
+        "() => Object.fromEntries(Object.entries(window.marks).map(([k, e]) => [k, document.contains(e)]))"
+    )
+    assert kept == {"export": True, "tag": True, "other": True}
+    assert page.locator(marks["tag"]).get_attribute("data-tags") == "elsewhere"
+    steps = row_steps(page)
+    assert 300 not in steps and 350 in steps and 250 in steps
+
+
 def test_delete_removes_the_checkpoint_from_disk_and_manifest(
     page: Any,
     ui_server: Callable[[Path], UIServer],

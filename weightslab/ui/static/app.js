@@ -60,6 +60,57 @@
   }
 
   // -- live fragments -----------------------------------------------------------------------------------
+  // Bring `node` to `fresh` in place: an element whose tag matches is kept and only its attributes,
+  // text and children that differ change, so a button or link the user is pressing is never replaced
+  // (a click whose mousedown and mouseup land on two different elements is lost). Rows are matched by
+  // their id, data-exp, data-step and data-action, so a new row at the top does not shift every row below it.
+  function keyOf(n) {
+    if (n.nodeType !== 1) return null;
+    const parts = [n.id, n.dataset.exp, n.dataset.step, n.dataset.action];
+    return parts.some(Boolean) ? parts.map((p) => p || "").join("|") : null;
+  }
+  function morphAttributes(target, source) {
+    for (const { name } of [...target.attributes]) {
+      if (!source.hasAttribute(name) && name !== "aria-busy") target.removeAttribute(name);
+    }
+    for (const { name, value } of [...source.attributes]) {
+      if (target.getAttribute(name) !== value) target.setAttribute(name, value);
+    }
+  }
+  function morph(target, source) {
+    const wanted = [...source.childNodes];
+    const keyed = new Map();
+    for (const c of target.childNodes) {
+      const k = keyOf(c);
+      if (k !== null && !keyed.has(`${c.nodeName}:${k}`)) keyed.set(`${c.nodeName}:${k}`, c);
+    }
+    let cursor = target.firstChild;
+    for (const want of wanted) {
+      const k = keyOf(want);
+      let have = k !== null ? keyed.get(`${want.nodeName}:${k}`) : cursor;
+      if (k !== null) keyed.delete(`${want.nodeName}:${k}`);
+      if (!have || have.nodeName !== want.nodeName || (k === null && keyOf(have) !== null)) {
+        have = null;
+      }
+      if (!have) {
+        target.insertBefore(want, cursor);
+        continue;
+      }
+      if (have !== cursor) target.insertBefore(have, cursor);
+      else cursor = cursor.nextSibling;
+      if (have.nodeType === 1) {
+        morphAttributes(have, want);
+        morph(have, want);
+      } else if (have.nodeValue !== want.nodeValue) {
+        have.nodeValue = want.nodeValue;
+      }
+    }
+    while (cursor) {
+      const next = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
+  }
   const shown = new WeakMap(); // node -> the fragment HTML it shows
   async function refresh(node) {
     try {
@@ -67,11 +118,9 @@
       const html = await r.text();
       if (html !== shown.get(node)) {
         shown.set(node, html);
-        // replace the node's children only when the fragment differs from what it shows (the
-        // page as served, at the first tick): a replaced button loses a click in progress
         const fresh = document.createElement("template");
         fresh.innerHTML = html;
-        if (fresh.innerHTML.trim() !== node.innerHTML.trim()) node.innerHTML = html;
+        morph(node, fresh.content);
       }
     } catch (e) {
       // the server is gone or restarting: keep what is shown, try again on the next tick
