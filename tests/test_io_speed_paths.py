@@ -351,7 +351,9 @@ def test_a_background_resume_without_an_optimizer_verifies_before_it_returns(tmp
 
 def test_resume_names_an_unknown_verify_mode(tmp_path: Path) -> None:
     system, _, _ = _open(tmp_path / "root")
-    with pytest.raises(ConfigError, match=r"verify='later'.*verify='background'"):
+    with pytest.raises(
+        ConfigError, match=r"verify='later'.*verify='split' \(the default\), 'now' or 'background'"
+    ):
         system.resume(verify="later")  # type: ignore[arg-type]
     system.close()
 

@@ -215,6 +215,17 @@ class LocalStorage:
                 finally:
                     view.release()
 
+    @contextlib.contextmanager
+    def mapped(self, path: Path, size: int) -> Iterator[memoryview]:
+        """A read-only map of the first ``size`` bytes of the file at ``path``, as a memoryview
+        released (and unmapped) on exit."""
+        with open(path, "rb", buffering=0) as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+            view = memoryview(m)
+            try:
+                yield view
+            finally:
+                view.release()
+
     def hash_threads(self) -> int:
         """How many threads :meth:`block_checksums` hashes on."""
         return hash_threads()

@@ -92,16 +92,22 @@ def _verify_blocks(
         raise CheckpointCorruptedError(
             path, entry.xxh3_128, "<not computed>", f"size is {size} bytes, manifest says {entry.bytes}"
         )
-    for i, (want, got) in enumerate(zip(blocks.xxh3_128_hi64, found, strict=True)):
-        if want != got:
-            start = i * blocks.block_bytes
-            end = min(start + blocks.block_bytes, size)
-            raise CheckpointCorruptedError(
-                path,
-                entry.xxh3_128,
-                f"{BLOCK_MISMATCH} {i + 1} of {len(found)}",
-                f"bytes {start}-{end} hash to {got}, the manifest records {want}",
-            )
+    for i, got in enumerate(found):
+        check_block(path, entry, blocks, i, got)
+
+
+def check_block(path: Path, entry: CheckpointEntry, blocks: BlockDigests, i: int, got: str) -> None:
+    """Raise CheckpointCorruptedError naming block ``i`` (and its bytes) unless ``got`` is its digest."""
+    want = blocks.xxh3_128_hi64[i]
+    if want != got:
+        start = i * blocks.block_bytes
+        end = min(start + blocks.block_bytes, entry.bytes)
+        raise CheckpointCorruptedError(
+            path,
+            entry.xxh3_128,
+            f"{BLOCK_MISMATCH} {i + 1} of {len(blocks.xxh3_128_hi64)}",
+            f"bytes {start}-{end} hash to {got}, the manifest records {want}",
+        )
 
 
 def verifies_in_parallel(storage: Storage, entry: CheckpointEntry) -> bool:

@@ -22,6 +22,7 @@ import torch
 
 from weightslab.errors import ArchitectureMismatchError
 from weightslab.registry.ledger import Ledger
+from weightslab.store.split_check import SplitCheck, tensors_in
 from weightslab.system.snapshot import restore_rng
 
 log = logging.getLogger("weightslab")
@@ -38,6 +39,7 @@ def restore_state(
     exp_hash: str,
     rng: bool = True,
     architecture_saved: bool = True,
+    check: SplitCheck | None = None,
 ) -> None:
     """Load a step dict into every registered object, in place, or change nothing.
 
@@ -47,6 +49,11 @@ def restore_state(
     pickle to recommend. Registered objects the checkpoint lacks are warned about by name. Raises
     ArchitectureMismatchError, naming the object and parameter and saying how to fix it, when a
     registered object does not fit the checkpoint.
+
+    With ``check`` (the split check of the step file ``data`` was loaded from), nothing is read
+    before the blocks holding it verified: the small sections' blocks before they are loaded, then
+    the other eager blocks while each plain model's tensors are copied out of them (see
+    :mod:`weightslab.store.split_check`); CheckpointCorruptedError when one differs.
     """
     models = ledger.items("model")
     optimizers = ledger.items("optimizer")
@@ -60,11 +67,22 @@ def restore_state(
     for name, state in data.get("optimizers", {}).items():
         if name in optimizers:
             _check_optimizer(name, optimizers[name], state, names, where)
+    loaded: dict[str, Mapping[str, Any]] = {}
+    if check is not None:
+        check.verify_for(tensors_in([data.get(key) for _kind, key in _SMALL] + [data.get("hyperparams")]))
     _restore_or_undo(ledger, data, where)
+    if check is not None:
+        copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, sd in data.get("models", {}).items():
+            live = _copied_into(models[name], sd, check) if name in models else None
+            if live is not None:
+                loaded[name] = live  # load_state_dict then copies each tensor onto itself: nothing
+                copies.extend((sd[k], live[k]) for k in sd)
+        check.eager(copies)
     # checked above: these loads fit
     for name, sd in data.get("models", {}).items():
         if name in models:
-            models[name].load_state_dict(sd, strict=True)
+            models[name].load_state_dict(loaded.get(name, sd), strict=True)
     for name, frozen_names in data.get("frozen", {}).items():
         model = models.get(name)
         if model is not None:
@@ -76,6 +94,46 @@ def restore_state(
             optimizers[name].load_state_dict(state)
     if rng and data.get("rng"):
         restore_rng(data["rng"])
+
+
+def _copied_into(
+    model: torch.nn.Module, sd: Mapping[str, Any], check: SplitCheck
+) -> dict[str, torch.Tensor] | None:
+    """The live tensor of each key of ``sd`` when ``model`` loads it by plain copies (no module
+    overrides how it loads or names its state, no hooks, every tensor alike and placed in the
+    file); else None, and ``load_state_dict`` copies it after the check."""
+    base = torch.nn.Module
+    for cls_attr in ("load_state_dict", "state_dict"):
+        if getattr(type(model), cls_attr) is not getattr(base, cls_attr):
+            return None
+    for m in model.modules():
+        kind = type(m)
+        if (
+            kind._load_from_state_dict is not base._load_from_state_dict
+            or kind._save_to_state_dict is not base._save_to_state_dict
+            or kind.get_extra_state is not base.get_extra_state
+            or m._load_state_dict_pre_hooks
+            or m._load_state_dict_post_hooks
+            or m._state_dict_hooks
+            or getattr(m, "_state_dict_pre_hooks", None)
+        ):
+            return None
+    live = model.state_dict(keep_vars=True)
+    if live.keys() != sd.keys():
+        return None
+    for key, src in sd.items():
+        dst = live[key]
+        if (
+            not isinstance(src, torch.Tensor)
+            or not isinstance(dst, torch.Tensor)
+            or dst.dtype != src.dtype
+            or dst.shape != src.shape
+            or dst.device.type != "cpu"
+            or not dst.is_contiguous()
+            or check.offset(src) is None
+        ):
+            return None
+    return dict(live)
 
 
 def _restore_or_undo(ledger: Ledger, data: Mapping[str, Any], where: str) -> None:

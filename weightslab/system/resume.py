@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from weightslab.errors import (
     CheckpointCorruptedError,
@@ -19,7 +19,10 @@ from weightslab.errors import (
 from weightslab.format.manifest import CheckpointEntry, Manifest
 from weightslab.format.stepfile import load_step_file
 from weightslab.policy.retention import RetentionPolicy
+from weightslab.storage.local import LocalStorage
+from weightslab.store import split_check
 from weightslab.store.manager import CheckpointManager
+from weightslab.store.split_check import SplitCheck
 from weightslab.store.verify import check_size, verifies_in_parallel, verify_entry
 from weightslab.system.validation import check_step
 from weightslab.system.verifying import Background
@@ -101,8 +104,14 @@ def candidates(
     return [(exp_hash, manager.entry(exp_hash, check_step(mode)))]
 
 
-Restore = Callable[[dict[str, Any], CheckpointEntry, str], None]
-"""Puts a loaded step dict into the live objects: (data, its entry, its experiment)."""
+class Restore(Protocol):
+    """Puts a loaded step dict into the live objects: (data, its entry, its experiment), reading
+    nothing before ``check`` verified the blocks holding it when one is given."""
+
+    def __call__(
+        self, data: dict[str, Any], entry: CheckpointEntry, exp_hash: str, /, check: SplitCheck | None = None
+    ) -> None: ...
+
 
 Defer = Callable[[Background[Any], CheckpointEntry, str], None]
 """Takes the checksum still running for a restored checkpoint: (the check, its entry, its experiment)."""
@@ -119,6 +128,7 @@ def load_first(
     defer: Defer | None = None,
     deferrable: tuple[str, int] | None = None,
     verify_first: Collection[tuple[str, int]] = (),
+    split: bool = False,
 ) -> tuple[dict[str, Any], CheckpointEntry, str, list[str]]:
     """Load the first candidate that verifies: (data, entry, its experiment, files skipped).
 
@@ -135,14 +145,18 @@ def load_first(
     With ``defer`` too, the candidate ``deferrable`` ((experiment, step)) is returned once restored,
     without waiting for its checksum, which is handed to ``defer``. The candidates in
     ``verify_first`` (journalled unreadable before) are verified before anything is restored, so a
-    file that failed once is never restored unverified again.
+    file that failed once is never restored unverified again. With ``split`` too, only the blocks
+    of the optimizers' state tensors are left to ``defer``: everything else is verified before it is
+    restored (:mod:`weightslab.store.split_check`).
     """
     skipped: list[str] = []
     unverified: str | None = None  # a file restored into the live objects that then failed its checksum
     covered: set[tuple[str, str]] = set()  # the objects it wrote into
     last: list[tuple[str, set[tuple[str, str]]]] = []  # the file restored last, and its objects
 
-    def tracked(data: dict[str, Any], entry: CheckpointEntry, h: str) -> None:
+    def tracked(
+        data: dict[str, Any], entry: CheckpointEntry, h: str, /, check: SplitCheck | None = None
+    ) -> None:
         assert restore is not None
         lacking = covered - _objects(data)
         if lacking:  # they would keep the unverified bytes with only a warning: refuse instead
@@ -153,7 +167,7 @@ def load_first(
                 "them: resume() again once a checkpoint with their state verifies"
             )
         last.append((entry.file, _objects(data)))  # before: a restore that fails part-way wrote some
-        restore(data, entry, h)
+        restore(data, entry, h, check=check)
 
     for h, entry in tried:
         try:
@@ -163,7 +177,9 @@ def load_first(
             # that nothing was touched, as the caller of resume(N) expects
             first = strict or (h, entry.step) in verify_first
             later = defer if (h, entry.step) == deferrable and not first else None
-            data = load_and_restore(manager, h, entry, tracked, overlap=not first, defer=later)
+            data = load_and_restore(
+                manager, h, entry, tracked, overlap=not first, defer=later, split=split or later is None
+            )
             return data, entry, h, skipped
         except (CheckpointCorruptedError, CheckpointFormatError, UnsafePathError) as exc:
             if last and last[-1][0] == entry.file:
@@ -209,6 +225,7 @@ def load_and_restore(
     *,
     overlap: bool = True,
     defer: Defer | None = None,
+    split: bool = True,
 ) -> dict[str, Any]:
     """Load ``entry``, restore it with ``restore`` and verify it, the checksum overlapping the rest.
 
@@ -224,10 +241,23 @@ def load_and_restore(
     files are read by the restore itself), and so is a step file whose entry records block digests
     when the storage hashes them on several cores (every core checks its blocks, then the restore
     runs: quicker than one core's checksum beside the restore, which reads the same memory). With
-    ``overlap=False`` the checksum is waited for before anything is restored. With ``defer``, the checksum starts on the helper thread once ``restore``
-    returned and is handed to ``defer`` instead of waited for.
+    ``overlap=False`` the checksum is waited for before anything is restored. With ``defer``, the
+    checksum starts on the helper thread once ``restore`` returned and is handed to ``defer``
+    instead of waited for.
+
+    With ``split`` (and ``overlap``), a step file with block digests on a local root goes through
+    its split check (:mod:`weightslab.store.split_check`): the blocks ``restore`` reads are checked
+    as it copies the model out of them, and only the blocks of optimizer state tensors are handed
+    to ``defer`` (all checked before returning without it). A file that gets no split check is then
+    checked whole before it is returned, even with ``defer``.
     """
     exp = manager.experiment(exp_hash)
+    if split and overlap and not entry.shards and entry.usable_blocks() is not None:
+        found = _split_restore(manager, exp_hash, entry, restore, defer)
+        if found is not None:
+            return found
+    if split:
+        defer = None  # a file without a split check is checked whole before it is restored or returned
     # a file with block digests is checked on every core first: faster than one core's checksum
     # beside the restore (both read the same memory), and nothing unverified is restored
     if entry.shards or not overlap or (defer is None and verifies_in_parallel(manager.storage, entry)):
@@ -251,4 +281,48 @@ def load_and_restore(
         defer(Background(check), entry, exp_hash)
     elif checking is not None:
         checking.result()
+    return data
+
+
+def _split_restore(
+    manager: CheckpointManager,
+    exp_hash: str,
+    entry: CheckpointEntry,
+    restore: Restore,
+    defer: Defer | None,
+) -> dict[str, Any] | None:
+    """Restore ``entry`` through its split check (see :func:`load_and_restore`); None when the file
+    gets none (a backend without local block checks, tensors it cannot place): nothing was restored.
+
+    With ``defer``, the blocks holding nothing but optimizer state are handed to it, still to check;
+    without, every block is checked before this returns. The model's tensors are copied while their
+    blocks are hashed.
+    """
+    storage = manager.storage
+    if not isinstance(storage, LocalStorage):
+        return None  # an object store checks the whole file as it streams it
+    exp = manager.experiment(exp_hash)
+    path = exp.resolve(entry.file)
+    check_size(storage, path, entry)
+    whole = partial(verify_entry, storage, exp, entry)
+    try:
+        data = load_step_file(path, mmap=True, storage=storage, verify_blobs=True)
+    except BaseException:
+        whole()  # a checksum mismatch is the error to report, not what parsing it raised
+        raise
+    check = split_check.plan(
+        storage, path, entry, data, threads=storage.hash_threads(), defer_optimizers=defer is not None
+    )
+    if check is None:
+        return None
+    try:
+        restore(data, entry, exp_hash, check=check)
+    except CheckpointCorruptedError:
+        raise
+    except BaseException:
+        whole()  # bytes not yet checked may explain the error: a mismatch is what to report
+        raise
+    if check.deferred_blocks:
+        assert defer is not None  # plan() defers nothing without it
+        defer(Background(check.rest), entry, exp_hash)
     return data

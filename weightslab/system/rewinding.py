@@ -15,6 +15,7 @@ import torch
 
 from weightslab.errors import CheckpointNotFoundError, ConfigError, StepOrderError, WeightslabError
 from weightslab.format.manifest import CheckpointEntry
+from weightslab.store.split_check import SplitCheck
 from weightslab.system import resume as resume_search
 from weightslab.system import sharded
 from weightslab.system.identity import ExperimentIdentity
@@ -29,14 +30,14 @@ log = logging.getLogger("weightslab")
 Found = tuple[dict[str, Any], CheckpointEntry, str, list[str]]
 """A loaded checkpoint: its step dict, its entry, its experiment and the files skipped before it."""
 
-Verify = Literal["now", "background"]
-VERIFY_MODES: tuple[Verify, ...] = ("now", "background")
+Verify = Literal["split", "now", "background"]
+VERIFY_MODES: tuple[Verify, ...] = ("split", "now", "background")
 
 
 class Rewinding(SystemParts):
     """``resume`` and the handling of steps that go back."""
 
-    def resume(self, mode: ResumeMode = "latest", *, verify: Verify = "now") -> int:
+    def resume(self, mode: ResumeMode = "latest", *, verify: Verify = "split") -> int:
         """Restore every registered object from the run's newest checkpoint that verifies.
 
         ``mode`` is "latest", "best" (by the configured ``monitor``) or a step number of the active
@@ -44,18 +45,29 @@ class Rewinding(SystemParts):
         ArchitectureMismatchError when a registered model does not fit the checkpoint,
         CheckpointNotFoundError when nothing verifies.
 
-        ``verify="now"`` (the default) returns once the step file's checksum passed. With
-        ``verify="background"`` resume returns as soon as the state is restored and the checksum
-        finishes on a helper thread: each registered optimizer's ``step()``, every save,
-        :meth:`wait_verified`, ``close()`` and the next ``resume()`` wait for it first, and raise
-        UnverifiedStateError when it failed (nothing is stepped or saved from that state). It
-        applies only to the active experiment's newest live checkpoint (a resume that rewinds
-        nothing), in one process whose registered optimizers are all torch optimizers (at least
-        one); everything else is verified before it returns, and a checkpoint the journal records
-        as unreadable before anything is restored from it.
+        Nothing is restored from a byte its checksum has not passed, but for the optimizers' state
+        tensors with ``verify="split"`` (the default) or ``"background"``:
+
+        - ``"split"``: resume returns once every block of the step file holding anything but
+          optimizer state tensors passed its check (models, schedulers, other state, RNG); the
+          blocks of the optimizers' moments, which only ``optimizer.step()`` reads, are checked on a
+          helper thread, and each registered optimizer's ``step()`` and ``state_dict()``, every save,
+          :meth:`wait_verified`, ``close()`` and the next ``resume()`` wait for them first, raising
+          UnverifiedStateError when one failed (nothing is stepped or saved from that state). A
+          step file without block digests (under two blocks) is checked whole before it returns.
+        - ``"now"``: returns once the whole step file passed.
+        - ``"background"``: returns once the state is restored, the whole checksum behind the same
+          gates (the model itself may be read before it passed).
+
+        The deferred check applies only to the active experiment's newest live checkpoint (a resume
+        that rewinds nothing), in one process whose registered optimizers are all torch optimizers
+        (at least one); everything else is verified before it returns, and a checkpoint the journal
+        records as unreadable before anything is restored from it.
         """
         if verify not in VERIFY_MODES:
-            raise ConfigError(f"resume(verify={verify!r}): use verify='now' or verify='background'")
+            raise ConfigError(
+                f"resume(verify={verify!r}): use verify='split' (the default), 'now' or 'background'"
+            )
         with self._lock:
             self._check_open()
             self._settle_verification()
@@ -63,7 +75,7 @@ class Rewinding(SystemParts):
             if self._writer is not None:
                 self._writer.wait()
             restored = not self._group.distributed  # restored while its checksum is computed
-            found = self._resume_agreed(mode, restore=restored, background=verify == "background")
+            found = self._resume_agreed(mode, restore=restored, verify=verify)
             if found is None:
                 return 0
             data, entry, source_hash, skipped = found
@@ -166,17 +178,17 @@ class Rewinding(SystemParts):
             )
 
     def _resume_agreed(
-        self, mode: ResumeMode, *, restore: bool = False, background: bool = False
+        self, mode: ResumeMode, *, restore: bool = False, verify: Verify = "now"
     ) -> Found | None:
         """What to resume, chosen on rank 0 and loaded on every rank (None: start at step 0).
 
         With ``restore`` (one process only), the checkpoint found is also restored into the ledger,
         its checksum computed meanwhile (:func:`~weightslab.system.resume.load_and_restore`), and
-        with ``background`` left running (see :meth:`resume`).
+        with ``verify`` "split" or "background" partly or wholly left running (see :meth:`resume`).
         """
         group = self._group
         if not group.distributed:
-            return self._find_resume(mode, restore=restore, background=background)
+            return self._find_resume(mode, restore=restore, verify=verify)
         found: Found | None = None
         failure: BaseException | None = None
         if group.is_main:
@@ -198,7 +210,7 @@ class Rewinding(SystemParts):
         return self.manager.load_entry(source_hash, entry, consolidate=False), entry, source_hash, []
 
     def _find_resume(
-        self, mode: ResumeMode, *, restore: bool = False, background: bool = False
+        self, mode: ResumeMode, *, restore: bool = False, verify: Verify = "now"
     ) -> Found | None:
         exp_hash = self.manager.last_active()
         if exp_hash is None:
@@ -214,7 +226,7 @@ class Rewinding(SystemParts):
         optimizers = list(self.ledger.items("optimizer").values())
         # deferred only where every step is gated (torch optimizers, at least one) and the resume
         # rewinds nothing: the newest live checkpoint of the active experiment
-        live = self.manager.manifest(exp_hash).live() if restore and background else []
+        live = self.manager.manifest(exp_hash).live() if restore and verify != "now" else []
         deferred = (
             bool(live) and bool(optimizers) and all(isinstance(o, torch.optim.Optimizer) for o in optimizers)
         )
@@ -232,6 +244,7 @@ class Rewinding(SystemParts):
             defer=defer if deferred else None,
             deferrable=(exp_hash, live[-1].step) if deferred else None,
             verify_first=self.manager.unreadable() if deferred else (),
+            split=verify == "split",
         )
 
     def _adopt_resumed(self, data: dict[str, Any], entry: Any, source_hash: str, why: str) -> None:
@@ -239,8 +252,11 @@ class Rewinding(SystemParts):
         self._restore_found(data, entry, source_hash)
         self._continue_resumed(entry, source_hash, why)
 
-    def _restore_found(self, data: dict[str, Any], entry: Any, source_hash: str) -> None:
-        """Put ``data`` (checkpoint ``entry`` of ``source_hash``) into the ledger, RNG included."""
+    def _restore_found(
+        self, data: dict[str, Any], entry: Any, source_hash: str, /, check: SplitCheck | None = None
+    ) -> None:
+        """Put ``data`` (checkpoint ``entry`` of ``source_hash``) into the ledger, RNG included
+        (through ``check``, the split check of its step file, when one is given)."""
         where = f"checkpoint {source_hash} step {entry.step}"
         if "sharded" in data:  # the models and optimizers are in DCP's files, loaded on every rank
             folder = self.manager.experiment(source_hash).resolve(entry.file)
@@ -255,6 +271,7 @@ class Rewinding(SystemParts):
             exp_hash=source_hash,
             rng=self.config.save_rng,
             architecture_saved=self.manager.has_architecture(source_hash),
+            check=check,
         )
         ranks = data.get("rng_ranks")
         if self.config.save_rng and ranks and len(ranks) == self._group.world and ranks[self._group.rank]:

@@ -1,11 +1,12 @@
 """A resume's checksum finishing on a helper thread, and the gates that wait for it.
 
-``resume(verify="background")`` restores a checkpoint and returns while the step file's xxh3-128 is
-still being computed. The state it restored is then unverified until :class:`PendingCheck` says
-otherwise, and nothing may change it or persist it before that: each registered optimizer's
-``step()`` waits for the checksum first (a step pre-hook on that optimizer, also on one registered
-later), and so do the system's change checks, saves, ``close()``, the preemption exit and the next
-``resume()``. A checksum that fails is journalled as ``checkpoint_unreadable`` and every gate then
+``resume()`` (``verify="split"``, the default) restores a checkpoint and returns while the blocks of
+its step file holding only optimizer state are still being checked; ``verify="background"`` while
+the whole file is. The state it restored is then unverified until :class:`PendingCheck` says
+otherwise, and nothing may read the unchecked part for training, change it or persist it before that:
+each registered optimizer's ``step()`` and ``state_dict()`` wait for the check first (pre-hooks on
+that optimizer, also on one registered later), and so do the system's change checks, saves,
+``close()``, the preemption exit and the next ``resume()``. A checksum that fails is journalled as ``checkpoint_unreadable`` and every gate then
 raises :class:`~weightslab.errors.UnverifiedStateError` until a restore replaces that state; a later
 ``resume()`` verifies that checkpoint before restoring it, so a restarted process falls back instead
 of restoring it again.
@@ -90,10 +91,15 @@ class PendingCheck:
             self.guard(opt)
 
     def guard(self, optimizer: torch.optim.Optimizer) -> None:
-        """Make ``optimizer.step()`` wait for the checksum (and raise when it failed)."""
+        """Make ``optimizer.step()`` and ``optimizer.state_dict()`` wait for the checksum (and raise
+        when it failed)."""
         self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+        self._hooks.append(optimizer.register_state_dict_pre_hook(self._before_state_dict))
 
     def _before_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.wait()
+
+    def _before_state_dict(self, optimizer: torch.optim.Optimizer) -> None:
         self.wait()
 
     def wait(self) -> None:
@@ -139,7 +145,7 @@ class PendingCheck:
         e = self.entry
         return UnverifiedStateError(
             f"{e.file} of experiment {self.exp_hash} (step {e.step}) failed its check after "
-            f"resume(verify='background') restored it ({type(exc).__name__}: {exc}). The registered "
+            f"resume() restored it ({type(exc).__name__}: {exc}). The registered "
             "objects hold its unverified state; no registered optimizer stepped it and nothing was saved "
             "from it. Call resume() again: a checkpoint that failed its checksum is verified before it "
             "is restored, so resume falls back to the newest one that verifies"

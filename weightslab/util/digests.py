@@ -19,7 +19,7 @@ once (:func:`block_digests`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -185,7 +185,7 @@ BLOCK_BYTES = 64 << 20
 _PIECE = 512 << 10  # hashed twice in a row, the second time from the core's cache
 
 
-def _high64(hexdigest: str) -> str:
+def high64(hexdigest: str) -> str:
     """A block's digest from its xxh3-128: the high 64 bits (the first 16 hex digits; not an xxh3-64)."""
     return hexdigest[:16]
 
@@ -223,7 +223,7 @@ class FileHasher:
             self._block.update_span(view, base, start, end)
             self._in_block += end - start
             if self._in_block == self.block_bytes:
-                self._blocks.append(_high64(self._block.hexdigest()))
+                self._blocks.append(high64(self._block.hexdigest()))
                 self._block = Xxh3Stream()
                 self._in_block = 0
             start = end
@@ -236,7 +236,7 @@ class FileHasher:
     def blocks(self) -> tuple[str, ...]:
         """The digest of each block so far, the last (shorter) one included."""
         if self._in_block:
-            return (*self._blocks, _high64(self._block.hexdigest()))
+            return (*self._blocks, high64(self._block.hexdigest()))
         return tuple(self._blocks)
 
 
@@ -246,7 +246,7 @@ def block_digests(view: memoryview, block_bytes: int, threads: int) -> list[str]
     view = as_bytes(view)
     parts = [view[i : i + block_bytes] for i in range(0, view.nbytes, block_bytes)]
     try:
-        return [_high64(d) for d in digests_parallel(parts, threads)]
+        return [high64(d) for d in digests_parallel(parts, threads)]
     finally:
         for part in parts:
             part.release()
@@ -258,11 +258,28 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
     Parallel only with libxxhash (the fallback holds the GIL, so it hashes in this thread). An
     exception in a worker is raised here.
     """
-    if _lib() is None or threads <= 1 or len(parts) <= 1:
-        return [digest(p) for p in parts]
-    out: list[str | None] = [None] * len(parts)
+    out: list[str] = [""] * len(parts)
+
+    def one(i: int) -> None:
+        out[i] = digest(parts[i])
+
+    run_parallel(len(parts), one, threads if _lib() is not None else 1)
+    return out
+
+
+def run_parallel(count: int, fn: Callable[[int], None], threads: int) -> None:
+    """Call ``fn(i)`` for every ``i`` in ``range(count)``, in order, on up to ``threads`` threads (this
+    one included); returns once every call ended, raising the first exception one raised.
+
+    For work that releases the GIL on buffers the caller frees afterwards: an interrupt (Ctrl-C)
+    stops handing out work and waits for every running call before it is re-raised.
+    """
+    if threads <= 1 or count <= 1:
+        for i in range(count):
+            fn(i)
+        return
     errors: list[BaseException] = []
-    cursor = iter(range(len(parts)))
+    cursor = iter(range(count))
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -273,11 +290,12 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
                     i = next(cursor, None)
                 if i is None:
                     return
-                out[i] = digest(parts[i])
-        except BaseException as exc:  # pragma: no cover - reported below
+                fn(i)
+        except BaseException as exc:  # reported below
             errors.append(exc)
+            stop.set()
 
-    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, len(parts)) - 1)]
+    workers = [threading.Thread(target=work, daemon=True) for _ in range(min(threads, count) - 1)]
     interrupted: BaseException | None = None
     try:
         for w in workers:
@@ -297,7 +315,6 @@ def digests_parallel(parts: Sequence[memoryview], threads: int) -> list[str]:
         raise interrupted
     if errors:
         raise errors[0]
-    return [str(d) for d in out]
 
 
 __all__ = [
@@ -310,5 +327,7 @@ __all__ = [
     "block_digests",
     "digest",
     "digests_parallel",
+    "high64",
     "releases_gil",
+    "run_parallel",
 ]
