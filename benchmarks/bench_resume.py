@@ -7,14 +7,18 @@ the module function ``checkpoint_on_step``), and the same state with ``torch.sav
 read once first, so they sit in the page cache (warm, as after a recent save). Peers, interleaved
 in every round, each restoring into the same live model and optimizer:
 
-- weightslab: a fresh system over the saved root (opened untimed), then the timed ``resume()``:
-  the journal lookup, the size check and the block digests of the step file (its 64 MiB blocks
-  hashed on every core, before anything is restored), ``weights_only`` + ``mmap`` loading, and the
-  restore of model, optimizer, hyperparameters and RNG;
+- weightslab: a fresh system over the saved root (opened untimed), then the timed ``resume()``
+  (``verify="split"``, the default): the journal lookup, the size check, ``weights_only`` + ``mmap``
+  loading, the block digests of every 64 MiB block of the step file holding anything but the
+  optimizer's moments (on every core, each model tensor copied out of the piece just hashed), and
+  the restore of model, optimizer, hyperparameters and RNG; the moments' blocks are checked on a
+  helper thread (the optimizer's ``step()`` and ``state_dict()`` and every save wait for them).
+  Timed alone, and with ``wait_verified()`` after it (every block checked);
+- the same with ``resume(verify="now")``: every block checked before it returns;
 - the same with ``resume(verify="background")``, which returns once the state is restored while the
-  checksum goes on (the optimizer's ``step()`` and every save wait for it); timed alone, and with
-  ``wait_verified()`` after it (the whole checksum). Its checksum is always waited for, untimed,
-  before the next peer runs, so that no peer shares the machine with it;
+  whole checksum goes on behind the same gates; timed alone, and with ``wait_verified()`` after it.
+  A deferred check is always waited for, untimed, before the next peer runs, so that no peer shares
+  the machine with it;
 - ``torch.load(path, mmap=True, weights_only=True)`` + ``load_state_dict`` (model and optimizer):
   the fastest peer, which checks no checksum;
 - the same without ``mmap`` (every byte read into new tensors first);
@@ -57,7 +61,9 @@ from _common import build_state, machine, median, parse_args, print_table, scrat
 
 warnings.filterwarnings("ignore")
 
-WL = "weightslab resume() (verified)"
+WL = "weightslab resume() (default: verify='split')"
+WL_WAIT = "weightslab resume() + wait_verified()"
+NOW = "weightslab resume(verify='now')"
 BG = "weightslab resume(verify='background')"
 BG_WAIT = "weightslab resume(verify='background') + wait_verified()"
 MMAP = "torch.load(mmap=True) + load_state_dict"
@@ -107,7 +113,8 @@ def main() -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        keys = [WL, BG, BG_WAIT, MMAP, PLAIN, BLOCKS, CHECKSUM, FLOOR, WL + STEP, BG + STEP, MMAP + STEP]
+        keys = [WL, WL_WAIT, NOW, BG, BG_WAIT, MMAP, PLAIN, BLOCKS, CHECKSUM, FLOOR]
+        keys += [WL + STEP, NOW + STEP, BG + STEP, MMAP + STEP]
         times: dict[str, list[float]] = {k: [] for k in keys}
         cpu: dict[str, list[float]] = {k: [] for k in keys}
 
@@ -125,7 +132,7 @@ def main() -> None:
 
         def resumed(
             key: str,
-            verify: Literal["now", "background"],
+            verify: Literal["split", "now", "background"],
             then: Callable[[AutomaticCheckpointSystem], object] = lambda system: None,
         ) -> None:
             system = open_system()
@@ -134,16 +141,19 @@ def main() -> None:
             wl.clear_ledger()
 
         for _ in range(args.repeats):
-            resumed(WL, "now")
-            resumed(BG, "background")
+            resumed(WL, "split")
             run(MMAP, lambda: load(True))
+            resumed(NOW, "now")
+            resumed(BG, "background")
+            resumed(WL_WAIT, "split", lambda system: system.wait_verified())
             resumed(BG_WAIT, "background", lambda system: system.wait_verified())
             run(PLAIN, lambda: load(False))
             run(BLOCKS, lambda: storage.block_checksums(step_file, BLOCK_BYTES))
             run(CHECKSUM, lambda: storage.checksum(step_file))
             run(FLOOR, lambda: (load(True), storage.block_checksums(step_file, BLOCK_BYTES)))
-            resumed(WL + STEP, "now", lambda system: first_step())
+            resumed(WL + STEP, "split", lambda system: first_step())
             run(MMAP + STEP, lambda: (load(True), first_step()))
+            resumed(NOW + STEP, "now", lambda system: first_step())
             resumed(BG + STEP, "background", lambda system: first_step())
     load_after = os.getloadavg()
 
