@@ -122,6 +122,10 @@ class CheckpointCorruptedError(WeightslabError):
         )
 
 
+class FileChangedError(WeightslabError, OSError):
+    """A file was replaced by another (a new inode at its path) while it was being read."""
+
+
 class UnverifiedStateError(WeightslabError):
     """The registered objects hold state restored from a checkpoint that then failed its checksum.
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from weightslab.errors import FileChangedError
 from weightslab.storage.base import TMP_MARKER, HashingWriter, WrittenFile
 from weightslab.storage.local_lock import RootLock
 from weightslab.storage.writeback import WINDOW, WritebackFile
@@ -216,15 +217,27 @@ class LocalStorage:
                     view.release()
 
     @contextlib.contextmanager
-    def mapped(self, path: Path, size: int) -> Iterator[memoryview]:
+    def mapped(
+        self, path: Path, size: int, *, identity: tuple[int, int] | None = None
+    ) -> Iterator[memoryview]:
         """A read-only map of the first ``size`` bytes of the file at ``path``, as a memoryview
-        released (and unmapped) on exit."""
-        with open(path, "rb", buffering=0) as f, mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
-            view = memoryview(m)
-            try:
-                yield view
-            finally:
-                view.release()
+        released (and unmapped) on exit. With ``identity`` (see :meth:`identity`), FileChangedError
+        when the file opened is another one (replaced since)."""
+        with open(path, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if identity is not None and (st.st_dev, st.st_ino) != identity:
+                raise FileChangedError(f"{path} was replaced while it was read; read it again")
+            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    yield view
+                finally:
+                    view.release()
+
+    def identity(self, path: Path) -> tuple[int, int]:
+        """(device, inode) of the file at ``path``: the same while it is not replaced."""
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
 
     def hash_threads(self) -> int:
         """How many threads :meth:`block_checksums` hashes on."""

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from weightslab.errors import CheckpointCorruptedError, FileChangedError
 from weightslab.format.manifest import BlockDigests, CheckpointEntry
 from weightslab.storage.local import LocalStorage
 from weightslab.store.verify import check_block
@@ -37,7 +38,7 @@ PIECE_BYTES = 4 << 20
 """How much of a block is hashed before the model bytes in it are copied (a piece stays in cache)."""
 
 HEADER_BYTES = 4096
-"""Bytes before each record's data that may hold its zip header (name, alignment padding)."""
+"""Bytes before a small tensor's data that may hold its zip header (name, alignment padding)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class _Copy:
     start: int
     end: int
     dst: int
-    keep: torch.Tensor
+    keep: torch.UntypedStorage
 
     def part(self, mapped_at: int, lo: int, hi: int) -> None:
         """Copy file bytes ``lo``-``hi`` (within this copy's range) from the map of the file at
@@ -70,6 +71,9 @@ class SplitCheck:
         eager_blocks: list[int],
         deferred_blocks: list[int],
         threads: int,
+        *,
+        structure_end: int = 0,
+        identity: tuple[int, int] | None = None,
     ) -> None:
         self._storage = storage
         self.path = path
@@ -79,14 +83,21 @@ class SplitCheck:
         self.eager_blocks = eager_blocks
         self.deferred_blocks = deferred_blocks
         self._threads = threads
+        self._structure_end = structure_end  # the pickled structure and the zip headers before the data
+        self._identity = identity
         self._verified: set[int] = set()
+        self.touched: set[tuple[str, str]] = set()  # objects copied into before all their blocks passed
 
     def verify_for(self, tensors: Iterable[torch.Tensor]) -> None:
-        """Check now the eager blocks holding ``tensors`` (all eager blocks if one cannot be placed):
-        for state read before :meth:`eager` copies the model."""
+        """Check now the blocks of the pickled structure, and the eager blocks holding ``tensors``
+        with the zip index placing them (all eager blocks if one cannot be placed): for state read
+        before :meth:`eager` copies the model."""
         size = self.blocks.block_bytes
-        wanted: set[int] = set()
-        for t in tensors:
+        wanted = set(_blocks_of([(0, self._structure_end)], size, len(self.blocks.xxh3_128_hi64)))
+        found = list(tensors)
+        if any(t.numel() for t in found):
+            wanted.add(len(self.blocks.xxh3_128_hi64) - 1)  # the zip index, at the end
+        for t in found:
             s = t.untyped_storage()
             if s.nbytes() == 0:
                 continue
@@ -99,7 +110,7 @@ class SplitCheck:
 
     def offset(self, t: torch.Tensor) -> int | None:
         """Where in the file ``t``'s bytes start, when all of them lie in eager blocks; else None."""
-        if t.numel() == 0 or t.device.type != "cpu" or not t.is_contiguous():
+        if not plain_tensor(t) or t.numel() == 0:
             return None
         start = t.data_ptr() - self._base
         end = start + t.numel() * t.element_size()
@@ -122,13 +133,12 @@ class SplitCheck:
             start = self.offset(src)
             if (
                 start is None
-                or dst.device.type != "cpu"
-                or not dst.is_contiguous()
+                or not plain_tensor(dst)
                 or dst.numel() * dst.element_size() != src.numel() * src.element_size()
             ):
                 raise ValueError(f"a tensor of {self.path} cannot be copied while it is checked")
             end = start + src.numel() * src.element_size()
-            planned.append(_Copy(start, end, dst.data_ptr(), dst))
+            planned.append(_Copy(start, end, dst.data_ptr(), dst.untyped_storage()))
         before = set(self._verified)
         self._check(
             [b for b in self.eager_blocks if b not in before], sorted(planned, key=lambda c: c.start), before
@@ -151,18 +161,23 @@ class SplitCheck:
                 if b in index:
                     per_block[index[b]].append(c)
         found: list[str] = [""] * len(which)
-        with self._storage.mapped(self.path, self.entry.bytes) as view:
-            at = address(view)
+        try:
+            with self._storage.mapped(self.path, self.entry.bytes, identity=self._identity) as view:
+                at = address(view)
 
-            def one(i: int) -> None:
-                start = which[i] * size
-                found[i] = _hash_block(view, at, start, min(start + size, self.entry.bytes), per_block[i])
+                def one(i: int) -> None:
+                    start = which[i] * size
+                    found[i] = _hash_block(view, at, start, min(start + size, self.entry.bytes), per_block[i])
 
-            run_parallel(len(which), one, self._threads)
-            for c in copies:  # the parts in blocks checked before (by verify_for)
-                for b in range(c.start // size, (c.end - 1) // size + 1):
-                    if b in before:
-                        c.part(at, max(c.start, b * size), min(c.end, (b + 1) * size))
+                run_parallel(len(which), one, self._threads)
+                for c in copies:  # the parts in blocks checked before (by verify_for)
+                    for b in range(c.start // size, (c.end - 1) // size + 1):
+                        if b in before:
+                            c.part(at, max(c.start, b * size), min(c.end, (b + 1) * size))
+        except FileChangedError as exc:  # the bytes torch loaded are no longer these: not checked
+            raise CheckpointCorruptedError(
+                self.path, self.entry.xxh3_128, "<not computed>", str(exc)
+            ) from exc
         for b, got in zip(which, found, strict=True):
             check_block(self.path, self.entry, self.blocks, b, got)
             self._verified.add(b)
@@ -196,40 +211,72 @@ def plan(
     *,
     threads: int,
     defer_optimizers: bool,
+    identity: tuple[int, int] | None = None,
 ) -> SplitCheck | None:
     """The split check of the step file ``path`` (local, its size checked) whose loaded step dict is
     ``data`` (``torch.load(mmap=True)``), or None when its tensors cannot all be placed in the file.
 
-    Without ``defer_optimizers`` every block is eager (all checked before the restore goes on, the
-    model still copied as it is hashed).
+    A block is deferred only when every byte of it belongs to an optimizer state tensor that nothing
+    else in ``data`` shares, or to the zip header right before one; every other block is eager,
+    also one holding bytes no tensor of ``data`` accounts for. Without ``defer_optimizers`` every
+    block is eager (all checked before the restore goes on, the model still copied as it is hashed).
+    ``identity`` ((device, inode) of the file torch loaded) is checked again whenever the file is
+    mapped: a file replaced meanwhile is an error, not a check of other bytes.
     """
     blocks = entry.usable_blocks()
     if blocks is None:
         return None
-    skip = {id(state) for state in _optimizer_states(data)} if defer_optimizers else set()
-    eager_ptrs = {s.data_ptr() for s in _storages(data, skip)}  # a storage in both is eager
+    try:
+        return _plan(storage, path, entry, blocks, data, threads, defer_optimizers, identity)
+    except Exception:  # a tensor or a layout this plan cannot place (sparse, another container): none
+        return None
+
+
+def _plan(
+    storage: LocalStorage,
+    path: Path,
+    entry: CheckpointEntry,
+    blocks: BlockDigests,
+    data: dict[str, Any],
+    threads: int,
+    defer_optimizers: bool,
+    identity: tuple[int, int] | None,
+) -> SplitCheck | None:
+    states = _optimizer_states(data) if defer_optimizers else []
+    eager_ptrs = {s.data_ptr() for s in _storages(data, {id(state) for state in states})}
+    deferred_ptrs = {s.data_ptr() for s in _storages(states)} - eager_ptrs  # a storage in both is eager
     storages = {s.data_ptr(): s.nbytes() for s in _storages(data) if s.nbytes() > 0}
     if not storages:
         return None
-    try:
-        reader = torch._C.PyTorchFileReader(str(path))
-        names = [n for n in reader.get_all_records() if n.startswith("data/")]
-        records = {reader.get_record_offset(n) for n in names}  # type: ignore[attr-defined]  # in torch, not its stubs
-    except Exception:  # not a layout torch's reader knows: no plan, the whole file is checked
-        return None
+    reader = torch._C.PyTorchFileReader(str(path))
+    names = [n for n in reader.get_all_records() if n.startswith("data/")]
+    records = sorted({reader.get_record_offset(n) for n in names})  # type: ignore[attr-defined]  # in torch, not its stubs
     if not records:
         return None
-    base = min(storages) - min(records)
+    base = min(storages) - records[0]
     size = entry.bytes
-    eager_ranges = [(0, min(records)), (max(p - base + n for p, n in storages.items()), size)]
+    ends: dict[int, int] = {}  # record offset -> the end of its data, for the records data holds
     for ptr, nbytes in storages.items():
         start = ptr - base
-        if start not in records or start + nbytes > size:
-            return None  # a storage not at a record of this file (blob references): no plan
-        if ptr in eager_ptrs:
-            eager_ranges.append((max(0, start - HEADER_BYTES), start + nbytes))
+        if start + nbytes > size:
+            return None
+        ends[start] = start + nbytes
+    known = set(records)
+    if not set(ends) <= known:
+        return None  # a storage not at a record of this file (blob references): no plan
+    # each deferred record's span: from the end of the record before it (its header lies between)
+    spans = []
+    for i, offset in enumerate(records):
+        if offset + base not in deferred_ptrs:
+            continue
+        before = ends.get(records[i - 1]) if i else None
+        spans.append((before if before is not None else offset, ends[offset]))
     count = len(blocks.xxh3_128_hi64)
-    eager = set(_blocks_of(eager_ranges, blocks.block_bytes, count)) | {0, count - 1}
+    deferred = [
+        b
+        for b in range(1, count - 1)
+        if _covered(spans, b * blocks.block_bytes, (b + 1) * blocks.block_bytes)
+    ]
     hashing = max(1, threads) if releases_gil() else 1
     return SplitCheck(
         storage,
@@ -237,9 +284,39 @@ def plan(
         entry,
         blocks,
         base,
-        sorted(eager),
-        [b for b in range(count) if b not in eager],
+        [b for b in range(count) if b not in set(deferred)],
+        deferred,
         hashing,
+        structure_end=records[0],
+        identity=identity,
+    )
+
+
+def _covered(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether the sorted, non-overlapping ``spans`` cover every byte of ``start``-``end``."""
+    at = start
+    for lo, hi in spans:
+        if hi <= at:
+            continue
+        if lo > at:
+            return False
+        at = hi
+        if at >= end:
+            return True
+    return False
+
+
+def plain_tensor(t: torch.Tensor) -> bool:
+    """Whether ``t``'s value is exactly its bytes at ``data_ptr()``: a dense, contiguous CPU tensor
+    of torch's own classes, not quantized, conjugated or negated lazily."""
+    return (
+        type(t) in (torch.Tensor, torch.nn.Parameter)
+        and t.layout == torch.strided
+        and t.device.type == "cpu"
+        and not t.is_quantized
+        and not t.is_conj()
+        and not t.is_neg()
+        and t.is_contiguous()
     )
 
 

@@ -174,6 +174,11 @@ def build_payload(
         staged.finish()  # no copy may run on once the save is given up
         raise
     tree, event = staged.finish()
+    # the optimizers' tensors first in the file, right after the pickled structure: a resume checks
+    # the blocks of everything else before it returns, and the moments' blocks behind the first step,
+    # so the model then shares no block with the structure the small objects are restored from
+    if "optimizers" in tree:
+        payload["optimizers"] = tree["optimizers"]
     payload.update(tree)
     payload["rng"] = rng
     payload["hyperparams"] = values

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 
 from weightslab.errors import ArchitectureMismatchError
 from weightslab.registry.ledger import Ledger
-from weightslab.store.split_check import SplitCheck, tensors_in
+from weightslab.store.split_check import SplitCheck, plain_tensor, tensors_in
 from weightslab.system.snapshot import restore_rng
 
 log = logging.getLogger("weightslab")
@@ -78,6 +79,7 @@ def restore_state(
             if live is not None:
                 loaded[name] = live  # load_state_dict then copies each tensor onto itself: nothing
                 copies.extend((sd[k], live[k]) for k in sd)
+                check.touched.add(("models", name))  # written as its blocks are hashed
         check.eager(copies)
     # checked above: these loads fit
     for name, sd in data.get("models", {}).items():
@@ -96,9 +98,7 @@ def restore_state(
         restore_rng(data["rng"])
 
 
-def _copied_into(
-    model: torch.nn.Module, sd: Mapping[str, Any], check: SplitCheck
-) -> dict[str, torch.Tensor] | None:
+def _copied_into(model: torch.nn.Module, sd: Mapping[str, Any], check: SplitCheck) -> dict[str, Any] | None:
     """The live tensor of each key of ``sd`` when ``model`` loads it by plain copies (no module
     overrides how it loads or names its state, no hooks, every tensor alike and placed in the
     file); else None, and ``load_state_dict`` copies it after the check."""
@@ -109,7 +109,7 @@ def _copied_into(
     for m in model.modules():
         kind = type(m)
         if (
-            kind._load_from_state_dict is not base._load_from_state_dict
+            kind._load_from_state_dict not in _PLAIN_LOADS
             or kind._save_to_state_dict is not base._save_to_state_dict
             or kind.get_extra_state is not base.get_extra_state
             or m._load_state_dict_pre_hooks
@@ -121,6 +121,7 @@ def _copied_into(
     live = model.state_dict(keep_vars=True)
     if live.keys() != sd.keys():
         return None
+    sources: dict[int, int] = {}  # the memory of each live tensor -> the file offset copied into it
     for key, src in sd.items():
         dst = live[key]
         if (
@@ -128,12 +129,26 @@ def _copied_into(
             or not isinstance(dst, torch.Tensor)
             or dst.dtype != src.dtype
             or dst.shape != src.shape
-            or dst.device.type != "cpu"
-            or not dst.is_contiguous()
-            or check.offset(src) is None
+            or not plain_tensor(dst)
         ):
             return None
-    return dict(live)
+        offset = check.offset(src)
+        # tied in the model but saved apart: load_state_dict's order decides, not a race of copies
+        if offset is None or sources.setdefault(dst.data_ptr(), offset) != offset:
+            return None
+    out: dict[str, Any] = OrderedDict((k, live[k]) for k in sd)
+    metadata = getattr(sd, "_metadata", None)  # the saved modules' versions, as load_state_dict reads them
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+# modules whose own _load_from_state_dict only fills in a key an old checkpoint lacks, then loads as
+# Module does: BatchNorm's num_batches_tracked (the keys are checked to be the live ones)
+_PLAIN_LOADS = (
+    torch.nn.Module._load_from_state_dict,
+    torch.nn.modules.batchnorm._NormBase._load_from_state_dict,
+)
 
 
 def _restore_or_undo(ledger: Ledger, data: Mapping[str, Any], where: str) -> None:

@@ -166,7 +166,8 @@ def load_first(
                 f"from {unverified} (it failed its checksum after it was restored); do not train on "
                 "them: resume() again once a checkpoint with their state verifies"
             )
-        last.append((entry.file, _objects(data)))  # before: a restore that fails part-way wrote some
+        # before: a restore that fails part-way wrote some (through a split check: those it says)
+        last.append((entry.file, _objects(data) if check is None else check.touched))
         restore(data, entry, h, check=check)
 
     for h, entry in tried:
@@ -305,13 +306,22 @@ def _split_restore(
     path = exp.resolve(entry.file)
     check_size(storage, path, entry)
     whole = partial(verify_entry, storage, exp, entry)
+    identity = storage.identity(path)
     try:
         data = load_step_file(path, mmap=True, storage=storage, verify_blobs=True)
-    except BaseException:
+    except Exception:
         whole()  # a checksum mismatch is the error to report, not what parsing it raised
         raise
+    if storage.identity(path) != identity:
+        return None  # replaced while torch opened it: which file it read is unknown
     check = split_check.plan(
-        storage, path, entry, data, threads=storage.hash_threads(), defer_optimizers=defer is not None
+        storage,
+        path,
+        entry,
+        data,
+        threads=storage.hash_threads(),
+        defer_optimizers=defer is not None,
+        identity=identity,
     )
     if check is None:
         return None
@@ -319,7 +329,7 @@ def _split_restore(
         restore(data, entry, exp_hash, check=check)
     except CheckpointCorruptedError:
         raise
-    except BaseException:
+    except Exception:
         whole()  # bytes not yet checked may explain the error: a mismatch is what to report
         raise
     if check.deferred_blocks:

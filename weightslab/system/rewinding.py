@@ -45,12 +45,11 @@ class Rewinding(SystemParts):
         ArchitectureMismatchError when a registered model does not fit the checkpoint,
         CheckpointNotFoundError when nothing verifies.
 
-        Nothing is restored from a byte its checksum has not passed, but for the optimizers' state
-        tensors with ``verify="split"`` (the default) or ``"background"``:
+        What is checked before it returns depends on ``verify``:
 
-        - ``"split"``: resume returns once every block of the step file holding anything but
+        - ``"split"`` (the default): resume returns once every block of the step file holding anything but
           optimizer state tensors passed its check (models, schedulers, other state, RNG); the
-          blocks of the optimizers' moments, which only ``optimizer.step()`` reads, are checked on a
+          blocks of the optimizers' moments, which only the optimizer uses, are checked on a
           helper thread, and each registered optimizer's ``step()`` and ``state_dict()``, every save,
           :meth:`wait_verified`, ``close()`` and the next ``resume()`` wait for them first, raising
           UnverifiedStateError when one failed (nothing is stepped or saved from that state). A
@@ -109,7 +108,8 @@ class Rewinding(SystemParts):
             return self._resume_agreed(mode)
 
     def wait_verified(self) -> None:
-        """Wait for the checksum of a ``resume(verify="background")``; returns at once if none runs.
+        """Wait for the deferred check of a resume (the optimizer's moments after the default
+        ``verify="split"``, the whole file after ``"background"``); returns at once if none runs.
 
         Raises UnverifiedStateError when it failed: the registered objects hold unverified state
         (call ``resume()`` again).
