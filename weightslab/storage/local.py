@@ -204,30 +204,26 @@ class LocalStorage:
         the file: what :attr:`CheckpointEntry.blocks` lets a reader do instead of one sequential
         :meth:`checksum`.
         """
-        with open(path, "rb", buffering=0) as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                return 0, []
-            # mapped to the size read: a file that grows meanwhile is hashed as it was measured
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    return size, block_digests(view, block_bytes, hash_threads())
-                finally:
-                    view.release()
+        with self.mapped(path) as view:
+            return view.nbytes, block_digests(view, block_bytes, hash_threads())
 
     @contextlib.contextmanager
     def mapped(
-        self, path: Path, size: int, *, identity: tuple[int, int] | None = None
+        self, path: Path, size: int | None = None, *, identity: tuple[int, int] | None = None
     ) -> Iterator[memoryview]:
-        """A read-only map of the first ``size`` bytes of the file at ``path``, as a memoryview
-        released (and unmapped) on exit. With ``identity`` (see :meth:`identity`), FileChangedError
-        when the file opened is another one (replaced since)."""
+        """A read-only map of the first ``size`` bytes of the file at ``path`` (all of it as it
+        measures when it is opened, without ``size``: a file that grows meanwhile is seen as it was
+        measured), as a memoryview released (and unmapped) on exit. With ``identity`` (see
+        :meth:`identity`), FileChangedError when the file opened is another one (replaced since)."""
         with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
             if identity is not None and (st.st_dev, st.st_ino) != identity:
                 raise FileChangedError(f"{path} was replaced while it was read; read it again")
-            with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m:
+            length = st.st_size if size is None else size
+            if length == 0:  # an empty file cannot be mapped
+                yield memoryview(b"")
+                return
+            with mmap.mmap(f.fileno(), length, access=mmap.ACCESS_READ) as m:
                 view = memoryview(m)
                 try:
                     yield view
