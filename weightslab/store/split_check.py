@@ -81,6 +81,7 @@ class SplitCheck:
         self.blocks = blocks
         self._base = base  # the address torch's map of this file starts at
         self.eager_blocks = eager_blocks
+        self._eager = frozenset(eager_blocks)
         self.deferred_blocks = deferred_blocks
         self._threads = threads
         self._structure_end = structure_end  # the pickled structure and the zip headers before the data
@@ -103,10 +104,10 @@ class SplitCheck:
                 continue
             start = s.data_ptr() - self._base
             if start < 0 or start + s.nbytes() > self.entry.bytes:
-                wanted = set(self.eager_blocks)
+                wanted = set(self._eager)
                 break
             wanted.update(_blocks_of([(max(0, start - HEADER_BYTES), start + s.nbytes())], size, 1 << 62))
-        self._check(sorted((wanted & set(self.eager_blocks)) - self._verified), [])
+        self._check(sorted((wanted & self._eager) - self._verified), [])
 
     def offset(self, t: torch.Tensor) -> int | None:
         """Where in the file ``t``'s bytes start, when all of them lie in eager blocks; else None."""
@@ -118,8 +119,7 @@ class SplitCheck:
             return None
         size = self.blocks.block_bytes
         first, last = start // size, (end - 1) // size
-        eager = set(self.eager_blocks)
-        return start if all(b in eager for b in range(first, last + 1)) else None
+        return start if all(b in self._eager for b in range(first, last + 1)) else None
 
     def eager(self, copies: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
         """Check every eager block, copying each ``(src, dst)`` pair out of the pieces it hashes.
@@ -244,10 +244,10 @@ def _plan(
 ) -> SplitCheck | None:
     states = _optimizer_states(data) if defer_optimizers else []
     eager_ptrs = {s.data_ptr() for s in _storages(data, {id(state) for state in states})}
-    deferred_ptrs = {s.data_ptr() for s in _storages(states)} - eager_ptrs  # a storage in both is eager
     storages = {s.data_ptr(): s.nbytes() for s in _storages(data) if s.nbytes() > 0}
     if not storages:
         return None
+    deferred_ptrs = set(storages) - eager_ptrs  # only in optimizer states (a storage in both is eager)
     reader = torch._C.PyTorchFileReader(str(path))
     names = [n for n in reader.get_all_records() if n.startswith("data/")]
     records = sorted({reader.get_record_offset(n) for n in names})  # type: ignore[attr-defined]  # in torch, not its stubs
@@ -272,11 +272,11 @@ def _plan(
         before = ends.get(records[i - 1]) if i else None
         spans.append((before if before is not None else offset, ends[offset]))
     count = len(blocks.xxh3_128_hi64)
-    deferred = [
+    deferred = {
         b
         for b in range(1, count - 1)
         if _covered(spans, b * blocks.block_bytes, (b + 1) * blocks.block_bytes)
-    ]
+    }
     hashing = max(1, threads) if releases_gil() else 1
     return SplitCheck(
         storage,
@@ -284,8 +284,8 @@ def _plan(
         entry,
         blocks,
         base,
-        [b for b in range(count) if b not in set(deferred)],
-        deferred,
+        [b for b in range(count) if b not in deferred],
+        sorted(deferred),
         hashing,
         structure_end=records[0],
         identity=identity,
