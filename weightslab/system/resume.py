@@ -292,8 +292,9 @@ def _split_restore(
     restore: Restore,
     defer: Defer | None,
 ) -> dict[str, Any] | None:
-    """Restore ``entry`` through its split check (see :func:`load_and_restore`); None when the file
-    gets none (a backend without local block checks, tensors it cannot place): nothing was restored.
+    """Restore ``entry`` through its split check (see :func:`load_and_restore`); None, with nothing
+    restored, on a backend without local block checks or for a file replaced while it was loaded. A
+    file whose tensors the check cannot place (blob references) is checked whole, then restored.
 
     With ``defer``, the blocks holding nothing but optimizer state are handed to it, still to check;
     without, every block is checked before this returns. The model's tensors are copied while their
@@ -323,8 +324,10 @@ def _split_restore(
         defer_optimizers=defer is not None,
         identity=identity,
     )
-    if check is None:
-        return None
+    if check is None:  # tensors it cannot place (blob references): the whole file first, then the restore
+        whole()
+        restore(data, entry, exp_hash)
+        return data
     try:
         restore(data, entry, exp_hash, check=check)
     except CheckpointCorruptedError:
