@@ -255,20 +255,28 @@ def test_state_read_before_the_model_is_copied_is_checked_first(tmp_path: Path) 
     third.close()
 
 
-def test_a_damaged_structure_block_restores_nothing_from_that_file(tmp_path: Path) -> None:
-    # the parent's step 1 has no "head": the fallback is allowed (with a warning), since the damaged
-    # file's check failed before anything was restored from it
-    root = tmp_path / "root"
+def _scheduled_system(
+    root: Path, seed: int
+) -> tuple[AutomaticCheckpointSystem, Ledger, torch.nn.Module, torch.optim.Optimizer, Any]:
+    """A system on ``root`` with a fresh model, its AdamW and a StepLR on it (and the ledger)."""
     ledger = Ledger()
-    model = _model(0)
+    model = _model(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     ledger.register_model("model", model)
     ledger.register_optimizer("optimizer", opt)
     ledger.register_scheduler("sched", sched)
-    first = AutomaticCheckpointSystem(
+    system = AutomaticCheckpointSystem(
         root_log_dir=root, checkpoint_frequency=1, ledger=ledger, async_save=False, save_last=False
     )
+    return system, ledger, model, opt, sched
+
+
+def test_a_damaged_structure_block_restores_nothing_from_that_file(tmp_path: Path) -> None:
+    # the parent's step 1 has no "head": the fallback is allowed (with a warning), since the damaged
+    # file's check failed before anything was restored from it
+    root = tmp_path / "root"
+    first, ledger, model, opt, sched = _scheduled_system(root, seed=0)
     _step(model, opt)
     sched.step()
     first.checkpoint_on_step(1)
@@ -284,17 +292,8 @@ def test_a_damaged_structure_block_restores_nothing_from_that_file(tmp_path: Pat
     assert entry is not None and entry.blocks is not None
     _flip(root / "checkpoints" / child / entry.file, 0)
 
-    ledger2 = Ledger()
-    model2 = _model(7)
-    opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-3)
-    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
-    ledger2.register_model("model", model2)
-    ledger2.register_optimizer("optimizer", opt2)
-    ledger2.register_scheduler("sched", sched2)
+    second, ledger2, model2, _, sched2 = _scheduled_system(root, seed=7)
     ledger2.register_model("head", torch.nn.Linear(4, 4))
-    second = AutomaticCheckpointSystem(
-        root_log_dir=root, checkpoint_frequency=1, ledger=ledger2, async_save=False, save_last=False
-    )
     with pytest.warns(UserWarning, match="holds no state for registered model 'head'"):
         assert second.resume() == 2
     at_1 = _saved(root, parent, 1)
